@@ -1,0 +1,289 @@
+"""Load ``params.yaml`` once into typed, validated dataclasses.
+
+Every section of ``params.yaml`` has a dataclass here. Loading walks the YAML tree against the dataclass fields:
+an unknown key, a missing key or a value of the wrong type raises :class:`ParamsError` naming the dotted key, so
+``dvc exp run -S train.lr=abc`` fails at once with ``train.lr: expected float, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params file that does not match the schema; the message names the dotted key."""
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def _positive(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        if not getattr(obj, name) > 0:
+            raise ParamsError(f"{prefix}.{name}: expected a positive number, got {getattr(obj, name)!r}")
+
+
+def _within(obj: Any, prefix: str, name: str, low: float, high: float) -> None:
+    if not low <= getattr(obj, name) <= high:
+        raise ParamsError(f"{prefix}.{name}: expected a value in [{low}, {high}], got {getattr(obj, name)!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class FetchParams:
+    source: str = "../shared/data/busi"
+    """A directory (mirror or original ``Dataset_BUSI_with_GT`` layout), a ``.zip`` of either, or an http(s) URL."""
+    sha256: str | None = None
+    """Expected sha256 of a downloaded or zipped archive; ``null`` skips the check."""
+
+
+@dataclass(frozen=True)
+class GaussianParams:
+    sigma: float = 1.0
+
+
+@dataclass(frozen=True)
+class MedianParams:
+    window: int = 5
+
+
+@dataclass(frozen=True)
+class BilateralParams:
+    diameter: int = 7
+    sigma_color: float = 25.0
+    sigma_space: float = 5.0
+
+
+@dataclass(frozen=True)
+class NlmParams:
+    h: float = 10.0
+    template_window: int = 7
+    search_window: int = 21
+
+
+@dataclass(frozen=True)
+class LeeParams:
+    window: int = 7
+
+
+@dataclass(frozen=True)
+class FrostParams:
+    window: int = 7
+    damping: float = 2.0
+
+
+@dataclass(frozen=True)
+class KuanParams:
+    window: int = 7
+
+
+@dataclass(frozen=True)
+class SradParams:
+    iterations: int = 20
+    step: float = 0.05
+
+
+@dataclass(frozen=True)
+class FilterParams:
+    """Each filter's own parameters; only the one named by ``preprocess.filter`` is applied."""
+
+    gaussian: GaussianParams = field(default_factory=GaussianParams)
+    median: MedianParams = field(default_factory=MedianParams)
+    bilateral: BilateralParams = field(default_factory=BilateralParams)
+    nlm: NlmParams = field(default_factory=NlmParams)
+    lee: LeeParams = field(default_factory=LeeParams)
+    frost: FrostParams = field(default_factory=FrostParams)
+    kuan: KuanParams = field(default_factory=KuanParams)
+    srad: SradParams = field(default_factory=SradParams)
+
+    def kwargs(self, name: str) -> dict[str, Any]:
+        """Keyword arguments of filter ``name`` (empty for ``none``)."""
+        return {} if name == "none" else dataclasses.asdict(getattr(self, name))
+
+
+FilterName = Literal["none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"]
+
+
+@dataclass(frozen=True)
+class ClaheParams:
+    enabled: bool = True
+    clip: float = 2.0
+    tiles: int = 8
+
+    def validate(self, prefix: str) -> None:
+        _positive(self, prefix, "clip", "tiles")
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    size: int = 128
+    """Side of the square network input, in pixels (images are resized, not cropped)."""
+    filter: FilterName = "none"
+    filters: FilterParams = field(default_factory=FilterParams)
+    clahe: ClaheParams = field(default_factory=ClaheParams)
+    normalize: Literal["unit", "zscore"] = "zscore"
+    """``unit``: x/255; ``zscore``: per image (x - mean) / std, robust to another scanner's gain."""
+    quality_sample: int = 40
+    """Images used to compare every filter's speckle suppression and edge preservation."""
+
+    def validate(self, prefix: str) -> None:
+        _positive(self, prefix, "quality_sample")
+        if self.size < 16 or self.size % 16:
+            raise ParamsError(f"{prefix}.size: expected a multiple of 16 (four 2x down-samplings), got {self.size}")
+
+
+@dataclass(frozen=True)
+class DuplicateParams:
+    max_features: int = 150
+    """SIFT keypoints per image used to match near-duplicate scans."""
+    min_matches: int = 10
+    """RANSAC inliers of a similarity transform needed to call two images the same view."""
+    min_ncc: float = 0.35
+    """Band-pass normalised cross-correlation of the aligned tissue needed to confirm a match."""
+    min_overlap: float = 0.2
+    """Shared tissue, as a fraction of the smaller image, needed to confirm a match."""
+
+    def validate(self, prefix: str) -> None:
+        _positive(self, prefix, "max_features", "min_matches")
+        _within(self, prefix, "min_ncc", -1.0, 1.0)
+        _within(self, prefix, "min_overlap", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SplitFractions:
+    train: float = 0.7
+    val: float = 0.1
+    test: float = 0.2
+
+    def validate(self, prefix: str) -> None:
+        for name in ("train", "val", "test"):
+            _within(self, prefix, name, 0.0, 1.0)
+        if self.train <= 0 or self.test <= 0 or abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ParamsError(f"{prefix}: train, val and test must be fractions summing to 1 (train, test > 0)")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    seed: int = 42
+    fractions: SplitFractions = field(default_factory=SplitFractions)
+    duplicates: DuplicateParams = field(default_factory=DuplicateParams)
+
+
+@dataclass(frozen=True)
+class Params:
+    fetch: FetchParams = field(default_factory=FetchParams)
+    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
+    split: SplitParams = field(default_factory=SplitParams)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float, lists to tuples)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, option, key)
+            except ParamsError as err:
+                errors.append(str(err))
+        expected = " or ".join(_type_name(a) for a in typing.get_args(tp))
+        raise ParamsError(f"{key}: expected {expected}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
+        _, val_tp = typing.get_args(tp)
+        return {k: _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected float, got {value!r}")
+        return float(value)
+    if tp is int or tp is bool or tp is str:
+        if type(value) is not tp:
+            raise ParamsError(f"{key}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {key}")  # a bug in this module, not in the params file
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ParamsError(f"unknown key {where}{unknown[0]}; valid keys here: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        key = f"{prefix}.{name}" if prefix else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], key)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(prefix)
+    return obj
+
+
+def from_dict(data: dict[str, Any] | None, cls: type = Params) -> Any:
+    """Build ``cls`` from a nested dict; keys left out take the dataclass defaults."""
+    return _build(cls, data or {}, "")
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return from_dict(data)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A params section as plain JSON-able data (for checkpoints and ONNX metadata)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def digest(obj: Any) -> str:
+    """A short stable hash of a params section."""
+    return hashlib.sha256(json.dumps(to_dict(obj), sort_keys=True).encode()).hexdigest()[:12]
