@@ -1,0 +1,1 @@
+"""Reading, filtering, splitting and augmenting the BUSI images and masks."""
