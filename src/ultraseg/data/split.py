@@ -1,0 +1,226 @@
+"""Leakage-free train/val/test split: group near-duplicate scans, then split whole groups, stratified by class.
+
+BUSI holds the same scan saved more than once (another crop, a 1.2x or 2x zoom, other burned-in marks), and
+adjacent frames of one lesion (Pawłowska et al., Data in Brief 48 (2023) 109247). Two images are linked when
+
+1. their decoded pixels are identical, or
+2. they are geometrically the same view: SIFT keypoints (Lowe 2004; RootSIFT, Arandjelović & Zisserman 2012)
+   agree under one similarity transform (RANSAC) with at least ``min_matches`` inliers, and after warping one onto
+   the other the band-pass filtered tissue they share correlates with NCC >= ``min_ncc`` over at least
+   ``min_overlap`` of the smaller image. Band-pass NCC compares the speckle pattern itself, which two different
+   patients never share even when the scanner's burned-in text and calipers match exactly.
+
+Candidate pairs come from an approximate nearest-neighbour vote over every descriptor (FLANN), so the check is
+far from quadratic. Groups are the connected components of the links.
+
+Cross-class groups (the same scan filed as benign and malignant, or benign and normal) keep all their images, each
+with its own class and mask, and are stratified by their most severe class (malignant > benign > normal); the
+``conflict`` column marks them so evaluation can report them apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from tqdm import tqdm
+
+from ultraseg.data import busi
+from ultraseg.params import DuplicateParams, SplitFractions, SplitParams
+
+SEVERITY = {"normal": 0, "benign": 1, "malignant": 2}
+SPLITS = ("train", "val", "test")
+_NEIGHBOURS = 6
+_MIN_SIMILARITY = 0.93  # RootSIFT cosine similarity of a matching descriptor pair
+_MIN_VOTES = 5
+_TISSUE = 8  # grey level under which a pixel is background, not tissue
+
+
+@dataclass(frozen=True)
+class Link:
+    a: int
+    b: int
+    kind: str  # "exact" or "near"
+    inliers: int = 0
+    scale: float = 1.0
+    ncc: float = 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- features
+
+
+def _features(image: np.ndarray, sift: cv2.SIFT) -> tuple[np.ndarray, np.ndarray]:
+    keypoints, desc = sift.detectAndCompute(image, None)
+    if desc is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    desc = np.sqrt(desc / (desc.sum(axis=1, keepdims=True) + 1e-7))  # RootSIFT: Hellinger kernel as a dot product
+    return np.float32([k.pt for k in keypoints]), desc.astype(np.float32)
+
+
+def _candidates(descs: list[np.ndarray]) -> list[tuple[int, int]]:
+    """Pairs of images that share at least ``_MIN_VOTES`` near-identical descriptors."""
+    owner = np.concatenate([np.full(len(d), i) for i, d in enumerate(descs)])
+    if len(owner) <= _NEIGHBOURS:
+        return []
+    stacked = np.concatenate(descs)
+    index = cv2.flann_Index(stacked, dict(algorithm=1, trees=4))  # randomised kd-trees
+    nearest, dist = index.knnSearch(stacked, _NEIGHBOURS, params=dict(checks=64))
+    query = np.repeat(owner[:, None], _NEIGHBOURS, axis=1)
+    other = owner[nearest]
+    keep = (1.0 - dist / 2.0 > _MIN_SIMILARITY) & (other != query)  # unit vectors: |a-b|^2 = 2 - 2cos
+    n = len(descs)
+    votes = coo_matrix((np.ones(keep.sum()), (query[keep], other[keep])), shape=(n, n)).toarray()
+    votes = votes + votes.T
+    a, b = np.nonzero(np.triu(votes >= _MIN_VOTES, k=1))
+    return list(zip(a.tolist(), b.tolist()))
+
+
+def _bandpass(image: np.ndarray) -> np.ndarray:
+    image = image.astype(np.float32)
+    return cv2.GaussianBlur(image, (0, 0), 1.0) - cv2.GaussianBlur(image, (0, 0), 4.0)
+
+
+def _verify(ia: np.ndarray, ib: np.ndarray, fa, fb, params: DuplicateParams) -> Link | None:
+    """Align image b onto image a; a Link if they show the same tissue, else None."""
+    (pa, da), (pb, db) = fa, fb
+    if len(da) < 4 or len(db) < 4:
+        return None
+    matches = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True).match(db, da)
+    if len(matches) < params.min_matches:
+        return None
+    src = pb[[m.queryIdx for m in matches]]
+    dst = pa[[m.trainIdx for m in matches]]
+    transform, inliers = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0)
+    if transform is None or int(inliers.sum()) < params.min_matches:
+        return None
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    h, w = ia.shape
+    warped = cv2.warpAffine(ib, transform, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    inside = cv2.warpAffine(np.ones_like(ib), transform, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    shared = (inside > 0) & (ia > _TISSUE) & (warped > _TISSUE)
+    shared = cv2.erode(shared.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0  # drop interpolated borders
+    overlap = shared.sum() / min(ia.size, ib.size * scale * scale)
+    if overlap < params.min_overlap or shared.sum() < 100:
+        return None
+    ncc = float(np.corrcoef(_bandpass(ia)[shared], _bandpass(warped)[shared])[0, 1])
+    if not ncc >= params.min_ncc:
+        return None
+    return Link(-1, -1, "near", int(inliers.sum()), scale, ncc)
+
+
+def find_duplicates(images: list[np.ndarray], params: DuplicateParams) -> list[Link]:
+    """Every exact or near-duplicate link between the given greyscale images."""
+    links = []
+    first_seen: dict[str, int] = {}
+    for i, image in enumerate(images):
+        key = hashlib.sha256(image.tobytes() + repr(image.shape).encode()).hexdigest()
+        if key in first_seen:
+            links.append(Link(first_seen[key], i, "exact"))
+        first_seen.setdefault(key, i)
+    sift = cv2.SIFT_create(nfeatures=params.max_features)
+    feats = [_features(im, sift) for im in tqdm(images, desc="split: features", unit="img")]
+    exact = {(link.a, link.b) for link in links}
+    for a, b in tqdm(_candidates([d for _, d in feats]), desc="split: verify", unit="pair"):
+        if (a, b) in exact:
+            continue
+        if (link := _verify(images[a], images[b], feats[a], feats[b], params)) is not None:
+            links.append(Link(a, b, link.kind, link.inliers, round(link.scale, 3), round(link.ncc, 3)))
+    return links
+
+
+def group_ids(n: int, links: list[Link]) -> np.ndarray:
+    """Connected components of the links: one group number per image, numbered by first image."""
+    rows = [link.a for link in links]
+    cols = [link.b for link in links]
+    graph = coo_matrix((np.ones(len(links)), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    order = {label: k for k, label in enumerate(dict.fromkeys(labels.tolist()))}
+    return np.array([order[label] for label in labels])
+
+
+# ---------------------------------------------------------------------------------------------------- split
+
+
+def stratified_group_split(
+    classes: list[str], groups: np.ndarray, fractions: SplitFractions, seed: int
+) -> list[str]:
+    """Assign whole groups to splits so that every class stratum gets the fractions' share of its images.
+
+    Within a stratum (a group's most severe class), groups are shuffled with ``seed`` and, largest first, each goes
+    to the split that is furthest below its target; ties go to the earlier split in ``train, val, test`` order.
+    """
+    rng = np.random.default_rng(seed)
+    shares = np.array([fractions.train, fractions.val, fractions.test])
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
+    stratum = {g: max((classes[i] for i in idx), key=SEVERITY.__getitem__) for g, idx in members.items()}
+    assignment = [""] * len(classes)
+    for cls in sorted(SEVERITY, key=SEVERITY.__getitem__, reverse=True):
+        ids = [g for g in members if stratum[g] == cls]
+        ids = [ids[k] for k in rng.permutation(len(ids))]
+        ids.sort(key=lambda g: -len(members[g]))  # stable: shuffled order kept among equal sizes
+        total = sum(len(members[g]) for g in ids)
+        counts = np.zeros(3)
+        for g in ids:
+            split = int(np.argmax(shares * total - counts))
+            counts[split] += len(members[g])
+            for i in members[g]:
+                assignment[i] = SPLITS[split]
+    return assignment
+
+
+# ---------------------------------------------------------------------------------------------------- the stage
+
+SPLIT_COLUMNS = ("id", "class", "split", "group", "group_size", "conflict")
+LINK_COLUMNS = ("a", "b", "kind", "inliers", "scale", "ncc")
+
+
+def run(raw_dir: Path, params: SplitParams) -> tuple[list[dict], list[dict], dict]:
+    """Split the fetch stage's images; return the split rows, the duplicate links and the stage's metrics."""
+    start = time.perf_counter()
+    manifest = busi.read_manifest(raw_dir / "manifest.csv")
+    ids = [row["id"] for row in manifest]
+    classes = [row["class"] for row in manifest]
+    images = [busi.load_raw(raw_dir, i)[0] for i in tqdm(ids, desc="split: read", unit="img")]
+    links = find_duplicates(images, params.duplicates)
+    groups = group_ids(len(ids), links)
+    splits = stratified_group_split(classes, groups, params.fractions, params.seed)
+    sizes = np.bincount(groups)
+    group_classes: dict[int, set[str]] = {}
+    for g, cls in zip(groups.tolist(), classes):
+        group_classes.setdefault(g, set()).add(cls)
+    rows = [
+        {"id": i, "class": c, "split": s, "group": g, "group_size": int(sizes[g]),
+         "conflict": int(len(group_classes[g]) > 1)}
+        for i, c, s, g in zip(ids, classes, splits, groups.tolist())
+    ]
+    link_rows = [{"a": ids[k.a], "b": ids[k.b], "kind": k.kind, "inliers": k.inliers, "scale": k.scale,
+                  "ncc": k.ncc} for k in links]
+    return rows, link_rows, _metrics(rows, links, sizes, time.perf_counter() - start)
+
+
+def _metrics(rows: list[dict], links: list[Link], sizes: np.ndarray, seconds: float) -> dict:
+    counts = {s: {c: 0 for c in SEVERITY} for s in SPLITS}
+    for row in rows:
+        counts[row["split"]][row["class"]] += 1
+    for split in SPLITS:
+        counts[split]["total"] = sum(counts[split].values())
+    conflicted = {row["group"] for row in rows if row["conflict"]}
+    return {
+        "images": len(rows),
+        "duplicate_groups": int((sizes > 1).sum()),
+        "images_in_duplicate_groups": int(sizes[sizes > 1].sum()),
+        "largest_group": int(sizes.max()),
+        "cross_class_groups": len(conflicted),
+        "exact_pairs": sum(link.kind == "exact" for link in links),
+        "near_pairs": sum(link.kind == "near" for link in links),
+        "counts": counts,
+        "seconds": round(seconds, 1),
+    }
