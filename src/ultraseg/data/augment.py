@@ -1,0 +1,353 @@
+"""Train-time augmentation of a greyscale ultrasound image and its binary lesion mask.
+
+``Augment(params)(image, mask, rng)`` draws every random choice from ``rng`` first, then applies, in order:
+
+1. geometry, identical for image and mask: horizontal flip; one affine warp (rotation about the centre,
+   translation, isotropic scale); optional elastic deformation (Simard et al., "Best practices for convolutional
+   neural networks applied to visual document analysis", ICDAR 2003). Image: bilinear, fill = image minimum
+   (the background of a scan is black). Mask: nearest neighbour, fill 0 -- never interpolated and thresholded.
+2. an acoustic shadow and multiplicative speckle, on the image only;
+3. brightness, contrast and gamma, on the image only.
+
+The order follows the scan: tissue reflectivity is attenuated (shadow) and carries speckle before the scanner's
+gain, contrast and display curve are applied. There is no vertical flip or 90-degree rotation: the beam enters at
+the top, so skin, shadows and depth attenuation always run top to bottom.
+
+The image is float32 and already normalised (possibly z-scored, so negative); the mask is uint8 in {0, 1}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+_SPECKLE_GRAIN = 1.0
+"""Sigma, in pixels, of the Gaussian that correlates the speckle field: real speckle grains span a few pixels."""
+_SHADOW_TOP = (0.2, 0.7)
+"""Shadow start depth, as fractions of the height: behind structures at lesion depth, not under the skin."""
+_SHADOW_HALF_WIDTH = (0.03, 0.10)
+"""Shadow half-width where it starts, as fractions of the width."""
+_SHADOW_SPREAD = 0.25
+"""Largest widening of the shadow's half-width per pixel of depth (a fan of up to about 14 degrees)."""
+_SHADOW_ONSET = 0.04
+"""Depth, as a fraction of the height, over which a shadow fades in: a hard horizontal edge would be an artefact."""
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Which augmentations run and how strongly; a probability of 0 or a magnitude of 0 switches a part off."""
+
+    enabled: bool = True
+    """Master switch; ``False`` returns copies of the inputs."""
+    hflip: float = 0.5
+    """Probability of a horizontal flip."""
+    rotate: float = 10.0
+    """Largest rotation in degrees, drawn uniformly in [-rotate, rotate]."""
+    translate: float = 0.06
+    """Largest shift as a fraction of the image size, drawn uniformly in [-translate, translate] per axis."""
+    scale: float = 0.15
+    """Isotropic scale factor drawn uniformly in [1 - scale, 1 + scale]."""
+    affine_p: float = 0.8
+    """Probability of the affine warp (rotate, translate and scale in one ``cv2.warpAffine``)."""
+    brightness: float = 0.15
+    """Largest additive shift, in units of the image's standard deviation."""
+    contrast: float = 0.2
+    """Contrast factor about the image mean, drawn uniformly in [1 - contrast, 1 + contrast]."""
+    gamma: float = 0.25
+    """Gamma drawn uniformly in [1 - gamma, 1 + gamma], applied to the image rescaled to [0, 1] and back."""
+    intensity_p: float = 0.8
+    """Probability of the brightness/contrast/gamma change."""
+    speckle: float = 0.15
+    """Coefficient of variation of the multiplicative speckle field; 0 disables."""
+    speckle_p: float = 0.3
+    """Probability of speckle noise."""
+    shadow_p: float = 0.2
+    """Probability of an acoustic shadow."""
+    shadow_strength: float = 0.6
+    """Largest fraction of intensity removed inside a shadow."""
+    elastic_p: float = 0.0
+    """Probability of an elastic deformation."""
+    elastic_alpha: float = 8.0
+    """Largest displacement of the elastic field, in pixels."""
+    elastic_sigma: float = 6.0
+    """Sigma, in pixels, of the Gaussian that smooths the elastic field."""
+
+    def validate(self, prefix: str) -> None:
+        """Raise ``ValueError`` naming the dotted key of the first out-of-range value."""
+        for name, interval in _RANGES.items():
+            value = getattr(self, name)
+            if not _INTERVALS[interval](value):
+                key = f"{prefix}.{name}" if prefix else name
+                raise ValueError(f"{key}: must be in {interval}, got {value!r}")
+
+
+# Each test is written so that NaN fails it.
+_INTERVALS = {
+    "[0, 1]": lambda v: 0 <= v <= 1,
+    "[0, 1)": lambda v: 0 <= v < 1,
+    "[0, 180]": lambda v: 0 <= v <= 180,
+    "[0, inf)": lambda v: 0 <= v < math.inf,
+    "(0, inf)": lambda v: 0 < v < math.inf,
+}
+# Scale, contrast or gamma of 1 could draw a zero factor that erases the image; a blur needs a positive sigma.
+_RANGES = {
+    "hflip": "[0, 1]",
+    "rotate": "[0, 180]",
+    "translate": "[0, 1]",
+    "scale": "[0, 1)",
+    "affine_p": "[0, 1]",
+    "brightness": "[0, inf)",
+    "contrast": "[0, 1)",
+    "gamma": "[0, 1)",
+    "intensity_p": "[0, 1]",
+    "speckle": "[0, inf)",
+    "speckle_p": "[0, 1]",
+    "shadow_p": "[0, 1]",
+    "shadow_strength": "[0, 1]",
+    "elastic_p": "[0, 1]",
+    "elastic_alpha": "[0, inf)",
+    "elastic_sigma": "(0, inf)",
+}
+
+
+def worker_seed(base_seed: int, epoch: int, index: int) -> np.random.Generator:
+    """A generator for sample ``index`` of ``epoch``.
+
+    Seeded from the triple rather than from a worker's position in a stream, so the augmentation of a sample does
+    not depend on the number of DataLoader workers or on the order they run in.
+    """
+    return np.random.default_rng(np.random.SeedSequence([base_seed, epoch, index]))
+
+
+# ---------------------------------------------------------------------------------------------------- parts
+
+
+def affine_matrix(shape: tuple[int, int], angle: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
+    """2x3 matrix: rotate ``angle`` degrees (counter-clockwise) and scale about the centre, then shift (x, y) px."""
+    h, w = shape
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+    matrix[:, 2] += shift
+    return matrix
+
+
+def elastic_field(shape: tuple[int, int], alpha: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """(h, w, 2) float32 displacements (dx, dy): blurred uniform noise scaled so the largest equals ``alpha``."""
+    h, w = shape
+    # The blurred field has no detail finer than sigma, so it is drawn and blurred on a grid `step` times coarser
+    # (still >= 2 samples per sigma) and resized up: the same autocorrelation at a sixth of the cost.
+    step = max(1, int(sigma // 2))
+    noise = rng.random((math.ceil(h / step), math.ceil(w / step), 2), dtype=np.float32)
+    noise -= 0.5
+    coarse_sigma = sigma / step
+    size = 2 * math.ceil(3 * coarse_sigma) + 1
+    field = cv2.GaussianBlur(noise, (size, size), coarse_sigma)
+    field = cv2.resize(field, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, 2)
+    # Scaled by its peak so that alpha means pixels, whatever the size and sigma that the blur shrank it by.
+    peak = float(np.abs(field).max())
+    if peak > 0:
+        field *= alpha / peak
+    return field
+
+
+def warp_pair(
+    image: np.ndarray, mask: np.ndarray, matrix: np.ndarray | None, field: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the affine ``matrix`` then the displacement ``field`` (either may be None) to image and mask alike."""
+    h, w = image.shape
+    fill = float(image.min())
+    if field is None:
+        if matrix is None:
+            return image, mask
+        constant = cv2.BORDER_CONSTANT
+        warped = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=constant, borderValue=fill)
+        return warped, cv2.warpAffine(mask, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=constant, borderValue=0)
+    # With a field, the affine is folded into the same sampling maps: one interpolation blurs less than two.
+    map_x = np.arange(w, dtype=np.float32)[None, :] + field[..., 0]
+    map_y = np.arange(h, dtype=np.float32)[:, None] + field[..., 1]
+    if matrix is not None:
+        (a, b, c), (d, e, f) = cv2.invertAffineTransform(matrix).astype(np.float32)
+        map_x, map_y = a * map_x + b * map_y + c, d * map_x + e * map_y + f
+    warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+    return warped, cv2.remap(mask, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def speckle(image: np.ndarray, cv: float, rng: np.random.Generator) -> np.ndarray:
+    """Multiply the image's height above its minimum by a spatially correlated, unit-mean noise field.
+
+    After normalisation the values are not echo amplitudes (they may be negative), but ``image - min`` is: the
+    black background sits at the minimum and stays there, while brighter tissue gets proportionally more noise,
+    as real speckle does. The field is log-normal, ``exp(s*z - s**2/2)`` with ``s**2 = log(1 + cv**2)`` and ``z`` a
+    standardised Gaussian-blurred noise (a weighted sum of many uniforms, so close to Gaussian): it is positive,
+    right-skewed like Rayleigh speckle, has mean 1 (no brightness drift) and coefficient of variation ``cv``.
+    """
+    z = cv2.GaussianBlur(rng.random(image.shape, dtype=np.float32), (0, 0), _SPECKLE_GRAIN)
+    z -= float(z.mean())
+    sd = float(z.std())
+    if sd == 0:  # a 1-pixel image has no field to standardise
+        return image.copy()
+    s2 = math.log1p(cv * cv)
+    noise = np.exp(z * (math.sqrt(s2) / sd) - s2 / 2)
+    lo = float(image.min())
+    return (image - lo) * noise + lo
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """An acoustic shadow: a band under ``(x, top)`` that widens with depth, as behind an attenuating lesion."""
+
+    x: float
+    """Centre column, in pixels."""
+    top: float
+    """Row where the shadow starts, in pixels (fractional)."""
+    half_width: float
+    """Half-width at ``top``, in pixels."""
+    spread: float
+    """Growth of the half-width per pixel of depth."""
+    strength: float
+    """Fraction of intensity removed at the centre of the fully developed shadow."""
+
+
+def shadow(image: np.ndarray, s: Shadow) -> np.ndarray:
+    """Darken the rows from ``s.top`` down; rows above are returned unchanged, bit for bit.
+
+    Like speckle it scales ``image - min``, so the shadow fades tissue towards the black background level.
+    """
+    if not s.half_width > 0:
+        raise ValueError(f"shadow half_width must be > 0, got {s.half_width!r}")
+    h, w = image.shape
+    out = image.copy()
+    top = min(h, math.ceil(s.top))
+    widest = s.half_width + s.spread * (h - s.top)
+    left, right = max(0, math.floor(s.x - widest)), min(w, math.ceil(s.x + widest) + 1)
+    if top == h or left >= right:
+        return out
+    # Only the box that holds the fan is touched, so pixels outside it stay bit for bit what they were.
+    depth = np.arange(top, h, dtype=np.float32)[:, None] - np.float32(s.top)
+    half = s.half_width + s.spread * depth
+    # Smoothstep across the band: full strength at the centre, zero slope at the edges, so no edge artefact.
+    t = np.clip(1 - np.abs(np.arange(left, right, dtype=np.float32) - np.float32(s.x)) / half, 0, 1)
+    onset = np.clip(depth / max(1.0, _SHADOW_ONSET * h), 0, 1)
+    gain = 1 - np.float32(s.strength) * onset * (t * t * (3 - 2 * t))
+    lo = float(image.min())
+    out[top:, left:right] = (image[top:, left:right] - lo) * gain + lo
+    return out
+
+
+def levels(image: np.ndarray, contrast: float, brightness: float, gamma: float) -> np.ndarray:
+    """Contrast about the mean, brightness in units of the std, then gamma on the [min, max] range."""
+    mean, std = float(image.mean()), float(image.std())
+    out = image * np.float32(contrast) + np.float32(mean * (1 - contrast) + brightness * std)
+    lo, hi = float(out.min()), float(out.max())
+    if gamma == 1 or hi <= lo:
+        return out
+    # Rescaled to [0, 1] first because gamma needs non-negative input and should keep the range.
+    unit = (out - lo) * np.float32(1 / (hi - lo))
+    np.power(unit, np.float32(gamma), out=unit)
+    return unit * np.float32(hi - lo) + lo
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything drawn for one sample; None means the part does not fire."""
+
+    flip: bool
+    matrix: np.ndarray | None
+    elastic_seed: int | None
+    shadow: Shadow | None
+    speckle_seed: int | None
+    levels: tuple[float, float, float] | None
+
+
+def _uniform(u: float, magnitude: float) -> float:
+    """Map ``u`` in [0, 1) to [-magnitude, magnitude)."""
+    return (2 * u - 1) * magnitude
+
+
+class Augment:
+    """Seeded, switchable augmentation of an (image, mask) pair; see the module docstring for the parts."""
+
+    def __init__(self, params: AugmentParams) -> None:
+        params.validate("augment")
+        self.params = params
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return a new float32 image and uint8 mask of the input shape; the inputs are not modified."""
+        if image.ndim != 2 or image.shape != mask.shape:
+            raise ValueError(f"expected 2-D image and mask of one shape, got {image.shape} and {mask.shape}")
+        image = image.astype(np.float32)  # astype copies: later steps may work in place
+        mask = mask.astype(np.uint8)
+        if not self.params.enabled:
+            return image, mask
+        plan = self._draw(rng, image.shape)
+        if plan.flip:
+            image, mask = cv2.flip(image, 1), cv2.flip(mask, 1)
+        field = None
+        if plan.elastic_seed is not None:
+            p, field_rng = self.params, np.random.default_rng(plan.elastic_seed)
+            field = elastic_field(image.shape, p.elastic_alpha, p.elastic_sigma, field_rng)
+        image, mask = warp_pair(image, mask, plan.matrix, field)
+        if plan.shadow is not None:
+            image = shadow(image, plan.shadow)
+        if plan.speckle_seed is not None:
+            image = speckle(image, self.params.speckle, np.random.default_rng(plan.speckle_seed))
+        if plan.levels is not None:
+            image = levels(image, *plan.levels)
+        return image, mask
+
+    def _draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> _Plan:
+        # Each part takes the same number of draws whether it fires or not, and the noise fields come from seeds
+        # drawn here: switching one part off, or changing its magnitude, leaves every other part's draws as they
+        # were, so an ablation compares the same flips, warps and shadows.
+        p = self.params
+        return _Plan(
+            flip=bool(rng.random() < p.hflip),
+            matrix=self._draw_affine(rng, shape),
+            elastic_seed=self._draw_seed(rng, p.elastic_p, p.elastic_alpha),
+            shadow=self._draw_shadow(rng, shape),
+            speckle_seed=self._draw_seed(rng, p.speckle_p, p.speckle),
+            levels=self._draw_levels(rng),
+        )
+
+    def _draw_affine(self, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray | None:
+        p = self.params
+        fire, angle, scale, tx, ty = rng.random(5)
+        if fire >= p.affine_p or not (p.rotate or p.scale or p.translate):
+            return None
+        h, w = shape
+        shift = (_uniform(tx, p.translate) * w, _uniform(ty, p.translate) * h)
+        return affine_matrix(shape, _uniform(angle, p.rotate), 1 + _uniform(scale, p.scale), shift)
+
+    @staticmethod
+    def _draw_seed(rng: np.random.Generator, probability: float, magnitude: float) -> int | None:
+        fire, seed = rng.random(), int(rng.integers(2**63))
+        return seed if fire < probability and magnitude > 0 else None
+
+    def _draw_shadow(self, rng: np.random.Generator, shape: tuple[int, int]) -> Shadow | None:
+        p = self.params
+        fire, x, top, half, spread, strength = rng.random(6)
+        if fire >= p.shadow_p or p.shadow_strength == 0:
+            return None
+        h, w = shape
+        return Shadow(
+            x=x * w,
+            top=(_SHADOW_TOP[0] + top * (_SHADOW_TOP[1] - _SHADOW_TOP[0])) * h,
+            half_width=(_SHADOW_HALF_WIDTH[0] + half * (_SHADOW_HALF_WIDTH[1] - _SHADOW_HALF_WIDTH[0])) * w,
+            spread=spread * _SHADOW_SPREAD,
+            # At least half the configured strength, so that a shadow which fires is visible.
+            strength=(0.5 + 0.5 * strength) * p.shadow_strength,
+        )
+
+    def _draw_levels(self, rng: np.random.Generator) -> tuple[float, float, float] | None:
+        p = self.params
+        fire, contrast, brightness, gamma = rng.random(4)
+        if fire >= p.intensity_p or not (p.contrast or p.brightness or p.gamma):
+            return None
+        return 1 + _uniform(contrast, p.contrast), _uniform(brightness, p.brightness), 1 + _uniform(gamma, p.gamma)
