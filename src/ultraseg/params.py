@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ultraseg.data.augment import AugmentParams
+
 
 class ParamsError(ValueError):
     """A params file that does not match the schema; the message names the dotted key."""
@@ -181,10 +183,89 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class ModelParams:
+    """Arguments of :func:`ultraseg.models.registry.build_model`; ``null`` keeps the variant's own default."""
+
+    name: Literal["unet", "attention_unet", "res_unet", "unet_pp"] = "unet"
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    """Channels per level, stem first, bottleneck last; the classic U-Net is [64, 128, 256, 512, 1024]."""
+    block: Literal["double", "residual", "separable"] | None = None
+    attention: bool | None = None
+    norm: Literal["batch", "group", "instance"] = "batch"
+    act: Literal["relu", "leaky_relu", "gelu", "silu"] = "relu"
+    down: Literal["max", "avg", "conv"] = "max"
+    up: Literal["transpose", "bilinear", "nearest"] = "transpose"
+    dropout: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        if len(self.widths) < 2 or min(self.widths) < 1:
+            raise ParamsError(f"{prefix}.widths: expected at least two positive channel counts, got {self.widths}")
+        _within(self, prefix, "dropout", 0.0, 0.9)
+
+    def config(self) -> dict[str, Any]:
+        """The ``build_model`` config: a plain dict, without the ``null`` (variant-default) entries."""
+        return {k: v for k, v in to_dict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Term weights (0 leaves a term out) and options, as :func:`ultraseg.losses.build_loss` takes them."""
+
+    bce: float = 1.0
+    dice: float = 1.0
+    focal: float = 0.0
+    tversky: float = 0.0
+    focal_gamma: float = 2.0
+    tversky_alpha: float = 0.3
+    tversky_beta: float = 0.7
+
+    def validate(self, prefix: str) -> None:
+        for name in ("bce", "dice", "focal", "tversky"):
+            _within(self, prefix, name, 0.0, 100.0)
+        if self.bce + self.dice + self.focal + self.tversky <= 0:
+            raise ParamsError(f"{prefix}: at least one of bce, dice, focal, tversky needs a positive weight")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto``: CUDA when present, else the CPU."""
+    threads: int = 0
+    """CPU threads for PyTorch; 0 uses every core."""
+    workers: int = 0
+    """DataLoader worker processes; augmentation costs well under 1% of a CPU step, so 0 is fastest on 2 cores."""
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 0.003
+    weight_decay: float = 0.0001
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_epochs: int = 2
+    patience: int = 20
+    """Early stopping: epochs without a better val Dice before training stops; 0 never stops early."""
+    grad_clip: float = 1.0
+    """Largest gradient norm; 0 disables clipping."""
+    threshold: float = 0.5
+    """Probability above which a pixel is lesion, for val Dice/IoU."""
+    amp: bool = True
+    """Mixed precision; used on CUDA only."""
+    model: ModelParams = field(default_factory=ModelParams)
+    loss: LossParams = field(default_factory=LossParams)
+    augment: AugmentParams = field(default_factory=AugmentParams)
+
+    def validate(self, prefix: str) -> None:
+        _positive(self, prefix, "epochs", "batch_size", "lr")
+        for name in ("threads", "workers", "warmup_epochs", "patience", "weight_decay", "grad_clip"):
+            _within(self, prefix, name, 0, float("inf"))
+        _within(self, prefix, "threshold", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class Params:
     fetch: FetchParams = field(default_factory=FetchParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     split: SplitParams = field(default_factory=SplitParams)
+    train: TrainParams = field(default_factory=TrainParams)
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -256,7 +337,12 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate(prefix)
+        try:
+            validate(prefix)
+        except ParamsError:
+            raise
+        except ValueError as err:  # validators outside this module raise plain ValueError
+            raise ParamsError(str(err)) from None
     return obj
 
 

@@ -233,12 +233,12 @@ class AttentionGate(nn.Module):
 
 
 def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Pad ``x`` on the bottom and right (replicating its edge) to the spatial size of ``ref``."""
+    """Pad ``x`` on the bottom and right (replicating its edge) to the spatial size of ``ref``.
+
+    Always pads, by zero when the sizes match: a Python branch on the sizes would be frozen into an exported
+    ONNX graph at the export size, and the graph must take any height and width.
+    """
     dh, dw = ref.shape[-2] - x.shape[-2], ref.shape[-1] - x.shape[-1]
-    if dh == 0 and dw == 0:
-        return x
-    if dh < 0 or dw < 0:
-        raise ValueError(f"cannot pad {tuple(x.shape[-2:])} to the smaller {tuple(ref.shape[-2:])}")
     return F.pad(x, (0, dw, 0, dh), mode="replicate")
 
 

@@ -1,0 +1,49 @@
+"""The training and validation sets: preprocessed arrays, normalised once, augmented per sample."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ultraseg.data.augment import Augment, worker_seed
+from ultraseg.data.preprocess import Preprocessed, normalize
+from ultraseg.io import read_csv
+
+
+def split_ids(split_csv: Path, split: str) -> list[str]:
+    """Image ids of one split, in the file's order."""
+    ids = [row["id"] for row in read_csv(split_csv) if row["split"] == split]
+    if not ids:
+        raise ValueError(f"{split_csv}: no image in split {split!r}")
+    return ids
+
+
+def load_split(folder: Path, split_csv: Path, split: str, mode: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Normalised images (N, S, S) float32, masks (N, S, S) uint8 and ids of one split."""
+    data = Preprocessed.load(folder)
+    ids = split_ids(split_csv, split)
+    rows = data.rows(ids)
+    return normalize(data.images[rows], mode), data.masks[rows], ids
+
+
+class SegmentationSet(Dataset):
+    """(image, mask) tensors of shape (1, S, S); augmented with a generator fixed by (seed, epoch, index)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Augment | None = None, seed: int = 0):
+        self.images, self.masks, self.augment, self.seed = images, masks, augment, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.images[index], self.masks[index]
+        if self.augment is not None:
+            image, mask = self.augment(image, mask, worker_seed(self.seed, self.epoch, index))
+        return torch.from_numpy(np.ascontiguousarray(image)[None]), torch.from_numpy(mask[None].astype(np.float32))

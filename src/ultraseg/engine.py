@@ -1,0 +1,225 @@
+"""The training loop (after nanoGPT's ``train.py``: one loop, read top to bottom) and its small helpers.
+
+:func:`fit` trains any segmentation model with any loss of ``(logits, images, masks)``, so the teacher and the
+distilled student share it. Every epoch it validates, logs to dvclive, keeps the best weights by val Dice and writes
+a resume file; an interrupted run started again with the same params continues from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ultraseg import metrics
+from ultraseg.data.dataset import SegmentationSet
+from ultraseg.io import atomic_path
+from ultraseg.params import TrainParams
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(logits, images, masks)``: images are passed so a distillation loss can query its teacher."""
+
+
+# ---------------------------------------------------------------------------------------------------- set-up
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def configure_cpu(threads: int) -> int:
+    """Use ``threads`` (0: every core) for PyTorch; keep OpenCV single-threaded so it does not fight PyTorch."""
+    threads = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(1)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the GPU has it (no loss scaling needed), fp16 on older GPUs, none on the CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to 1% of the base learning rate."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+    """Logits (N, 1, S, S), on the CPU, for normalised images (N, S, S)."""
+    model.eval()
+    out = [model(torch.from_numpy(images[s:s + batch_size, None]).to(device)).float().cpu()
+           for s in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, images: np.ndarray, masks: np.ndarray, loss_fn: LossFn, device: torch.device,
+             threshold: float) -> dict[str, float]:
+    """Val loss and the lesion-image mean Dice/IoU at ``threshold`` (see :mod:`ultraseg.metrics`)."""
+    logits = predict_logits(model, images, device)
+    target = torch.from_numpy(masks[:, None].astype(np.float32))
+    loss = float(loss_fn(logits.to(device), torch.from_numpy(images[:, None]).to(device), target.to(device)))
+    probs = torch.sigmoid(logits).numpy()[:, 0]
+    return {"loss": loss, **metrics.summarize(probs > threshold, masks > 0)}
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best: dict[str, float]
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, val_masks: np.ndarray,
+        cfg: TrainParams, loss_fn: LossFn, device: torch.device, live: Any, resume_path: Path,
+        run_id: str, desc: str = "train") -> FitResult:
+    """Train ``model`` in place; return the best weights by val Dice and the per-epoch history."""
+    seed_everything(cfg.seed)
+    channels_last = device.type == "cpu"  # NHWC convolutions run about 1.3x faster on x86 CPUs
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size {cfg.batch_size} is larger than the training set ({len(train_set)})")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.scheduler == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)
+    else:
+        total = cfg.epochs * steps_per_epoch
+        warmup = cfg.warmup_epochs * steps_per_epoch
+        factor = (lambda s: lr_factor(s, warmup, total)) if cfg.scheduler == "cosine" else (lambda s: 1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    result = FitResult(copy.deepcopy(model.state_dict()), -1, {"dice": -1.0}, 0)
+    start_epoch, elapsed = 0, 0.0
+    if (resumed := _load_resume(resume_path, run_id)) is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["torch_rng"])
+        result, start_epoch, elapsed = resumed["result"], resumed["epoch"] + 1, resumed["result"].seconds
+        for row in result.history:  # the dvclive folder is a stage output, so DVC removed it: replay the curves
+            _log(live, row)
+        print(f"{desc}: resuming after epoch {start_epoch} from {resume_path}")
+
+    started = time.perf_counter() - elapsed
+    for epoch in range(start_epoch, cfg.epochs):
+        train_set.set_epoch(epoch)
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 10_000 + epoch))
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=order.tolist(), drop_last=True,
+                            num_workers=cfg.workers, worker_init_fn=_worker_init)
+        model.train()
+        losses = []
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        for images, masks in bar:
+            images, masks = images.to(device), masks.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = loss_fn(model(images).float(), images, masks)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if cfg.scheduler != "plateau":
+                scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+
+        val = validate(model, val_images, val_masks, loss_fn, device, cfg.threshold)
+        if cfg.scheduler == "plateau":
+            scheduler.step(val["dice"])
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+               "val_dice": val["dice"], "val_iou": val["iou"], "val_normal_clean": val["normal_clean"],
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+        result.history.append(row)
+        _log(live, row)
+        if val["dice"] > result.best["dice"]:
+            result.best, result.best_epoch = val, epoch + 1
+            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        result.epochs_run, result.seconds = epoch + 1, row["seconds"]
+        tqdm.write(f"{desc} epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
+                   f"val dice {val['dice']:.4f}  iou {val['iou']:.4f}  best {result.best['dice']:.4f} "
+                   f"(epoch {result.best_epoch})  {row['seconds'] / 60:.1f} min")
+        _save_resume(resume_path, run_id, model, optimizer, scheduler, result, epoch)
+        if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
+            tqdm.write(f"{desc}: no better val Dice for {cfg.patience} epochs, stopping early")
+            break
+
+    model.load_state_dict(result.best_state)
+    return result
+
+
+def _log(live: Any, row: dict[str, float]) -> None:
+    for key, value in row.items():
+        if key != "epoch":
+            live.log_metric(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value)
+    live.next_step()
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def _save_resume(path: Path, run_id: str, model, optimizer, scheduler, result: FitResult, epoch: int) -> None:
+    state = {"run_id": run_id, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "result": result}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_resume(path: Path, run_id: str) -> dict[str, Any] | None:
+    """The resume state of an interrupted run with the same ``run_id`` (params hash), else None."""
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds a FitResult
+    if state.get("run_id") != run_id:
+        print(f"{path}: left by a run with other params; starting afresh")
+        return None
+    return state

@@ -1,0 +1,32 @@
+"""train: fit the teacher U-Net on the train split, select the epoch with the best val Dice.
+
+Reads the `train` params section (and `preprocess` for the checkpoint's metadata), data/preprocessed and
+data/split.csv. Writes models/teacher.pt (weights + everything needed to rebuild and use them),
+metrics/train.json and dvclive learning curves in dvclive/train. An interrupted run resumes from
+models/.resume/train.pt when started again with the same params and data.
+"""
+
+from pathlib import Path
+
+from ultraseg import io, train
+from ultraseg.cli import fail_cleanly, parse, parser
+
+
+@fail_cleanly
+def main(argv=None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--data", type=Path, default=Path("data/preprocessed"))
+    ap.add_argument("--split", type=Path, default=Path("data/split.csv"))
+    ap.add_argument("--out", type=Path, default=Path("models/teacher.pt"))
+    ap.add_argument("--live", type=Path, default=Path("dvclive/train"))
+    ap.add_argument("--resume", type=Path, default=Path("models/.resume/train.pt"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
+    args, params = parse(ap, argv)
+    summary = train.run(params, args.data, args.split, args.out, args.live, args.resume)
+    io.write_json(args.metrics, summary)
+    print(f"train: best val Dice {summary['val_dice']} at epoch {summary['best_epoch']} "
+          f"in {summary['train_minutes']} min -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
