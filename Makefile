@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)
 
+# dvc.yaml's commands call `python`: the venv's bin goes first on PATH so they get this environment.
 repro: $(STAMP)
-	$(BIN)/dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 clean-venv:
 	rm -rf $(VENV)
