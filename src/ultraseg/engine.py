@@ -132,7 +132,8 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-    result = FitResult(copy.deepcopy(model.state_dict()), -1, {"dice": -1.0}, 0)
+    result = FitResult(copy.deepcopy(model.state_dict()), 0, {"dice": float("nan")}, 0)
+    best_score = -math.inf
     start_epoch, elapsed = 0, 0.0
     if (resumed := _load_resume(resume_path, run_id)) is not None:
         model.load_state_dict(resumed["model"])
@@ -140,6 +141,7 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         scheduler.load_state_dict(resumed["scheduler"])
         torch.set_rng_state(resumed["torch_rng"])
         result, start_epoch, elapsed = resumed["result"], resumed["epoch"] + 1, resumed["result"].seconds
+        best_score = _score(result.best)
         for row in result.history:  # the dvclive folder is a stage output, so DVC removed it: replay the curves
             _log(live, row)
         print(f"{desc}: resuming after epoch {start_epoch} from {resume_path}")
@@ -179,7 +181,8 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         result.history.append(row)
         _log(live, row)
-        if val["dice"] > result.best["dice"]:
+        if _score(val) > best_score:
+            best_score = _score(val)
             result.best, result.best_epoch = val, epoch + 1
             result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         result.epochs_run, result.seconds = epoch + 1, row["seconds"]
@@ -193,6 +196,11 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
 
     model.load_state_dict(result.best_state)
     return result
+
+
+def _score(val: dict[str, float]) -> float:
+    """Val Dice for model selection; a val set without lesions (Dice NaN) keeps the first epoch."""
+    return val["dice"] if math.isfinite(val["dice"]) else -1.0
 
 
 def _log(live: Any, row: dict[str, float]) -> None:
