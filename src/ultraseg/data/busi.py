@@ -19,6 +19,7 @@ import hashlib
 import re
 import shutil
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -74,13 +75,20 @@ def download(url: str, cache_dir: Path, sha256: str | None = None) -> Path:
     if target.exists():
         _check_sha256(target, sha256)
         return target
-    with atomic_path(target) as tmp, urllib.request.urlopen(url, timeout=60) as response:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        with open(tmp, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                fh.write(block)
-                bar.update(len(block))
-        _check_sha256(tmp, sha256)
+    try:
+        with atomic_path(target) as tmp, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            received = 0
+            with open(tmp, "wb") as fh, tqdm(total=total, unit="B", unit_scale=True, desc=f"download {name}") as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    fh.write(block)
+                    received += len(block)
+                    bar.update(len(block))
+            if total is not None and received != total:  # a dropped connection ends read() quietly
+                raise DataError(f"{url}: download incomplete, {received} of {total} bytes; try again")
+            _check_sha256(tmp, sha256)
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise DataError(f"{url}: download failed ({err})") from None
     return target
 
 

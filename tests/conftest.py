@@ -1,0 +1,166 @@
+"""Shared fixtures: where the repository and the BUSI mirror are, one torch thread, and tiny BUSI-like datasets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MIRROR = REPO_ROOT.parent / "shared" / "data" / "busi"
+CLASSES = ("benign", "malignant", "normal")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def busi_mirror() -> Path:
+    """The read-only compact BUSI mirror; tests that need real images are skipped where it is absent."""
+    if not all((MIRROR / cls).is_dir() for cls in CLASSES):
+        pytest.skip(f"BUSI mirror not found at {MIRROR}")
+    return MIRROR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny tensors run fastest on one thread, and the test machine has two cores shared with other work."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------- make_busi
+
+
+@dataclass
+class FakeBusi:
+    """A tiny BUSI-like dataset on disk and what a correct reader must get out of it."""
+
+    root: Path
+    layout: str
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    """id -> expected 8-bit greyscale image."""
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    """id -> expected boolean lesion mask (union of the mask files)."""
+    classes: dict[str, str] = field(default_factory=dict)
+    image_files: dict[str, Path] = field(default_factory=dict)
+    mask_files: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.images)
+
+
+def speckle_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A grey ramp times gamma speckle with a dark rounded 'lesion': looks enough like an ultrasound frame."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    tissue = 60 + 100 * yy / height + 20 * np.sin(xx / 5.0)
+    lesion = ((yy - height / 2) / (height / 4)) ** 2 + ((xx - width / 2) / (width / 4)) ** 2 < 1
+    tissue = np.where(lesion, tissue * 0.35, tissue)
+    speckle = rng.gamma(shape=4.0, scale=0.25, size=(height, width))
+    return np.clip(tissue * speckle, 0, 255).astype(np.uint8)
+
+
+def _rectangle_mask(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
+    mask[top : top + rng.integers(4, height // 2), left : left + rng.integers(4, width // 2)] = True
+    return mask
+
+
+def _save_mask(mask: np.ndarray, path: Path, kind: str) -> None:
+    """``kind``: ``1bit``, ``grey`` (8-bit L), ``rgb`` (8-bit RGB) or ``rgba`` (RGB plus an opaque alpha)."""
+    grey = mask.astype(np.uint8) * 255
+    if kind == "1bit":
+        Image.fromarray(grey).convert("1").save(path)
+    elif kind == "grey":
+        Image.fromarray(grey, "L").save(path)
+    elif kind == "rgb":
+        Image.fromarray(np.dstack([grey] * 3), "RGB").save(path)
+    elif kind == "rgba":
+        alpha = np.full_like(grey, 255)
+        Image.fromarray(np.dstack([grey, grey, grey, alpha]), "RGBA").save(path)
+    else:
+        raise ValueError(kind)
+
+
+MASK_KINDS = ("rgb", "rgba", "1bit")
+
+
+def build_busi(
+    root: Path, layout: str = "mirror", counts: dict[str, int] | None = None, seed: int = 0
+) -> FakeBusi:
+    """Write a tiny BUSI-like dataset below ``root`` (``root/benign``, ``root/malignant``, ``root/normal``).
+
+    ``mirror``: greyscale lossless WebP images and 1-bit PNG masks, as in the compact mirror.
+    ``original``: RGB PNG images (grey in all channels, except one with a coloured overlay) and masks that cycle
+    through 8-bit RGB, RGBA and 1-bit PNG; ``benign (1)`` has two lesions, ``_mask.png`` and ``_mask_1.png``.
+    Images are about 40 x 52 pixels, each a slightly different size. Normal images get empty masks.
+    """
+    if layout not in ("mirror", "original"):
+        raise ValueError(layout)
+    counts = counts or {"benign": 3, "malignant": 2, "normal": 2}
+    rng = np.random.default_rng(seed)
+    fake = FakeBusi(root, layout)
+    k = 0
+    for cls, count in counts.items():
+        folder = root / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(1, count + 1):
+            image_id = f"{cls} ({n})"
+            height, width = 40 + 2 * (k % 3), 52 - 2 * (k % 2)
+            grey = speckle_image(rng, height, width)
+            if cls == "normal":
+                parts = [np.zeros((height, width), bool)]
+            elif image_id == "benign (1)":
+                first = np.zeros((height, width), bool)
+                first[2:10, 3:15] = True
+                second = np.zeros((height, width), bool)
+                second[25:35, 30:45] = True
+                parts = [first, second]
+            else:
+                parts = [_rectangle_mask(rng, height, width)]
+            if layout == "mirror":
+                image_path = folder / f"{image_id}.webp"
+                Image.fromarray(grey, "L").save(image_path, lossless=True)
+                expected = grey
+                kinds = ["1bit"] * len(parts)
+            else:
+                image_path = folder / f"{image_id}.png"
+                rgb = np.dstack([grey] * 3)
+                if image_id == "malignant (1)":  # a coloured caliper mark, as 16 originals carry
+                    rgb[5:8, 5:30] = (230, 200, 20)
+                Image.fromarray(rgb, "RGB").save(image_path)
+                expected = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
+                kinds = [MASK_KINDS[(k + j) % len(MASK_KINDS)] for j in range(len(parts))]
+            mask_paths = []
+            for j, (part, kind) in enumerate(zip(parts, kinds)):
+                suffix = "_mask" if j == 0 else f"_mask_{j}"
+                path = folder / f"{image_id}{suffix}.png"
+                _save_mask(part, path, kind)
+                mask_paths.append(path)
+            fake.images[image_id] = expected
+            fake.masks[image_id] = np.logical_or.reduce(parts)
+            fake.classes[image_id] = cls
+            fake.image_files[image_id] = image_path
+            fake.mask_files[image_id] = mask_paths
+            k += 1
+    return fake
+
+
+@pytest.fixture
+def make_busi():
+    """Factory: ``make_busi(root, layout="mirror" | "original", counts=None, seed=0) -> FakeBusi``."""
+    return build_busi

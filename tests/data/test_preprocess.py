@@ -1,0 +1,188 @@
+"""preprocess.py: masks stay binary under resizing, normalisation numbers, the stage's output round-trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+from ultraseg.data import busi, filters
+from ultraseg.data import preprocess as pp
+from ultraseg.params import ClaheParams, PreprocessParams
+
+PLAIN = PreprocessParams(filter="none", clahe=ClaheParams(enabled=False))
+
+
+def checkerboard(blocks: int, block: int) -> np.ndarray:
+    """``blocks`` x ``blocks`` squares of ``block`` pixels, alternating 0 and 1."""
+    cells = (np.add.outer(np.arange(blocks), np.arange(blocks)) % 2).astype(np.uint8)
+    return np.kron(cells, np.ones((block, block), np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------- resize_mask
+
+
+def test_resize_mask_downsampled_checkerboard_keeps_structure():
+    mask = checkerboard(16, 2)  # 32 x 32 of 2x2 blocks
+    out = pp.resize_mask(mask, 16)
+    np.testing.assert_array_equal(out, checkerboard(16, 1))
+
+
+def test_resize_mask_upsampled_checkerboard_is_blocky():
+    out = pp.resize_mask(checkerboard(8, 1).astype(bool), 32)
+    np.testing.assert_array_equal(out, checkerboard(8, 4))
+
+
+def test_resize_mask_adds_no_values():
+    rng = np.random.default_rng(0)
+    mask = rng.random((47, 61)) < 0.3
+    for size in (16, 32, 128, (20, 70)):
+        out = pp.resize_mask(mask, size)
+        assert out.dtype == np.uint8
+        assert set(np.unique(out).tolist()) == {0, 1}
+    assert pp.resize_mask(mask, (20, 70)).shape == (20, 70)  # (height, width)
+    assert pp.resize_mask(mask, 32).shape == (32, 32)
+
+
+def test_resize_mask_keeps_a_lesion_where_it_was():
+    mask = np.zeros((100, 200), bool)
+    mask[20:60, 50:150] = True
+    out = pp.resize_mask(mask, (50, 100))
+    expected = np.zeros((50, 100), np.uint8)
+    expected[10:30, 25:75] = 1
+    np.testing.assert_array_equal(out, expected)
+
+
+# ---------------------------------------------------------------------------------------------------- normalize
+
+
+def test_normalize_unit():
+    x = pp.normalize(np.array([[0, 51], [102, 255]], np.uint8), "unit")
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x, [[0.0, 0.2], [0.4, 1.0]], atol=1e-7)
+
+
+def test_normalize_zscore_per_image():
+    batch = np.array([[[0, 255], [0, 255]], [[10, 20], [30, 40]]], np.uint8)
+    x = pp.normalize(batch, "zscore")
+    assert x.dtype == np.float32 and x.shape == (2, 2, 2)
+    np.testing.assert_allclose(x[0], [[-1, 1], [-1, 1]], atol=1e-6)
+    s = np.sqrt(5.0)  # (10, 20, 30, 40): mean 25, std sqrt(125) -> (-15, -5, 5, 15) / sqrt(125)
+    np.testing.assert_allclose(x[1], [[-3 / s, -1 / s], [1 / s, 3 / s]], atol=1e-6)
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), 0, atol=1e-6)
+    np.testing.assert_allclose(x.std(axis=(1, 2)), 1, atol=1e-6)
+
+
+def test_normalize_zscore_constant_image_is_zero():
+    x = pp.normalize(np.full((4, 4), 77, np.uint8), "zscore")
+    assert np.isfinite(x).all()
+    np.testing.assert_array_equal(x, np.zeros((4, 4), np.float32))
+
+
+def test_normalize_unknown_mode():
+    with pytest.raises(ValueError, match="unknown normalisation 'minmax'; valid: unit, zscore"):
+        pp.normalize(np.zeros((2, 2), np.uint8), "minmax")
+
+
+# ---------------------------------------------------------------------------------------------------- enhance
+
+
+def speckle(shape=(48, 64), seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(40, 200, shape[1])[None, :] * np.ones(shape)
+    return np.clip(base * rng.gamma(4.0, 0.25, size=shape), 0, 255).astype(np.uint8)
+
+
+def test_enhance_without_filter_or_clahe_is_identity():
+    image = speckle()
+    out = pp.enhance(image, PLAIN)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, image)
+
+
+def test_enhance_applies_the_chosen_filter():
+    image = speckle()
+    params = dataclasses.replace(PLAIN, filter="lee")
+    expected = np.clip(np.rint(filters.apply_filter(image, "lee", window=7)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(pp.enhance(image, params), expected)
+    np.testing.assert_array_equal(pp.enhance(image, PLAIN, filter_name="lee"), expected)  # override
+    assert not np.array_equal(expected, image)
+
+
+def test_enhance_clahe_changes_contrast():
+    image = (speckle() // 4 + 100).astype(np.uint8)  # a low-contrast image
+    out = pp.enhance(image, dataclasses.replace(PLAIN, clahe=ClaheParams(enabled=True, clip=2.0, tiles=4)))
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert out.std() > 1.3 * image.std()
+
+
+@pytest.mark.parametrize("shape", [(40, 52), (300, 200), (20, 400)])
+def test_preprocess_shape_and_dtype(shape):
+    out = pp.preprocess(speckle(shape), PreprocessParams(size=32))
+    assert out.shape == (32, 32)
+    assert out.dtype == np.uint8
+
+
+def test_preprocess_of_a_constant_image_stays_constant():
+    out = pp.preprocess(np.full((50, 70), 90, np.uint8), dataclasses.replace(PLAIN, size=16))
+    np.testing.assert_array_equal(out, np.full((16, 16), 90, np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------------- the stage
+
+
+def test_run_and_load_round_trip(tmp_path, make_busi):
+    fake = make_busi(tmp_path / "src", layout="original")
+    raw = tmp_path / "raw"
+    manifest = busi.fetch(str(fake.root), raw, tmp_path / "cache")
+    params = PreprocessParams(size=32, filter="median")
+    timing = pp.run(raw, tmp_path / "pre", params)
+    assert timing["filter"] == "median" and timing["images"] == len(manifest) == 7
+    assert timing["seconds"] >= 0 and timing["ms_per_image"] >= 0
+
+    loaded = pp.Preprocessed.load(tmp_path / "pre")
+    assert sorted(p.name for p in (tmp_path / "pre").iterdir()) == ["images.npy", "index.csv", "masks.npy"]
+    assert loaded.images.shape == loaded.masks.shape == (7, 32, 32)
+    assert loaded.images.dtype == loaded.masks.dtype == np.uint8
+    assert set(np.unique(loaded.masks).tolist()) == {0, 1}
+    assert [row["id"] for row in loaded.index] == [row["id"] for row in manifest]
+    assert loaded.index[0] == {"row": "0", "id": "benign (1)", "class": "benign", "width": "52", "height": "40"}
+    for k, image_id in enumerate(fake.ids):
+        np.testing.assert_array_equal(loaded.images[k], pp.preprocess(fake.images[image_id], params))
+        np.testing.assert_array_equal(loaded.masks[k], pp.resize_mask(fake.masks[image_id], 32))
+    assert loaded.masks[fake.ids.index("normal (1)")].sum() == 0
+
+    assert loaded.rows(["normal (2)", "benign (1)"]).tolist() == [6, 0]
+    with pytest.raises(KeyError, match=re.escape("'benign (9)' is not in the preprocessed set")):
+        loaded.rows(["benign (1)", "benign (9)"])
+
+
+def test_quality_sample_takes_lesion_images_only(tmp_path, make_busi):
+    fake = make_busi(tmp_path / "src", counts={"benign": 4, "malignant": 3, "normal": 3})
+    busi.fetch(str(fake.root), tmp_path / "raw", tmp_path / "cache")
+    sample = pp.quality_sample(tmp_path / "raw", 3)
+    assert [s[0] for s in sample] == ["benign (1)", "benign (4)", "malignant (3)"]  # spread over sorted ids
+    assert all(s[2].dtype == bool and s[1].shape == s[2].shape for s in sample)
+    assert len(pp.quality_sample(tmp_path / "raw", 50)) == 7  # never more than there are
+
+
+def test_compare_filters_on_real_images(busi_mirror):
+    sample = []
+    for image_id in ("benign (20)", "benign (24)", "malignant (1)", "malignant (3)"):
+        cls = image_id.split(" ")[0]
+        record = busi.Record(image_id, cls, busi_mirror / cls / f"{image_id}.webp",
+                             tuple(sorted((busi_mirror / cls).glob(f"{image_id}_mask*.png"))))
+        sample.append((image_id, *busi.load_record(record)))
+    table = pp.compare_filters(sample, PreprocessParams())
+    assert list(table) == list(filters.FILTERS)
+    assert set(filters.FILTERS) == {"none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"}
+    assert table["none"]["enl_ratio"] == 1.0 and table["none"]["edge_preservation"] == 1.0
+    for name, row in table.items():
+        assert set(row) == {"enl_ratio", "edge_preservation", "ms_per_image"}
+        assert np.isfinite(row["enl_ratio"]) and np.isfinite(row["edge_preservation"]), name
+        assert row["edge_preservation"] <= 1.0 + 1e-9
+    for name in ("gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"):
+        assert table[name]["enl_ratio"] > 1.0, name
+    assert table["lee"]["enl_ratio"] > 2.0  # about 3 on these four images

@@ -1,0 +1,210 @@
+"""params.py: the schema catches every mistake a params file or `dvc exp run -S` can make, naming the dotted key."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ultraseg import params as P
+from ultraseg.params import ParamsError
+
+
+def nested(dotted: str, value) -> dict:
+    """``nested("a.b.c", 1) == {"a": {"b": {"c": 1}}}``."""
+    out: dict = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def test_defaults_load():
+    params = P.from_dict({})
+    assert params == P.Params()
+    assert P.from_dict(None) == P.Params()
+    assert params.preprocess.size == 128
+    assert params.preprocess.filter == "none"
+    assert params.split.fractions == P.SplitFractions(0.7, 0.1, 0.2)
+    assert params.fetch.sha256 is None
+
+
+def test_repo_params_yaml_loads(repo_root):
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params = P.load(repo_root / "params.yaml")
+    assert params.preprocess.size == raw["preprocess"]["size"]
+    assert params.preprocess.filter == raw["preprocess"]["filter"]
+    assert params.split.seed == raw["split"]["seed"]
+    assert params.split.fractions.test == pytest.approx(raw["split"]["fractions"]["test"])
+    assert params.fetch.source == raw["fetch"]["source"]
+
+
+def test_repo_params_yaml_spells_out_every_key(repo_root):
+    """params.yaml is the one place a reader sees every tunable: no schema field is left to a hidden default."""
+    raw = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params = P.load(repo_root / "params.yaml")
+    sections = [f.name for f in dataclasses.fields(P.Params)]
+    assert {"fetch", "preprocess", "split"} <= set(sections)
+    assert sorted(raw) == sorted(sections)
+    for name in sections:
+        assert P.to_dict(getattr(params, name)) == raw[name], name
+
+
+@pytest.mark.parametrize(
+    "dotted",
+    ["fetchh", "fetch.sourcee", "preprocess.clahe.clipp", "preprocess.filters.lee.windoww",
+     "split.duplicates.min_nccc", "split.fractions.tset"],
+)
+def test_unknown_key_named_at_every_depth(dotted):
+    with pytest.raises(ParamsError, match=rf"unknown key {re.escape(dotted)};"):
+        P.from_dict(nested(dotted, 1))
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ParamsError) as err:
+        P.from_dict(nested("preprocess.clahe.clipp", 2.0))
+    assert str(err.value) == "unknown key preprocess.clahe.clipp; valid keys here: enabled, clip, tiles"
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "message"),
+    [
+        ("preprocess.size", "abc", "preprocess.size: expected int, got 'abc'"),
+        ("preprocess.size", True, "preprocess.size: expected int, got True"),
+        ("preprocess.size", 128.0, "preprocess.size: expected int, got 128.0"),
+        ("split.seed", "42", "split.seed: expected int, got '42'"),
+        ("split.fractions.train", "x", "split.fractions.train: expected float, got 'x'"),
+        ("split.fractions.train", True, "split.fractions.train: expected float, got True"),
+        ("preprocess.clahe.enabled", 1, "preprocess.clahe.enabled: expected bool, got 1"),
+        ("fetch.source", 5, "fetch.source: expected str, got 5"),
+        ("preprocess.clahe", 3, "preprocess.clahe: expected a mapping, got 3"),
+        ("preprocess.filters.lee.window", None, "preprocess.filters.lee.window: expected int, got None"),
+    ],
+)
+def test_wrong_type_names_the_key(dotted, value, message):
+    with pytest.raises(ParamsError) as err:
+        P.from_dict(nested(dotted, value))
+    assert str(err.value) == message
+
+
+def test_optional_field_accepts_none_or_str_and_names_both():
+    assert P.from_dict(nested("fetch.sha256", None)).fetch.sha256 is None
+    assert P.from_dict(nested("fetch.sha256", "ab" * 32)).fetch.sha256 == "ab" * 32
+    with pytest.raises(ParamsError, match=r"^fetch\.sha256: expected str or NoneType, got 5$"):
+        P.from_dict(nested("fetch.sha256", 5))
+
+
+def test_literal_lists_valid_values():
+    with pytest.raises(ParamsError) as err:
+        P.from_dict(nested("preprocess.filter", "foo"))
+    message = str(err.value)
+    assert message.startswith("preprocess.filter: expected one of ")
+    assert message.endswith("got 'foo'")
+    for name in ("none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"):
+        assert repr(name) in message
+    with pytest.raises(ParamsError, match=r"preprocess\.normalize: expected one of 'unit', 'zscore', got 'minmax'"):
+        P.from_dict(nested("preprocess.normalize", "minmax"))
+
+
+def test_every_literal_value_is_accepted():
+    for name in ("none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"):
+        assert P.from_dict(nested("preprocess.filter", name)).preprocess.filter == name
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        ({"split": {"fractions": {"train": 0.7, "val": 0.2, "test": 0.2}}}, r"^split\.fractions: .*summing to 1"),
+        ({"split": {"fractions": {"train": 0.0, "val": 0.5, "test": 0.5}}}, r"^split\.fractions: "),
+        ({"split": {"fractions": {"train": 1.2, "val": -0.4, "test": 0.2}}}, r"^split\.fractions\.train: .*\[0\.0, 1\.0\]"),
+        ({"preprocess": {"size": 100}}, r"^preprocess\.size: expected a multiple of 16.*got 100$"),
+        ({"preprocess": {"size": 0}}, r"^preprocess\.size: expected a multiple of 16"),
+        ({"preprocess": {"clahe": {"clip": -1.0}}}, r"^preprocess\.clahe\.clip: expected a positive number, got -1\.0$"),
+        ({"preprocess": {"clahe": {"tiles": 0}}}, r"^preprocess\.clahe\.tiles: expected a positive number"),
+        ({"preprocess": {"quality_sample": 0}}, r"^preprocess\.quality_sample: expected a positive number"),
+        ({"split": {"duplicates": {"min_ncc": 1.5}}}, r"^split\.duplicates\.min_ncc: expected a value in \[-1\.0, 1\.0\]"),
+        ({"split": {"duplicates": {"min_overlap": -0.1}}}, r"^split\.duplicates\.min_overlap: "),
+    ],
+)
+def test_validate_rejects_bad_values(data, pattern):
+    with pytest.raises(ParamsError, match=pattern):
+        P.from_dict(data)
+
+
+def test_valid_edge_values_pass():
+    params = P.from_dict({"split": {"fractions": {"train": 0.8, "val": 0.0, "test": 0.2}}, "preprocess": {"size": 16}})
+    assert params.split.fractions.val == 0.0
+    assert params.preprocess.size == 16
+
+
+def test_ints_widen_to_float():
+    params = P.from_dict({"preprocess": {"clahe": {"clip": 3}, "filters": {"gaussian": {"sigma": 2}}},
+                          "split": {"fractions": {"train": 0.5, "val": 0, "test": 0.5}}})
+    assert params.preprocess.clahe.clip == 3.0 and type(params.preprocess.clahe.clip) is float
+    assert params.preprocess.filters.gaussian.sigma == 2.0 and type(params.preprocess.filters.gaussian.sigma) is float
+    assert type(params.split.fractions.val) is float
+    # and floats never narrow to int
+    assert type(params.preprocess.size) is int
+
+
+def test_load_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError, match=rf"^{re.escape(str(missing))}: params file not found$"):
+        P.load(missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preprocess: {size: [\n")
+    with pytest.raises(ParamsError, match=rf"^{re.escape(str(bad))}: not valid YAML"):
+        P.load(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ParamsError, match="expected a mapping of sections"):
+        P.load(listed)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert P.load(empty) == P.Params()
+
+
+def test_load_reads_values(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("preprocess:\n  size: 64\n  filter: lee\n  filters: {lee: {window: 5}}\nsplit: {seed: 7}\n")
+    params = P.load(path)
+    assert params.preprocess.size == 64
+    assert params.preprocess.filter == "lee"
+    assert params.preprocess.filters.kwargs("lee") == {"window": 5}
+    assert params.preprocess.filters.kwargs("none") == {}
+    assert params.split.seed == 7
+    assert params.preprocess.clahe == P.ClaheParams()  # untouched sections keep their defaults
+
+
+def test_params_error_is_a_value_error():
+    assert issubclass(ParamsError, ValueError)
+
+
+def test_digest_stable_and_sensitive():
+    base = P.Params().preprocess
+    assert re.fullmatch(r"[0-9a-f]{12}", P.digest(base))
+    assert P.digest(base) == P.digest(P.from_dict({}).preprocess)
+    assert P.digest(base) == P.digest(copy.deepcopy(base))
+    changed = dataclasses.replace(base, size=64)
+    assert P.digest(changed) != P.digest(base)
+    nested_change = dataclasses.replace(base, clahe=dataclasses.replace(base.clahe, clip=2.5))
+    assert P.digest(nested_change) != P.digest(base)
+    assert P.digest(P.Params().split) != P.digest(base)
+
+
+def test_digest_same_in_a_fresh_interpreter():
+    """No dependence on hash randomisation or object identity: another process computes the same digest."""
+    code = "from ultraseg import params as P; print(P.digest(P.Params()))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == P.digest(P.Params())
+
+
+def test_to_dict_is_plain_json_data():
+    data = P.to_dict(P.Params())
+    assert data["preprocess"]["clahe"] == {"enabled": True, "clip": 2.0, "tiles": 8}
+    assert data["fetch"] == {"source": "../shared/data/busi", "sha256": None}
+    assert P.from_dict(data) == P.Params()

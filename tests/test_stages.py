@@ -1,0 +1,76 @@
+"""Stage scripts: `--help` explains the stage; bad params or data end the process with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+STAGES = ("fetch", "preprocess", "split")
+
+
+def run_stage(repo_root, stage: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    script = repo_root / "stages" / f"{stage}.py"
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def summary(repo_root, stage: str) -> str:
+    """The first line of the stage script's docstring."""
+    source = (repo_root / "stages" / f"{stage}.py").read_text()
+    return source.split('"""')[1].strip().splitlines()[0]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_help_shows_docstring_summary(repo_root, tmp_path, stage):
+    result = run_stage(repo_root, stage, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = summary(repo_root, stage)
+    assert line.startswith(f"{stage}: ")
+    assert line in result.stdout
+    assert "--params" in result.stdout
+    assert list(tmp_path.iterdir()) == []  # --help writes nothing
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_unknown_param_key_fails_with_one_line(repo_root, tmp_path, stage):
+    (tmp_path / "params.yaml").write_text("preprocess:\n  clahe: {clipp: 2.0}\n")
+    result = run_stage(repo_root, stage, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: unknown key preprocess.clahe.clipp; valid keys here: enabled, clip, tiles"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_wrong_type_via_params_option(repo_root, tmp_path):
+    (tmp_path / "p.yaml").write_text("split:\n  fractions: {train: abc}\n")
+    result = run_stage(repo_root, "split", "--params", "p.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: p.yaml: split.fractions.train: expected float, got 'abc'"
+
+
+def test_missing_params_file(repo_root, tmp_path):
+    result = run_stage(repo_root, "fetch", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: params.yaml: params.yaml: params file not found"
+
+
+def test_data_error_fails_with_one_line(repo_root, tmp_path):
+    (tmp_path / "params.yaml").write_text("fetch: {source: no/such/folder}\n")
+    result = run_stage(repo_root, "fetch", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: no/such/folder: fetch.source does not exist (a directory, a .zip or an http(s) URL)"]
+    assert "Traceback" not in result.stderr
+
+
+def test_fetch_stage_writes_its_outputs(repo_root, tmp_path, make_busi):
+    fake = make_busi(tmp_path / "busi", layout="mirror")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(f"fetch: {{source: {fake.root}}}\n")
+    result = run_stage(repo_root, "fetch", "--out", "out/raw", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"fetch: 7 images from {fake.root} -> out/raw"
+    assert len((work / "out" / "raw" / "manifest.csv").read_text().splitlines()) == 1 + 7
