@@ -1,0 +1,26 @@
+"""report: regenerate REPORT.md from the metrics files (fails if one is missing).
+
+Reads metrics/*.json and params.yaml. Writes REPORT.md.
+"""
+
+from pathlib import Path
+
+from ultraseg import io, report
+from ultraseg.cli import fail_cleanly, parse, parser
+
+
+@fail_cleanly
+def main(argv=None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--metrics", type=Path, default=Path("metrics"))
+    ap.add_argument("--out", type=Path, default=Path("REPORT.md"))
+    args, params = parse(ap, argv)
+    try:
+        io.write_text(args.out, report.render(args.metrics, params, Path(args.params)))
+    except report.ReportError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"report: -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

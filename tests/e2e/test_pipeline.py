@@ -1,0 +1,166 @@
+"""The whole pipeline through DVC on 24 real mirror images with tiny training settings: it runs, skips what did
+not change, and reruns only what did."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+PER_CLASS = 8
+STAGES = ("fetch", "preprocess", "split", "train", "report")
+# Outputs of the pipeline that a copy of the working tree may carry; removed so that everything really runs.
+OUTPUTS = ("dvc.lock", "metrics", "plots", "data", "dvclive", "models", "REPORT.md")
+
+
+def copy_tree(repo_root: Path, dest: Path) -> None:
+    """Tracked and untracked-but-not-ignored files of the repository (what `git add -A` would commit)."""
+    listed = subprocess.run(
+        ["git", "-C", str(repo_root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        src = repo_root / name
+        if not src.is_file() or name.split("/")[0] in OUTPUTS:
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / name)
+
+
+def tiny_busi(mirror: Path, dest: Path) -> None:
+    """The first ``PER_CLASS`` images of every class (in the mirror's own order), with all their masks."""
+    for cls in ("benign", "malignant", "normal"):
+        (dest / cls).mkdir(parents=True)
+        for n in range(1, PER_CLASS + 1):
+            for path in mirror.joinpath(cls).glob(f"{cls} ({n})*"):
+                shutil.copy2(path, dest / cls / path.name)
+
+
+def tool_env(repo: Path) -> dict[str, str]:
+    """The venv's `python` and `dvc` first on PATH; the copy's own `src` ahead of the editable install."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(repo / "src")
+    for role in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{role}_NAME"] = "e2e"
+        env[f"GIT_{role}_EMAIL"] = "e2e@example.com"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GIT_CONFIG_NOSYSTEM"] = "1"
+    return env
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture
+def pipeline(tmp_path, repo_root, busi_mirror):
+    repo = tmp_path / "repo"
+    copy_tree(repo_root, repo)
+    assert (repo / "dvc.yaml").is_file() and (repo / "params.yaml").is_file() and (repo / ".dvc").is_dir()
+    tiny_busi(busi_mirror, tmp_path / "busi")
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["fetch"]["source"] = "../busi"
+    params["preprocess"]["quality_sample"] = 4
+    params["preprocess"]["size"] = 32
+    params["train"].update(epochs=2, batch_size=4, warmup_epochs=1)
+    params["train"]["model"]["widths"] = [4, 8, 16, 32]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = tool_env(repo)
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        if check:
+            assert result.returncode == 0, f"{args}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=e2e", "-c", "user.email=e2e@example.com", "commit", "-q", "-m", "tiny pipeline")
+    return repo, run, dvc
+
+
+def test_pipeline_end_to_end(pipeline):
+    repo, run, dvc = pipeline
+
+    # 1. everything runs, with the copied code
+    first = run(dvc, "repro")
+    probe = run("python", "-c", "import ultraseg; print(ultraseg.__file__)")
+    assert Path(probe.stdout.strip()) == repo / "src" / "ultraseg" / "__init__.py"
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+    manifest = read_rows(repo / "data/raw/manifest.csv")
+    assert len(manifest) == 3 * PER_CLASS
+    assert [r["class"] for r in manifest] == ["benign"] * 8 + ["malignant"] * 8 + ["normal"] * 8
+    images = np.load(repo / "data/preprocessed/images.npy")
+    masks = np.load(repo / "data/preprocessed/masks.npy")
+    assert images.shape == masks.shape == (24, 32, 32) and images.dtype == np.uint8
+    assert set(np.unique(masks).tolist()) == {0, 1}
+
+    split_rows = read_rows(repo / "data/split.csv")
+    assert list(split_rows[0]) == ["id", "class", "split", "group", "group_size", "conflict"]
+    assert [r["id"] for r in split_rows] == [r["id"] for r in manifest]
+    assert {r["split"] for r in split_rows} <= {"train", "val", "test"}
+    by_group: dict[str, set[str]] = {}
+    for r in split_rows:
+        by_group.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in by_group.values())
+
+    pre = json.loads((repo / "metrics/preprocess.json").read_text())
+    assert pre["filter"] == "none" and pre["images"] == 24 and pre["quality_sample"] == 4
+    assert pre["enl_ratio"] == 1.0
+    assert pre["filters"]["lee"]["enl_ratio"] > 1.0
+    split_metrics = json.loads((repo / "metrics/split.json").read_text())
+    assert split_metrics["images"] == 24
+    assert sum(split_metrics["counts"][s]["total"] for s in ("train", "val", "test")) == 24
+    assert (repo / "plots/preprocess/filters.png").stat().st_size > 1000
+    assert (repo / "dvc.lock").is_file()
+
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["epochs_run"] == 2 and 1 <= train["best_epoch"] <= 2 and 0.0 <= train["val_dice"] <= 1.0
+    curve = (repo / "dvclive/train/plots/metrics/val/dice.tsv").read_text().splitlines()
+    assert curve[0].split("\t") == ["step", "dice"] and len(curve) == 3
+    probe = run("python", "-c", "from ultraseg import checkpoint; m, meta = checkpoint.load('models/teacher.pt'); "
+                "print(meta['kind'], meta['size'], meta['normalize'], meta['model']['widths'])")
+    assert probe.stdout.split() == ["teacher", "32", "zscore", "[4,", "8,", "16,", "32]"]
+    report = (repo / "REPORT.md").read_text()
+    assert "## Dataset and duplicates" in report and "## Teacher training" in report
+    assert f"| {train['val_dice']:.4f} |" in report
+    plots = run(dvc, "plots", "show", "-o", str(repo.parent / "plots_html"))
+    assert (repo.parent / "plots_html" / "index.html").stat().st_size > 1000, plots.stdout
+
+    # 2. nothing changed: nothing runs
+    split_before = (repo / "data/split.csv").read_bytes()
+    duplicates_before = (repo / "data/duplicates.csv").read_bytes()
+    second = run(dvc, "repro")
+    assert "Running stage" not in second.stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in second.stdout
+    status = run(dvc, "status")
+    assert "Data and pipelines are up to date." in status.stdout
+
+    # 3. another filter reruns preprocess and what depends on it; the data and the split are untouched
+    third = run(dvc, "exp", "run", "-S", "preprocess.filter=lee")
+    for stage in ("preprocess", "train", "report"):
+        assert f"Running stage '{stage}'" in third.stdout
+    assert "Running stage 'fetch'" not in third.stdout
+    assert "Running stage 'split'" not in third.stdout
+    pre_lee = json.loads((repo / "metrics/preprocess.json").read_text())
+    assert pre_lee["filter"] == "lee"
+    assert pre_lee["enl_ratio"] == pre_lee["filters"]["lee"]["enl_ratio"] > 1.0
+    assert yaml.safe_load((repo / "params.yaml").read_text())["preprocess"]["filter"] == "lee"
+    assert not np.array_equal(np.load(repo / "data/preprocessed/images.npy"), images)
+    assert (repo / "data/split.csv").read_bytes() == split_before
+    assert (repo / "data/duplicates.csv").read_bytes() == duplicates_before
