@@ -1,4 +1,8 @@
-"""The train stage's work: fit the teacher on the train split, select on val, leave test alone."""
+"""The train stage's work: fit the teacher on the train split, select on val, leave test alone.
+
+:func:`fit_and_save` is shared with distillation: it trains any model under a ``TrainParams`` budget with any
+loss of ``(logits, images, masks)``, logs to dvclive and writes a rebuildable checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import json
 from pathlib import Path
 
 from dvclive import Live
+from torch import nn
 
 from ultraseg import checkpoint, engine, params as params_mod
 from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet, load_split
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model, count_macs, count_parameters
-from ultraseg.params import Params
+from ultraseg.params import Params, TrainParams
 
 
 def run_id(params: Params, *files: Path) -> str:
@@ -32,26 +37,23 @@ def model_meta(params: Params, config: dict, kind: str, rid: str) -> dict:
             "threshold": params.train.threshold, "run_id": rid}
 
 
-def run(params: Params, data_dir: Path, split_csv: Path, out: Path, live_dir: Path, resume: Path) -> dict:
-    cfg = params.train
+def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: engine.LossFn, data_dir: Path,
+                 split_csv: Path, out: Path, live_dir: Path, resume: Path, rid: str, kind: str) -> dict:
+    """Train ``model`` on the train split under ``cfg``, keep the best val epoch, save it; return a summary."""
     device = engine.select_device(cfg.device)
     threads = engine.configure_cpu(cfg.threads)
     mode = params.preprocess.normalize
     train_x, train_y, _ = load_split(data_dir, split_csv, "train", mode)
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
-    engine.seed_everything(cfg.seed)
     config = cfg.model.config()
-    model = build_model(config)
-    criterion = build_loss(params_mod.to_dict(cfg.loss))
-    rid = run_id(params, split_csv, data_dir / "index.csv")
-    print(f"train: {config['name']} {count_parameters(model):,} params on {device} ({threads} threads), "
+    print(f"{kind}: {config['name']} {count_parameters(model):,} params on {device} ({threads} threads), "
           f"{len(train_x)} train / {len(val_x)} val images at {params.preprocess.size}px")
 
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         result = engine.fit(model, SegmentationSet(train_x, train_y, Augment(cfg.augment), cfg.seed), val_x, val_y,
-                            cfg, lambda logits, _x, masks: criterion(logits, masks), device, live, resume, rid)
+                            cfg, loss_fn, device, live, resume, rid, desc=kind)
 
-    meta = model_meta(params, config, "teacher", rid) | {"epoch": result.best_epoch, "val": result.best}
+    meta = model_meta(params, config, kind, rid) | {"epoch": result.best_epoch, "val": result.best}
     checkpoint.save(out, model.cpu(), meta)
     resume.unlink(missing_ok=True)  # finished: a later run with the same params starts afresh
     return {
@@ -62,3 +64,13 @@ def run(params: Params, data_dir: Path, split_csv: Path, out: Path, live_dir: Pa
         "val_normal_clean": round(result.best["normal_clean"], 4),
         "train_minutes": round(result.seconds / 60, 2), "device": device.type,
     }
+
+
+def run(params: Params, data_dir: Path, split_csv: Path, out: Path, live_dir: Path, resume: Path) -> dict:
+    cfg = params.train
+    engine.seed_everything(cfg.seed)
+    model = build_model(cfg.model.config())
+    criterion = build_loss(params_mod.to_dict(cfg.loss))
+    rid = run_id(params, split_csv, data_dir / "index.csv")
+    return fit_and_save(params, cfg, model, lambda logits, _x, masks: criterion(logits, masks), data_dir,
+                        split_csv, out, live_dir, resume, rid, "teacher")
