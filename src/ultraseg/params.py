@@ -260,12 +260,47 @@ class TrainParams:
         _within(self, prefix, "threshold", 0.0, 1.0)
 
 
+def _default_student() -> ModelParams:
+    # depthwise-separable blocks and interpolating up-sampling: a fraction of the teacher's MACs, int8-friendly
+    return ModelParams(widths=(16, 32, 64, 128, 256), block="separable", up="bilinear")
+
+
+@dataclass(frozen=True)
+class DistillParams:
+    """Knowledge distillation into a small student; batch size, augmentation, task loss, schedule and seed are
+    those of ``train``."""
+
+    student: ModelParams = field(default_factory=_default_student)
+    temperature: float = 2.0
+    """Softens teacher and student logits before they are compared (Hinton et al. 2015)."""
+    kd_weight: float = 1.0
+    """Weight of the distillation term; 0 trains the student on the masks alone."""
+    task_weight: float = 1.0
+    """Weight of the task loss (``train.loss``) on the masks."""
+    epochs: int = 30
+    lr: float = 0.003
+    baseline: bool = True
+    """Also train the same student without distillation (same budget and seed) to measure what it gains."""
+
+    def validate(self, prefix: str) -> None:
+        _positive(self, prefix, "temperature", "epochs", "lr")
+        for name in ("kd_weight", "task_weight"):
+            _within(self, prefix, name, 0.0, 100.0)
+        if self.kd_weight + self.task_weight <= 0:
+            raise ParamsError(f"{prefix}: kd_weight and task_weight cannot both be 0")
+
+    def budget(self, train: TrainParams) -> TrainParams:
+        """The training settings of the student: ``train``'s, with this section's model, epochs and lr."""
+        return dataclasses.replace(train, model=self.student, epochs=self.epochs, lr=self.lr)
+
+
 @dataclass(frozen=True)
 class Params:
     fetch: FetchParams = field(default_factory=FetchParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     split: SplitParams = field(default_factory=SplitParams)
     train: TrainParams = field(default_factory=TrainParams)
+    distill: DistillParams = field(default_factory=DistillParams)
 
 
 # ---------------------------------------------------------------------------------------------------- loading

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 PER_CLASS = 8
-STAGES = ("fetch", "preprocess", "split", "train", "report")
+STAGES = ("fetch", "preprocess", "split", "train", "distill", "report")
 # Outputs of the pipeline that a copy of the working tree may carry; removed so that everything really runs.
 OUTPUTS = ("dvc.lock", "metrics", "plots", "data", "dvclive", "models", "REPORT.md")
 
@@ -75,6 +75,8 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     params["preprocess"]["size"] = 32
     params["train"].update(epochs=2, batch_size=4, warmup_epochs=1)
     params["train"]["model"]["widths"] = [4, 8, 16, 32]
+    params["distill"].update(epochs=1)
+    params["distill"]["student"]["widths"] = [4, 8, 16, 32]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = tool_env(repo)
@@ -135,6 +137,11 @@ def test_pipeline_end_to_end(pipeline):
     probe = run("python", "-c", "from ultraseg import checkpoint; m, meta = checkpoint.load('models/teacher.pt'); "
                 "print(meta['kind'], meta['size'], meta['normalize'], meta['model']['widths'])")
     assert probe.stdout.split() == ["teacher", "32", "zscore", "[4,", "8,", "16,", "32]"]
+    distilled = json.loads((repo / "metrics/distill.json").read_text())
+    assert distilled["student"]["epochs_run"] == distilled["baseline"]["epochs_run"] == 1
+    assert distilled["kd_gain_val_dice"] == pytest.approx(
+        distilled["student"]["val_dice"] - distilled["baseline"]["val_dice"], abs=1e-4)
+    assert (repo / "models/student.pt").is_file() and not (repo / "models/.resume/distill/baseline_model.pt").exists()
     report = (repo / "REPORT.md").read_text()
     assert "## Dataset and duplicates" in report and "## Teacher training" in report
     assert f"| {train['val_dice']:.4f} |" in report
@@ -153,7 +160,7 @@ def test_pipeline_end_to_end(pipeline):
 
     # 3. another filter reruns preprocess and what depends on it; the data and the split are untouched
     third = run(dvc, "exp", "run", "-S", "preprocess.filter=lee")
-    for stage in ("preprocess", "train", "report"):
+    for stage in ("preprocess", "train", "distill", "report"):
         assert f"Running stage '{stage}'" in third.stdout
     assert "Running stage 'fetch'" not in third.stdout
     assert "Running stage 'split'" not in third.stdout

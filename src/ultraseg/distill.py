@@ -1,0 +1,82 @@
+"""Knowledge distillation of the teacher into a small student (Hinton et al. 2015, "Distilling the Knowledge in a
+Neural Network"), for per-pixel binary segmentation.
+
+The student learns from the masks (the task loss of ``train.loss``) and from the teacher's temperature-softened
+lesion probabilities: the binary KL divergence ``KL(sigmoid(t/T) || sigmoid(s/T))`` per pixel, scaled by ``T**2``
+so its gradients keep their size as ``T`` changes. The teacher sees exactly the student's augmented batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ultraseg import checkpoint, engine, params as params_mod
+from ultraseg.losses import build_loss
+from ultraseg.models.registry import build_model
+from ultraseg.params import Params
+from ultraseg.train import fit_and_save, run_id
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean per-pixel binary KL(teacher || student) of the softened probabilities, times ``T**2``."""
+    t = teacher_logits / temperature
+    s = student_logits / temperature
+    p = torch.sigmoid(t)
+    # KL = sum over {lesion, background} of p log p - p log q, written with logsigmoid for stability
+    kl = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+    return kl.mean() * temperature**2
+
+
+class DistillLoss(nn.Module):
+    """``task_weight * task(student, masks) + kd_weight * kd(student, teacher)``; the teacher is frozen."""
+
+    def __init__(self, task: nn.Module, teacher: nn.Module | None, temperature: float, task_weight: float,
+                 kd_weight: float) -> None:
+        super().__init__()
+        if kd_weight > 0 and teacher is None:
+            raise ValueError("a positive kd_weight needs a teacher")
+        self.task, self.teacher = task, teacher
+        self.temperature, self.task_weight, self.kd_weight = temperature, task_weight, kd_weight
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def forward(self, logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        loss = self.task_weight * self.task(logits, masks) if self.task_weight > 0 else logits.new_zeros(())
+        if self.kd_weight > 0:
+            with torch.no_grad():
+                teacher_logits = self.teacher(images).float()
+            loss = loss + self.kd_weight * kd_loss(logits, teacher_logits, self.temperature)
+        return loss
+
+
+def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out: Path, live_dir: Path,
+        baseline_live_dir: Path, resume_dir: Path) -> dict:
+    """Distil the teacher into the student; with ``distill.baseline`` also train the student without it."""
+    cfg = params.distill
+    budget = cfg.budget(params.train)
+    device = engine.select_device(budget.device)
+    teacher, meta = checkpoint.load(teacher_path, device)
+    if device.type == "cpu":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    task = build_loss(params_mod.to_dict(params.train.loss))
+    data_rid = run_id(params, split_csv, data_dir / "index.csv", teacher_path) + params_mod.digest(cfg)
+
+    def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
+        engine.seed_everything(budget.seed)  # both runs start from the same initial weights
+        model = build_model(budget.model.config())
+        loss = DistillLoss(task, teacher if kd_weight > 0 else None, cfg.temperature, cfg.task_weight, kd_weight)
+        return fit_and_save(params, budget, model, loss, data_dir, split_csv, target, live,
+                            resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}", name)
+
+    summary = {"teacher_val_dice": meta["val"]["dice"], "temperature": cfg.temperature,
+               "kd_weight": cfg.kd_weight, "student": student_run(cfg.kd_weight, out, live_dir, "student")}
+    if cfg.baseline:
+        scratch = resume_dir / "baseline_model.pt"  # the baseline is scored, not kept
+        summary["baseline"] = student_run(0.0, scratch, baseline_live_dir, "baseline")
+        scratch.unlink(missing_ok=True)
+        summary["kd_gain_val_dice"] = round(summary["student"]["val_dice"] - summary["baseline"]["val_dice"], 4)
+    return summary

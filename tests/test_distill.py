@@ -1,0 +1,75 @@
+"""Distillation loss on known logits, and the combined loss's wiring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ultraseg.distill import DistillLoss, kd_loss
+from ultraseg.losses import build_loss
+
+
+def binary_kl(p: float, q: float) -> float:
+    return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_kd_loss_matches_hand_computed_binary_kl() -> None:
+    student = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]]])
+    teacher = torch.tensor([[[[1.0, 2.0], [-3.0, 0.5]]]])
+    T = 2.0
+    expected = sum(binary_kl(sigmoid(t / T), sigmoid(s / T)) for s, t in
+                   zip([0.0, 2.0, -1.0, 3.0], [1.0, 2.0, -3.0, 0.5])) / 4 * T**2
+    assert kd_loss(student, teacher, T).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise() -> None:
+    logits = torch.randn(2, 1, 5, 7)
+    assert kd_loss(logits, logits.clone(), 3.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert kd_loss(logits, logits + 1.0, 3.0).item() > 0
+
+
+def test_kd_loss_is_stable_for_saturated_logits() -> None:
+    student = torch.tensor([[[[-60.0, 60.0]]]], requires_grad=True)
+    loss = kd_loss(student, torch.tensor([[[[60.0, -60.0]]]]), 1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+
+
+class Constant(nn.Module):
+    """A 'teacher' whose logits are a fixed function of the input, with a parameter to check it stays frozen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x
+
+
+def test_distill_loss_combines_task_and_kd_terms() -> None:
+    task = build_loss({"bce": 1.0, "dice": 1.0})
+    teacher = Constant()
+    images = torch.randn(2, 1, 6, 6)
+    masks = (torch.rand(2, 1, 6, 6) > 0.5).float()
+    logits = torch.randn(2, 1, 6, 6, requires_grad=True)
+    loss = DistillLoss(task, teacher, temperature=2.0, task_weight=0.5, kd_weight=3.0)(logits, images, masks)
+    expected = 0.5 * task(logits, masks) + 3.0 * kd_loss(logits, 2.0 * images, 2.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert teacher.scale.grad is None and not teacher.training  # frozen, in eval mode
+
+
+def test_kd_weight_zero_is_the_task_loss_alone_and_needs_no_teacher() -> None:
+    task = build_loss({"bce": 1.0})
+    logits, masks = torch.randn(1, 1, 4, 4), (torch.rand(1, 1, 4, 4) > 0.5).float()
+    plain = DistillLoss(task, None, 2.0, 1.0, 0.0)(logits, torch.zeros_like(logits), masks)
+    assert plain.item() == pytest.approx(task(logits, masks).item())
+    with pytest.raises(ValueError, match="teacher"):
+        DistillLoss(task, None, 2.0, 1.0, 1.0)
