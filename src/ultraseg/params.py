@@ -19,6 +19,9 @@ from typing import Any, Literal
 import yaml
 
 from ultraseg.data.augment import AugmentParams
+from ultraseg.onnx_io import ExportParams
+from ultraseg.prune import PruneParams
+from ultraseg.quantize import QuantizeParams
 
 
 class ParamsError(ValueError):
@@ -261,8 +264,9 @@ class TrainParams:
 
 
 def _default_student() -> ModelParams:
-    # depthwise-separable blocks and interpolating up-sampling: a fraction of the teacher's MACs, int8-friendly
-    return ModelParams(widths=(16, 32, 64, 128, 256), block="separable", up="bilinear")
+    # a quarter of the teacher's widths; plain convolutions and nearest up-sampling, because ONNX Runtime's int8
+    # kernels speed those up on this CPU, while depthwise convolutions, ConvTranspose and bilinear Resize do not
+    return ModelParams(widths=(8, 16, 32, 64, 128), up="nearest")
 
 
 @dataclass(frozen=True)
@@ -301,6 +305,9 @@ class Params:
     split: SplitParams = field(default_factory=SplitParams)
     train: TrainParams = field(default_factory=TrainParams)
     distill: DistillParams = field(default_factory=DistillParams)
+    prune: PruneParams = field(default_factory=PruneParams)
+    export: ExportParams = field(default_factory=ExportParams)
+    quantize: QuantizeParams = field(default_factory=QuantizeParams)
 
 
 # ---------------------------------------------------------------------------------------------------- loading

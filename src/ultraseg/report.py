@@ -87,10 +87,44 @@ Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Mode
 """
 
 
+def optimisation_section(train: dict, distill: dict, prune: dict, export: dict, quant: dict) -> str:
+    p50 = quant["latency_p50_ms_1thread"]
+    rows = [
+        ["teacher", f"{export['teacher']['params']:,}", export["teacher"]["gmacs"],
+         f"{export['teacher']['bytes'] / 1e6:.2f}", f"{train['val_dice']:.4f}", f"{p50['teacher_onnx_fp32']:.2f}"],
+        ["student (distilled)", f"{export['student']['params']:,}", export["student"]["gmacs"],
+         f"{export['student']['bytes'] / 1e6:.2f}", f"{distill['student']['val_dice']:.4f}", "–"],
+        ["pruned student, fp32", f"{export['pruned']['params']:,}", export["pruned"]["gmacs"],
+         f"{export['pruned']['bytes'] / 1e6:.2f}", f"{quant['val_dice_fp32']:.4f}", f"{p50['fp32']:.2f}"],
+        ["pruned student, int8", f"{export['pruned']['params']:,}", export["pruned"]["gmacs"],
+         f"{quant['int8_bytes'] / 1e6:.2f}", f"{quant['val_dice_int8']:.4f}", f"{p50['int8']:.2f}"],
+    ]
+    baseline = distill.get("baseline")
+    kd = (f"Without distillation the same student reaches val Dice {baseline['val_dice']:.4f} on the same budget "
+          f"({distill['kd_gain_val_dice']:+.4f} from distillation)." if baseline else "")
+    floats = ", ".join(f"{op} ×{n}" for op, n in quant["float_ops"].items()) or "none"
+    return f"""## Optimisation: distill → prune → export → int8
+
+Sources: `metrics/{{train,distill,prune,export,quantize}}.json`. Val Dice on lesion images; ONNX Runtime batch-1
+latency at {quant['input_size']}×{quant['input_size']} px with 1 thread, all models timed interleaved in one run (the
+teacher in PyTorch eager: {p50['teacher_eager']:.2f} ms). {kd}
+
+{_table(['model', 'params', 'GMAC', 'file MB', 'val Dice', 'p50 ms'], rows)}
+
+Pruning: MACs ×{prune['macs_ratio']}, params ×{prune['params_ratio']} of the distilled student (teacher / pruned:
+{prune['teacher_to_pruned_macs']}× MACs, {prune['teacher_to_pruned_params']}× params); val Dice
+{prune['val_dice_before']} before, {prune['val_dice_pruned_no_finetune']} pruned without fine-tuning,
+{prune['val_dice_after']} after {prune['finetune_epochs_total']} epochs of fine-tuning. int8: ×{quant['speedup_int8_vs_fp32']}
+faster than fp32, ×{quant['speedup_int8_vs_teacher_onnx']} than the teacher in ONNX Runtime,
+×{quant['speedup_int8_vs_teacher_eager']} than the teacher in PyTorch; ops left in float: {floats}.
+"""
+
+
 def render(metrics_dir: Path, params: Params, params_path: Path) -> str:
     split = _load(metrics_dir / "split.json")
     pre = _load(metrics_dir / "preprocess.json")
     train = _load(metrics_dir / "train.json")
+    optimisation = [_load(metrics_dir / f"{name}.json") for name in ("distill", "prune", "export", "quantize")]
     return "\n".join([
         "# ultraseg report",
         "",
@@ -102,4 +136,5 @@ def render(metrics_dir: Path, params: Params, params_path: Path) -> str:
         dataset_section(split),
         preprocess_section(pre, params),
         train_section(train, params),
+        optimisation_section(train, *optimisation),
     ])

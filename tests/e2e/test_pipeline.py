@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 PER_CLASS = 8
-STAGES = ("fetch", "preprocess", "split", "train", "distill", "report")
+STAGES = ("fetch", "preprocess", "split", "train", "distill", "prune_finetune", "export", "quantize", "report")
 # Outputs of the pipeline that a copy of the working tree may carry; removed so that everything really runs.
 OUTPUTS = ("dvc.lock", "metrics", "plots", "data", "dvclive", "models", "REPORT.md")
 
@@ -76,7 +76,9 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     params["train"].update(epochs=2, batch_size=4, warmup_epochs=1)
     params["train"]["model"]["widths"] = [4, 8, 16, 32]
     params["distill"].update(epochs=1)
-    params["distill"]["student"]["widths"] = [4, 8, 16, 32]
+    params["distill"]["student"]["widths"] = [8, 16, 32, 64]
+    params["prune"].update(steps=2, finetune_epochs=1)
+    params["quantize"].update(calibration_images=8)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = tool_env(repo)
@@ -142,9 +144,26 @@ def test_pipeline_end_to_end(pipeline):
     assert distilled["kd_gain_val_dice"] == pytest.approx(
         distilled["student"]["val_dice"] - distilled["baseline"]["val_dice"], abs=1e-4)
     assert (repo / "models/student.pt").is_file() and not (repo / "models/.resume/distill/baseline_model.pt").exists()
+    pruned = json.loads((repo / "metrics/prune.json").read_text())
+    assert pruned["macs_after"] < 0.4 * pruned["macs_before"] and pruned["params_after"] < pruned["params_before"]
+    assert pruned["bytes_after"] < pruned["bytes_before"]
+    probe = run("python", "-c", "from ultraseg import checkpoint; m, meta = checkpoint.load('models/pruned.pt'); "
+                "print(meta['kind'], max(meta['pruned_widths'].values()))")
+    assert probe.stdout.split() == ["pruned_student", "28"]  # 64 channels less 55%, rounded down to a multiple of 4
+    exported = json.loads((repo / "metrics/export.json").read_text())
+    assert set(exported) >= {"teacher", "student", "pruned"} and exported["opset"] == 18
+    assert exported["pruned"]["bytes"] < exported["student"]["bytes"]
+    assert exported["pruned"]["parity_shapes"][0] == "2x1x97x133"
+    probe = run("python", "-c", "from ultraseg import onnx_io; m = onnx_io.read_metadata('models/pruned.int8.onnx'); "
+                "print(m['kind'], m['size'], m['normalize'], 'pruned_widths' in m, 'params_hash' in m)")
+    assert probe.stdout.split() == ["pruned_student", "32", "zscore", "True", "True"]
+    quant = json.loads((repo / "metrics/quantize.json").read_text())
+    assert quant["int8_bytes"] < quant["fp32_bytes"] and quant["calibration_images"] == 8
+    assert set(quant["latency_p50_ms_1thread"]) == {"int8", "fp32", "teacher_onnx_fp32", "teacher_eager"}
     report = (repo / "REPORT.md").read_text()
     assert "## Dataset and duplicates" in report and "## Teacher training" in report
-    assert f"| {train['val_dice']:.4f} |" in report
+    assert f"| {train['val_dice']:.4f} |" in report and "## Optimisation" in report
+    assert f"| {quant['val_dice_int8']:.4f} |" in report
     plots = run(dvc, "plots", "show", "-o", str(repo.parent / "plots_html"))
     assert (repo.parent / "plots_html" / "index.html").stat().st_size > 1000, plots.stdout
 
@@ -160,7 +179,7 @@ def test_pipeline_end_to_end(pipeline):
 
     # 3. another filter reruns preprocess and what depends on it; the data and the split are untouched
     third = run(dvc, "exp", "run", "-S", "preprocess.filter=lee")
-    for stage in ("preprocess", "train", "distill", "report"):
+    for stage in ("preprocess", "train", "distill", "prune_finetune", "export", "quantize", "report"):
         assert f"Running stage '{stage}'" in third.stdout
     assert "Running stage 'fetch'" not in third.stdout
     assert "Running stage 'split'" not in third.stdout

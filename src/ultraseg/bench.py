@@ -1,0 +1,77 @@
+"""Latency measurement (after nanoGPT's ``bench.py``: warm up, time many repeats, report the median).
+
+Only the model call is timed: the input is built once, outside the loop. On a shared machine absolute times drift,
+so models are compared by ratios of medians measured in one interleaved session (:func:`compare`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ultraseg.onnx_io import INPUT, session
+
+
+def time_call(fn: Callable[[], object], warmup: int = 10, runs: int = 50) -> dict[str, float]:
+    """``p50_ms``, ``p95_ms``, ``mean_ms``, ``min_ms`` of ``runs`` calls after ``warmup`` untimed ones."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"expected runs >= 1 and warmup >= 0, got {runs} and {warmup}")
+    for _ in range(warmup):
+        fn()
+    times = np.empty(runs)
+    for k in range(runs):
+        start = time.perf_counter()
+        fn()
+        times[k] = time.perf_counter() - start
+    times *= 1000
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+            "mean_ms": float(times.mean()), "min_ms": float(times.min()), "runs": runs}
+
+
+def _input(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def onnx_runner(path: str | Path, shape: tuple[int, ...], threads: int = 1, seed: int = 0) -> Callable[[], object]:
+    """A zero-argument call of an ONNX Runtime session on a fixed seeded input."""
+    sess, feed = session(path, threads), {INPUT: _input(shape, seed)}
+    return lambda: sess.run(None, feed)
+
+
+def torch_runner(model: nn.Module, shape: tuple[int, ...], threads: int = 1, seed: int = 0) -> Callable[[], object]:
+    """A zero-argument eager PyTorch forward (eval, no grad) on a fixed seeded input, with ``threads`` threads."""
+    x = torch.from_numpy(_input(shape, seed))
+    model = model.eval()
+
+    def call() -> object:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                return model(x)
+        finally:
+            torch.set_num_threads(previous)
+
+    return call
+
+
+def latency(path: str | Path, shape: tuple[int, ...] = (1, 1, 128, 128), threads: int = 1, warmup: int = 10,
+            runs: int = 50, seed: int = 0) -> dict[str, float]:
+    """Latency of one ONNX model; see :func:`time_call`."""
+    return time_call(onnx_runner(path, shape, threads, seed), warmup, runs) | {"threads": threads}
+
+
+def compare(runners: dict[str, Callable[[], object]], rounds: int = 3, warmup: int = 10,
+            runs: int = 30) -> dict[str, float]:
+    """Median over ``rounds`` of each runner's p50 (ms), the runners interleaved round by round so that a burst of
+    load from other processes hits all of them alike."""
+    p50s: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            p50s[name].append(time_call(fn, warmup, runs)["p50_ms"])
+    return {name: round(float(np.median(v)), 3) for name, v in p50s.items()}

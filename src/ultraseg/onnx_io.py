@@ -1,0 +1,261 @@
+"""Export a network to ONNX, read the metadata back, and check that the file computes what the model does.
+
+The exported graph takes ``input`` (N, 1, H, W) float32 — images already normalised with
+:func:`ultraseg.data.preprocess.normalize` — and returns ``logits`` (N, 1, H, W), with N, H and W dynamic
+(``dim_param`` ``batch``, ``height``, ``width``). Everything a deployment needs to reproduce the pipeline travels
+inside the file as ``metadata_props`` (values JSON-encoded): preprocessing params, input size, normalisation,
+decision threshold, model config. The file is self-contained: weights are stored inline, never as external data.
+
+Exporters (``ExportParams.exporter``):
+
+- ``dynamo`` (torch >= 2.9's default): ``torch.export`` then onnxscript. Dynamic sizes come from
+  ``torch.export.Dim``; export fails loudly if the model branches on a size (which is why
+  :func:`ultraseg.models.blocks.pad_to` always pads). Its optimiser folds BatchNorm into the convolutions. It has
+  no translations below opset 18 and, asked for 17, quietly keeps 18: :func:`export` rejects that.
+- ``torchscript``: the legacy tracer with ``dynamic_axes``, opset 17-20; kept as a fallback and for comparison.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from ultraseg.io import atomic_path
+
+INPUT = "input"
+OUTPUT = "logits"
+DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
+"""Axis -> ``dim_param`` of the input and output."""
+OPSETS = {"dynamo": (18, 23), "torchscript": (17, 20)}
+"""Default-domain opsets each exporter writes (inclusive): dynamo has no translations below 18, the TorchScript
+exporter none above 20; ONNX Runtime 1.32 runs all of them."""
+EXAMPLE_SIZE = 64
+"""Side of the example input traced at export when the metadata has no ``size``; any size works."""
+PARITY_SEED = 0
+
+
+class ParityError(RuntimeError):
+    """The ONNX file's output differs from the PyTorch model's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    opset: int = 18
+    """ONNX default-domain opset of the exported graph."""
+    parity_height: int = 97
+    parity_width: int = 133
+    """Size of the parity-check input: odd, and different from the training size, so a graph that froze the
+    export size or mishandles odd sizes fails."""
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    """Parity passes when every logit satisfies ``|onnx - torch| <= atol + rtol * |torch|`` (numpy.allclose)."""
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+
+    def validate(self, prefix: str) -> None:
+        """Raise ``ValueError`` naming the dotted key of the first invalid value."""
+        key = f"{prefix}." if prefix else ""
+        if self.exporter not in OPSETS:
+            raise ValueError(f"{key}exporter: expected one of {', '.join(OPSETS)}, got {self.exporter!r}")
+        low, high = OPSETS[self.exporter]
+        if not low <= self.opset <= high:
+            raise ValueError(f"{key}opset: the {self.exporter} exporter writes opsets {low}-{high}, got {self.opset!r}")
+        for name in ("parity_height", "parity_width"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{key}{name}: expected a positive size, got {getattr(self, name)!r}")
+        for name in ("rtol", "atol"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{key}{name}: expected a finite value >= 0, got {getattr(self, name)!r}")
+        if self.rtol == 0 and self.atol == 0:
+            raise ValueError(f"{key}atol: rtol and atol cannot both be 0 (float kernels never agree bit for bit)")
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+
+def export(model: nn.Module, path: str | Path, params: ExportParams, metadata: Mapping[str, Any]) -> None:
+    """Export ``model`` (in eval mode) to the self-contained ONNX file ``path``, atomically.
+
+    ``metadata`` values (str, int, float, or lists and dicts of them) are stored JSON-encoded in the model's
+    ``metadata_props``; an integer ``size`` (the training input side) is also the traced example's size. The file
+    is checked with ``onnx.checker.check_model(full_check=True)`` before it is moved into place.
+
+    Raises:
+        ValueError: invalid params, or metadata that is not JSON-encodable.
+        RuntimeError: the exporter wrote another opset, or a graph whose N, H or W is not dynamic.
+    """
+    params.validate("export")
+    props = _encode_metadata(metadata)
+    size = metadata.get("size")
+    side = size if type(size) is int and size > 0 else EXAMPLE_SIZE
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        example = torch.zeros(2, _in_channels(model), side, side, device=device)  # batch 2: 0 and 1 specialise
+        if params.exporter == "dynamo":
+            proto = _export_dynamo(model, example, params.opset)
+        else:
+            proto = _export_torchscript(model, example, params.opset)
+    finally:
+        model.train(was_training)
+    _check_interface(proto, params.opset)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp), save_as_external_data=False)
+        onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    dims = {axis: torch.export.Dim(name) for axis, name in DYNAMIC_DIMS.items()}
+    with warnings.catch_warnings():
+        # torch 2.13's own pytree use, not ours
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+        program = torch.onnx.export(
+            model, (example,), None, dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+            opset_version=opset, dynamic_shapes=(dims,), external_data=False, optimize=True, verbose=False,
+        )
+    proto = program.model_proto
+    # Per-node debugging records (FX node, module path, Python stack trace) are larger than the weights of a small
+    # network and name local source paths; the deployable file does not need them.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    for info in proto.graph.value_info:
+        del info.metadata_props[:]
+    return proto
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    axes = {INPUT: DYNAMIC_DIMS, OUTPUT: DYNAMIC_DIMS}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=r"The feature will be removed.*", category=DeprecationWarning)
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
+            opset_version=opset, dynamic_axes=axes,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _check_interface(proto: onnx.ModelProto, opset: int) -> None:
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise RuntimeError(f"asked for opset {opset}, the exporter wrote {written}")
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        name = INPUT if kind == "input" else OUTPUT
+        if [v.name for v in values] != [name]:
+            raise RuntimeError(f"expected one graph {kind} {name!r}, got {[v.name for v in values]}")
+        dims = values[0].type.tensor_type.shape.dim
+        for axis in DYNAMIC_DIMS:
+            if not dims[axis].dim_param:
+                raise RuntimeError(f"{kind} {name!r} axis {axis} is fixed at {dims[axis].dim_value}, not dynamic")
+
+
+def _in_channels(model: nn.Module) -> int:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))), None)
+    if first is None:
+        raise ValueError(f"{type(model).__name__} has no convolution to infer its input channels from")
+    return first.in_channels
+
+
+def _encode_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
+    props = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"metadata keys must be non-empty strings, got {key!r}")
+        try:
+            props[key] = json.dumps(value, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"metadata {key!r}: not JSON-encodable ({err})") from None
+    return props
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``metadata_props`` of an ONNX file, JSON-decoded (the inverse of what :func:`export` writes)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session with every graph optimisation; ``threads`` intra-op threads (None: ORT's choice,
+    one per physical core)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {threads}")
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def parity(model: nn.Module, path: str | Path, params: ExportParams) -> dict[str, Any]:
+    """Compare ``model`` with the ONNX file ``path`` under ONNX Runtime (CPU) on seeded standard-normal inputs.
+
+    Inputs: ``(2, C, parity_height, parity_width)`` and, when the file's metadata has an integer ``size``,
+    ``(1, C, size, size)``. Returns the shapes checked, ``max_abs`` and ``max_rel`` (relative to ``|torch|``,
+    over logits with ``|torch| > atol``) differences, and ``tolerance_used``: the largest
+    ``|diff| / (atol + rtol * |torch|)``, which must stay <= 1.
+
+    Raises:
+        ParityError: an output of the wrong shape, a non-finite output, or a difference outside the tolerance;
+            the message names the file and the numbers.
+    """
+    params.validate("export")
+    size = read_metadata(path).get("size")
+    channels = _in_channels(model)
+    shapes = [(2, channels, params.parity_height, params.parity_width)]
+    if type(size) is int and size > 0:
+        shapes.append((1, channels, size, size))
+    sess = session(path)
+    rng = np.random.default_rng(PARITY_SEED)
+    device = next(model.parameters()).device
+    max_abs = max_rel = used = 0.0
+    was_training = model.training
+    model.eval()
+    try:
+        for shape in shapes:
+            x = rng.standard_normal(shape, dtype=np.float32)
+            with torch.no_grad():
+                want = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+            got = sess.run([OUTPUT], {INPUT: x})[0]
+            label = "x".join(map(str, shape))
+            if got.shape != want.shape:
+                raise ParityError(f"{path}: at input {label} ONNX gives logits {got.shape}, PyTorch {want.shape}")
+            if not np.isfinite(got).all():
+                raise ParityError(f"{path}: at input {label} ONNX gives non-finite logits")
+            diff = np.abs(got.astype(np.float64) - want)
+            scale = np.abs(want.astype(np.float64))
+            max_abs = max(max_abs, float(diff.max()))
+            big = scale > params.atol
+            if big.any():
+                max_rel = max(max_rel, float((diff[big] / scale[big]).max()))
+            used = max(used, float((diff / (params.atol + params.rtol * scale)).max()))
+            if used > 1:
+                raise ParityError(
+                    f"{path}: ONNX Runtime and PyTorch disagree at input {label}: max |diff| {max_abs:.3g}, "
+                    f"max rel {max_rel:.3g}, {used:.3g}x the tolerance atol={params.atol:g} + rtol={params.rtol:g}"
+                    " * |torch|; the file does not match this model"
+                )
+    finally:
+        model.train(was_training)
+    return {"file": str(path), "shapes": ["x".join(map(str, s)) for s in shapes], "max_abs": max_abs,
+            "max_rel": max_rel, "tolerance_used": used, "rtol": params.rtol, "atol": params.atol}

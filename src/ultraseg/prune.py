@@ -1,0 +1,317 @@
+"""Structured (channel) pruning of the U-Net family into a genuinely smaller dense network.
+
+:func:`prune` removes whole output channels with Torch-Pruning's DepGraph (Fang et al., "DepGraph: Towards Any
+Structural Pruning", CVPR 2023, arXiv:2301.12900), which groups every layer that shares a channel -- both sides of a
+skip concatenation, the two branches of a residual sum, a depthwise convolution and its producer, the input of a
+transposed convolution -- and removes a channel from all of them at once. Pruning is iterative: ``steps`` steps
+reach ``ratio`` linearly, each followed by a ``finetune(model, step)`` callback the caller provides. The result
+has fewer channels, MACs and parameters; :func:`ultraseg.models.registry.rebuild_from_state_dict` restores it from
+its state dict alone, and :func:`pruned_widths` lists its structure for a checkpoint's config.
+
+Never pruned: the network's input channels and the output channels of its head. Three things the defaults of
+Torch-Pruning 1.6.1 get wrong for these models are handled here:
+
+- the attention gate multiplies the skip ``x (B, C, H, W)`` by ``alpha (B, 1, H, W)``; DepGraph reads the broadcast
+  as a channel coupling between ``psi``'s single output channel and every skip channel, which would make every
+  gated skip unprunable. The graph is traced with the product cut out of the gate's branch and ``alpha`` as an
+  extra output, so the skip channels and the gate's inner channels are pruned, each by its own group;
+- a depthwise convolution after a skip concatenation would otherwise be the root of one group spanning both skip
+  and up-sampled channels, ranked together; groups are rooted at the producing convolutions first, so each side
+  loses ``ratio`` of its own channels;
+- Torch-Pruning keeps a GroupNorm's ``num_groups`` and removes the same number of channels from every group, which
+  ignores ``round_to`` and cannot prune a layer with one channel per group; here GroupNorm channels are pruned
+  like any other and ``num_groups`` is reset to ``group_count(channels)``, as the rebuild does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from ultraseg.models.blocks import AttentionGate, group_count
+from ultraseg.models.registry import count_macs, count_parameters
+
+ImportanceName = Literal["l1", "l2", "bn_scale", "taylor"]
+IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor")
+Finetune = Callable[[nn.Module, int], None]
+"""``finetune(model, step_index)``: trains the freshly pruned model in place (a new optimiser every step: the
+pruned layers hold new parameter tensors)."""
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(logits, images, masks)``, the signature :func:`ultraseg.engine.fit` trains with."""
+
+
+@dataclass(frozen=True)
+class PruneParams:
+    """How far and how to prune; the prune-finetune stage reads ``finetune_epochs``."""
+
+    ratio: float = 0.5
+    """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
+    steps: int = 4
+    """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""
+    importance: ImportanceName = "l1"
+    """Channel ranking: ``l1``/``l2`` weight norms, ``bn_scale`` norm-layer scales, ``taylor`` |weight x gradient|."""
+    round_to: int = 4
+    """Channel counts are rounded down to multiples of this (SIMD and int8 kernels like multiples of 4 or 8)."""
+    finetune_epochs: int = 4
+    """Epochs of fine-tuning after each pruning step."""
+    finetune_lr: float = 0.001
+    """Peak learning rate of each fine-tuning round (cosine, no warm-up): lower than training's, the weights are
+    already good."""
+    global_pruning: bool = False
+    """Rank channels across all layers (widths then differ per layer) instead of ``ratio`` in every layer."""
+
+    def validate(self, prefix: str) -> None:
+        """Raise ``ValueError`` naming the dotted key of the first invalid value."""
+        checks = {
+            "ratio": (0 <= self.ratio <= 0.95, "must be in [0, 0.95]"),
+            "steps": (_is_int(self.steps) and self.steps >= 1, "must be an integer >= 1"),
+            "importance": (self.importance in IMPORTANCES, f"must be one of {', '.join(IMPORTANCES)}"),
+            "round_to": (_is_int(self.round_to) and self.round_to >= 1, "must be an integer >= 1"),
+            "finetune_epochs": (_is_int(self.finetune_epochs) and self.finetune_epochs >= 0,
+                                "must be an integer >= 0"),
+            "finetune_lr": (self.finetune_lr > 0, "must be > 0"),
+            "global_pruning": (isinstance(self.global_pruning, bool), "must be true or false"),
+        }
+        for name, (ok, rule) in checks.items():  # each rule is written so that NaN fails it
+            if not ok:
+                key = f"{prefix}.{name}" if prefix else name
+                raise ValueError(f"{key}: {rule}, got {getattr(self, name)!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------------------------------- pruning
+
+
+def prune(model: nn.Module, example_input: torch.Tensor, params: PruneParams, finetune: Finetune | None = None,
+          example_batch: tuple[torch.Tensor, torch.Tensor] | None = None, loss_fn: LossFn | None = None) -> nn.Module:
+    """Prune ``model`` in place to ``params.ratio`` of its channels in ``params.steps`` steps; return it.
+
+    Args:
+        model: a network of :mod:`ultraseg.models` (any module whose layers Torch-Pruning knows).
+        example_input: a ``(1, C_in, H, W)`` input to trace the graph with (on the model's device).
+        params: see :class:`PruneParams`.
+        finetune: called as ``finetune(model, step)`` after each step, ``step`` counting from 0.
+        example_batch: ``(images, masks)`` whose loss gradient ranks channels; required by ``taylor``.
+        loss_fn: ``loss(logits, images, masks)`` for ``taylor``; binary cross-entropy on the logits by default.
+    """
+    params.validate("prune")
+    if params.importance == "taylor" and example_batch is None:
+        raise ValueError("prune.importance: 'taylor' needs example_batch (images, masks) to compute gradients")
+    was_training = model.training
+    ignored = _boundary_layers(model, example_input)
+    pruner = tp.pruner.BasePruner(
+        model,
+        example_input,
+        importance=_importance(params.importance),
+        global_pruning=params.global_pruning,
+        pruning_ratio=params.ratio,
+        pruning_ratio_dict=_small_layer_ratios(model, ignored, params),
+        iterative_steps=params.steps,
+        ignored_layers=ignored,
+        round_to=params.round_to,
+        customized_pruners={nn.GroupNorm: _GroupNormPruner()},
+        forward_fn=_trace_forward,
+    )
+    model.train(was_training)  # tracing leaves the model in eval mode
+    _roots_before_depthwise(pruner.DG)
+    for step in range(params.steps):
+        if params.importance == "taylor":
+            _backward(model, example_batch, loss_fn)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        if finetune is not None:
+            finetune(model, step)
+    return model
+
+
+def _boundary_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
+    """Layers whose output channels must stay: the convolutions that write the network's output, depthwise
+    convolutions that read its input (their outputs are the input channels), and attention gates' ``psi``."""
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    reads_input: list[nn.Module] = []
+    writes: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if inputs[0] is example_input and module.groups > 1:
+            reads_input.append(module)
+        writes[module] = output
+
+    handles = [m.register_forward_hook(hook) for m in convs]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    head = [m for m, o in writes.items() if o is out]
+    if not head:
+        raise ValueError(f"{type(model).__name__}: the output is not written by a convolution; cannot find its head")
+    gates = [m.psi for m in model.modules() if isinstance(m, AttentionGate)]
+    return head + reads_input + gates
+
+
+def _small_layer_ratios(model: nn.Module, ignored: list[nn.Module], params: PruneParams) -> dict[nn.Module, float]:
+    """Lower ratios for layers that ``ratio`` and ``round_to`` would empty: they keep ``round_to`` channels.
+
+    Torch-Pruning rounds the kept channels down to ``round_to``; a layer rounded to 0 is refused and stays whole.
+    """
+    ratios = {}
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module not in ignored:
+            channels = module.out_channels
+            if int(channels * (1 - params.ratio)) < params.round_to:
+                ratios[module] = max(0.0, 1 - (params.round_to + 0.5) / channels)
+    return ratios
+
+
+def _trace_forward(model: nn.Module, example_input: torch.Tensor) -> list[torch.Tensor]:
+    """The forward Torch-Pruning traces: every attention gate's product with its skip is cut out of the graph
+    (``x + (x * alpha - x).detach()`` has the gate's value and depends on ``x`` channel by channel) and the gate's
+    ``psi`` output becomes an extra output, so its convolutions stay in the graph without a false coupling."""
+    extra: list[torch.Tensor] = []
+
+    def keep_psi(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        extra.append(output)
+
+    def cut_product(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        skip = inputs[1]  # AttentionGate.forward(g, x)
+        return skip + (output - skip).detach()
+
+    handles = []
+    for gate in (m for m in model.modules() if isinstance(m, AttentionGate)):
+        handles += [gate.psi.register_forward_hook(keep_psi), gate.register_forward_hook(cut_product)]
+    try:
+        out = model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [out, *extra]
+
+
+def _roots_before_depthwise(graph: tp.DependencyGraph) -> None:
+    """Visit producing layers before depthwise convolutions when groups are formed.
+
+    A group is rooted at the first unvisited layer in graph order. A depthwise convolution that reads a skip
+    concatenation, visited first, roots one group over both sides (ranked together, so one side keeps all its
+    channels); rooted at the producers, each side is ranked and pruned on its own.
+    """
+    graph.module2node = dict(sorted(graph.module2node.items(), key=lambda item: _is_depthwise(item[0])))
+
+
+def _is_depthwise(module: object) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.out_channels
+
+
+def _backward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_fn: LossFn | None) -> None:
+    """Fill every parameter's gradient with the loss gradient on ``batch`` (eval mode: norm statistics stay)."""
+    device = next(model.parameters()).device
+    images, masks = (t.to(device) for t in batch)
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    logits = model(images)
+    loss = loss_fn(logits, images, masks) if loss_fn else F.binary_cross_entropy_with_logits(logits, masks.float())
+    loss.backward()
+    model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------- importance
+
+
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)
+
+
+class _NormScaleImportance(tp.importance.Importance):
+    """|gamma| of the normalisation layers in a group (network slimming: Liu et al., 2017, arXiv:1708.06519).
+
+    Unlike ``tp.importance.BNScaleImportance`` it reads GroupNorm and InstanceNorm scales too, and it ranks a group
+    without a norm layer (an up-sampling convolution, an attention gate's inner channels) by the L1 norm of its
+    weights, where Torch-Pruning would skip the group and leave those layers whole.
+    """
+
+    def __init__(self) -> None:
+        self.fallback = tp.importance.MagnitudeImportance(p=1)
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        total, count = None, 0
+        for i, (dep, idxs) in enumerate(group):
+            layer, root_idxs = dep.target.module, group[i].root_idxs
+            if not isinstance(layer, _NORMS) or layer.weight is None or any(r is None for r in root_idxs):
+                continue
+            if total is None:
+                total = torch.zeros(len(group[0].idxs))
+            total.scatter_add_(0, torch.tensor(root_idxs), layer.weight.detach().abs()[idxs].cpu().float())
+            count += 1
+        if total is None:
+            return self.fallback(group)
+        total /= count
+        return total / total.mean().clamp_min(1e-12)
+
+
+def _importance(name: str) -> tp.importance.Importance:
+    if name == "l1":
+        return tp.importance.MagnitudeImportance(p=1)
+    if name == "l2":
+        return tp.importance.MagnitudeImportance(p=2)
+    if name == "bn_scale":
+        return _NormScaleImportance()
+    if name == "taylor":
+        return tp.importance.TaylorImportance()
+    raise ValueError(f"unknown importance {name!r}; valid: {', '.join(IMPORTANCES)}")
+
+
+class _GroupNormPruner(tp.pruner.function.GroupNormPruner):
+    """Prunes GroupNorm channels freely and sets ``num_groups = group_count(channels)`` afterwards, the convention
+    :func:`ultraseg.models.registry.rebuild_from_state_dict` rebuilds with."""
+
+    def prune_out_channels(self, layer: nn.GroupNorm, idxs: list[int]) -> nn.GroupNorm:
+        super().prune_out_channels(layer, idxs)
+        layer.num_groups = group_count(layer.num_channels)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channel_groups(self, layer: nn.GroupNorm) -> int:
+        return 1
+
+    get_in_channel_groups = get_out_channel_groups
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+
+
+def pruned_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every Conv2d and ConvTranspose2d, keyed by module name: the structure of a pruned network
+    for a checkpoint's config (the rebuild itself reads the weights' shapes)."""
+    return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+
+
+def state_dict_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors in ``model``'s state dict (parameters and buffers, without serialisation overhead)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def summary(before: nn.Module, after: nn.Module, size: int | tuple[int, int]) -> dict[str, float]:
+    """Parameters, MACs of one ``size`` input and state-dict bytes of ``before`` and ``after``, with ratios
+    ``after / before``."""
+    out: dict[str, float] = {}
+    for key, measure in (("params", count_parameters), ("macs", lambda m: count_macs(m, size)),
+                         ("bytes", state_dict_bytes)):
+        b, a = measure(before), measure(after)
+        out[f"{key}_before"], out[f"{key}_after"] = b, a
+        out[f"{key}_ratio"] = a / b if b else math.nan
+    return out
