@@ -14,7 +14,7 @@ from ultraseg.data.augment import Augment, AugmentParams
 from ultraseg.data.dataset import SegmentationSet
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model
-from ultraseg.params import ModelParams, TrainParams
+from ultraseg.params import ModelParams, ParamsError, TrainParams
 
 
 class RecordingLive:
@@ -114,6 +114,6 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 def test_cuda_request_without_cuda_fails_clearly() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(RuntimeError, match="train.device"):
+    with pytest.raises(ParamsError, match="train.device"):
         engine.select_device("cuda")
     assert engine.select_device("auto").type == "cpu"

@@ -136,17 +136,17 @@ def test_validate_rejects_bad_values(data, pattern):
 
 
 def test_valid_edge_values_pass():
-    params = P.from_dict({"split": {"fractions": {"train": 0.8, "val": 0.0, "test": 0.2}}, "preprocess": {"size": 16}})
-    assert params.split.fractions.val == 0.0
+    params = P.from_dict({"split": {"fractions": {"train": 0.8, "val": 0.01, "test": 0.19}}, "preprocess": {"size": 16}})
+    assert params.split.fractions.val == 0.01
     assert params.preprocess.size == 16
 
 
 def test_ints_widen_to_float():
     params = P.from_dict({"preprocess": {"clahe": {"clip": 3}, "filters": {"gaussian": {"sigma": 2}}},
-                          "split": {"fractions": {"train": 0.5, "val": 0, "test": 0.5}}})
+                          "train": {"lr": 1}})
     assert params.preprocess.clahe.clip == 3.0 and type(params.preprocess.clahe.clip) is float
     assert params.preprocess.filters.gaussian.sigma == 2.0 and type(params.preprocess.filters.gaussian.sigma) is float
-    assert type(params.split.fractions.val) is float
+    assert type(params.train.lr) is float
     # and floats never narrow to int
     assert type(params.preprocess.size) is int
 
@@ -208,3 +208,18 @@ def test_to_dict_is_plain_json_data():
     assert data["preprocess"]["clahe"] == {"enabled": True, "clip": 2.0, "tiles": 8}
     assert data["fetch"] == {"source": "../shared/data/busi", "sha256": None}
     assert P.from_dict(data) == P.Params()
+
+
+def test_val_split_cannot_be_empty():
+    with pytest.raises(P.ParamsError, match=r"^split.fractions: train, val and test must be positive"):
+        P.from_dict({"split": {"fractions": {"train": 0.8, "val": 0.0, "test": 0.2}}})
+
+
+@pytest.mark.parametrize("section, value, key", [
+    ("median", {"window": 4}, "preprocess.filters.median.window"),
+    ("srad", {"step": 0}, "preprocess.filters.srad.step"),
+    ("gaussian", {"sigma": -1.0}, "preprocess.filters.gaussian.sigma"),
+])
+def test_bad_filter_parameter_names_its_dotted_key(section, value, key):
+    with pytest.raises(P.ParamsError, match="^" + key.replace(".", r"\.") + ":"):
+        P.from_dict({"preprocess": {"filters": {section: value}}})

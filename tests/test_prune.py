@@ -214,7 +214,7 @@ def test_validate_names_the_field(field, value):
 def test_defaults_are_valid_and_frozen():
     params = PruneParams()
     params.validate("prune")
-    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.5, 4, "l1", 4)
+    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.55, 4, "l1", 4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.ratio = 0.1
 

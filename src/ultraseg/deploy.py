@@ -1,7 +1,8 @@
 """The export and quantize stages' work: ONNX files of every model variant, and the int8 deployable model.
 
 Each ONNX file carries its checkpoint's metadata (model config and pruned widths, preprocessing params and
-normalisation, input size, threshold, kind) plus the params hash, so a deployment needs nothing else.
+normalisation, input size, threshold, kind, and ``run_id``: the hash of the params and data that trained it) plus
+the hash of the export params, so a deployment needs nothing else.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def export_all(params: Params, models_dir: Path, out_dir: Path) -> dict:
     for name, filename in VARIANTS.items():
         model, meta = checkpoint.load(models_dir / filename)
         path = out_dir / f"{name}.onnx"
-        onnx_io.export(model, path, params.export, meta | {"params_hash": params_mod.digest(params)})
+        onnx_io.export(model, path, params.export, meta | {"params_hash": params_mod.digest(params.export)})
         check = onnx_io.parity(model, path, params.export)
         summary[name] = {
             "bytes": path.stat().st_size, "params": count_parameters(model),

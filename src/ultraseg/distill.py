@@ -18,7 +18,7 @@ from ultraseg import checkpoint, engine, params as params_mod
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model
 from ultraseg.params import Params
-from ultraseg.train import fit_and_save, run_id
+from ultraseg.train import data_files, fit_and_save, run_id
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -63,7 +63,7 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
     if device.type == "cpu":
         teacher = teacher.to(memory_format=torch.channels_last)
     task = build_loss(params_mod.to_dict(params.train.loss))
-    data_rid = run_id(params, split_csv, data_dir / "index.csv", teacher_path) + params_mod.digest(cfg)
+    data_rid = run_id(params, split_csv, *data_files(data_dir), teacher_path) + params_mod.digest(cfg)
 
     def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
         engine.seed_everything(budget.seed)  # both runs start from the same initial weights

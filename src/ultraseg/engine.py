@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ultraseg import metrics
 from ultraseg.data.dataset import SegmentationSet
 from ultraseg.io import atomic_path
-from ultraseg.params import TrainParams
+from ultraseg.params import ParamsError, TrainParams
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss(logits, images, masks)``: images are passed so a distillation loss can query its teacher."""
@@ -38,7 +38,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        raise ParamsError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -120,7 +120,7 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size {cfg.batch_size} is larger than the training set ({len(train_set)})")
+        raise ParamsError(f"train.batch_size: {cfg.batch_size} is larger than the training set ({len(train_set)})")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.scheduler == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)

@@ -1,7 +1,8 @@
 """Load ``params.yaml`` once into typed, validated dataclasses.
 
-Every section of ``params.yaml`` has a dataclass here. Loading walks the YAML tree against the dataclass fields:
-an unknown key, a missing key or a value of the wrong type raises :class:`ParamsError` naming the dotted key, so
+Every section of ``params.yaml`` has a dataclass here. Loading walks the YAML tree against the dataclass fields
+(a key left out takes the dataclass default): an unknown key or a value of the wrong type raises
+:class:`ParamsError` naming the dotted key, so
 ``dvc exp run -S train.lr=abc`` fails at once with ``train.lr: expected float, got 'abc'``.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 
 from ultraseg.data.augment import AugmentParams
@@ -112,6 +114,16 @@ class FilterParams:
     kuan: KuanParams = field(default_factory=KuanParams)
     srad: SradParams = field(default_factory=SradParams)
 
+    def validate(self, prefix: str) -> None:
+        from ultraseg.data import filters  # the filters own their parameter checks
+
+        probe = np.full((8, 8), 100.0, np.float32)
+        for name in filters.FILTERS:
+            try:
+                filters.apply_filter(probe, name, **self.kwargs(name))
+            except ValueError as err:
+                raise ParamsError(f"{prefix}.{name}.{err}") from None
+
     def kwargs(self, name: str) -> dict[str, Any]:
         """Keyword arguments of filter ``name`` (empty for ``none``)."""
         return {} if name == "none" else dataclasses.asdict(getattr(self, name))
@@ -174,8 +186,8 @@ class SplitFractions:
     def validate(self, prefix: str) -> None:
         for name in ("train", "val", "test"):
             _within(self, prefix, name, 0.0, 1.0)
-        if self.train <= 0 or self.test <= 0 or abs(self.train + self.val + self.test - 1.0) > 1e-6:
-            raise ParamsError(f"{prefix}: train, val and test must be fractions summing to 1 (train, test > 0)")
+        if min(self.train, self.val, self.test) <= 0 or abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ParamsError(f"{prefix}: train, val and test must be positive fractions summing to 1")
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 class PruneParams:
     """How far and how to prune; the prune-finetune stage reads ``finetune_epochs``."""
 
-    ratio: float = 0.5
+    ratio: float = 0.55
     """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
     steps: int = 4
     """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""

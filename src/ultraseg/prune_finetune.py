@@ -19,7 +19,7 @@ from ultraseg.losses import build_loss
 from ultraseg.models.registry import count_macs, count_parameters
 from ultraseg.params import Params
 from ultraseg.prune import prune, pruned_widths, summary
-from ultraseg.train import model_meta, run_id
+from ultraseg.train import data_files, model_meta, run_id
 
 
 def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, student_path: Path, out: Path,
@@ -44,8 +44,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
         return round(engine.validate(model, val_x, val_y, loss, device, budget.threshold)["dice"], 4)
 
     before = copy.deepcopy(student)
-    one_shot = prune(copy.deepcopy(student).eval(), example, dataclasses.replace(cfg, steps=1))
-    rid = run_id(params, split_csv, data_dir / "index.csv", student_path) + params_mod.digest(cfg)
+    one_shot = prune(copy.deepcopy(student).eval(), example, dataclasses.replace(cfg, steps=1, importance="l1"))
+    rid = run_id(params, split_csv, *data_files(data_dir), student_path) + params_mod.digest(cfg)
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live, \
             tempfile.TemporaryDirectory() as scratch:
 
@@ -54,7 +54,9 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
                        f"{rid}-{step}", desc=f"prune step {step + 1}/{cfg.steps}")
 
         engine.seed_everything(budget.seed)
-        pruned = prune(student.train(), example, cfg, finetune=finetune)
+        batch = (torch.from_numpy(train_x[:budget.batch_size, None]).to(device),
+                 torch.from_numpy(train_y[:budget.batch_size, None].astype("float32")).to(device))
+        pruned = prune(student.train(), example, cfg, finetune=finetune, example_batch=batch, loss_fn=loss)
 
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = model_meta(params, student_meta["model"], "pruned_student", rid) | {

@@ -31,7 +31,10 @@ def _commit() -> str:
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
-    return head.stdout.strip() + (" with uncommitted changes" if dirty else "")
+    # dvc repro has just rewritten the tracked metrics and dvc.lock, so only changes to code and params count
+    code_dirty = [line for line in dirty.splitlines()
+                  if not line[3:].startswith(("metrics/", "dvc.lock", "dvclive/", "plots/", "REPORT.md"))]
+    return head.stdout.strip() + (" with uncommitted code or params changes" if code_dirty else "")
 
 
 def _table(header: list[str], rows: list[list]) -> str:

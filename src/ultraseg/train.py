@@ -30,6 +30,11 @@ def run_id(params: Params, *files: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def data_files(data_dir: Path) -> tuple[Path, ...]:
+    """The preprocessed arrays and index: a resume is only valid on exactly these bytes."""
+    return data_dir / "index.csv", data_dir / "images.npy", data_dir / "masks.npy"
+
+
 def model_meta(params: Params, config: dict, kind: str, rid: str) -> dict:
     """What a checkpoint or ONNX file carries so it can be used without the params file."""
     return {"kind": kind, "model": config, "preprocess": params_mod.to_dict(params.preprocess),
@@ -71,6 +76,6 @@ def run(params: Params, data_dir: Path, split_csv: Path, out: Path, live_dir: Pa
     engine.seed_everything(cfg.seed)
     model = build_model(cfg.model.config())
     criterion = build_loss(params_mod.to_dict(cfg.loss))
-    rid = run_id(params, split_csv, data_dir / "index.csv")
+    rid = run_id(params, split_csv, *data_files(data_dir))
     return fit_and_save(params, cfg, model, lambda logits, _x, masks: criterion(logits, masks), data_dir,
                         split_csv, out, live_dir, resume, rid, "teacher")

@@ -465,3 +465,29 @@ def test_url_truncated_download_is_not_cached(tmp_path, make_busi):
         server.announced.clear()
         rows, _ = run_fetch(server.url("/busi.zip"), tmp_path)
         assert len(rows) == 7
+
+
+def test_read_mask_grey_with_alpha_uses_grey_not_alpha(tmp_path):
+    grey = np.zeros((4, 4), np.uint8)
+    grey[1, 2] = 255
+    path = tmp_path / "la_mask.png"
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], axis=-1), mode="LA").save(path)
+    assert busi.read_mask(path).sum() == 1 and busi.read_mask(path)[1, 2]
+
+
+def test_one_name_in_two_class_folders_is_refused(tmp_path, make_busi):
+    fake = make_busi(tmp_path / "src", counts={"benign": 2, "malignant": 1, "normal": 1})
+    for suffix in (".webp", "_mask.png"):
+        shutil.copy(fake.root / "benign" / f"benign (1){suffix}", fake.root / "malignant" / f"benign (1){suffix}")
+    with pytest.raises(DataError, match=r"malignant/benign \(1\)\.webp: the name 'benign \(1\)' is also used by"):
+        busi.fetch(str(fake.root), tmp_path / "raw", tmp_path / "cache")
+
+
+def test_corrupt_zip_is_a_data_error(tmp_path, make_busi):
+    fake = make_busi(tmp_path / "src")
+    archive = make_zip(fake, tmp_path / "busi.zip")
+    data = bytearray(archive.read_bytes())
+    data[200:260] = b"\0" * 60  # damage a member's compressed bytes, keep the directory readable
+    archive.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="busi.zip"):
+        busi.fetch(str(archive), tmp_path / "raw", tmp_path / "cache")

@@ -155,7 +155,7 @@ def test_run_and_load_round_trip(tmp_path, make_busi):
     assert loaded.masks[fake.ids.index("normal (1)")].sum() == 0
 
     assert loaded.rows(["normal (2)", "benign (1)"]).tolist() == [6, 0]
-    with pytest.raises(KeyError, match=re.escape("'benign (9)' is not in the preprocessed set")):
+    with pytest.raises(busi.DataError, match=re.escape("'benign (9)' is in the split but not in the preprocessed")):
         loaded.rows(["benign (1)", "benign (9)"])
 
 
@@ -166,6 +166,8 @@ def test_quality_sample_takes_lesion_images_only(tmp_path, make_busi):
     assert [s[0] for s in sample] == ["benign (1)", "benign (4)", "malignant (3)"]  # spread over sorted ids
     assert all(s[2].dtype == bool and s[1].shape == s[2].shape for s in sample)
     assert len(pp.quality_sample(tmp_path / "raw", 50)) == 7  # never more than there are
+    train_only = pp.quality_sample(tmp_path / "raw", 50, train_ids={"benign (2)", "malignant (1)", "normal (1)"})
+    assert [s[0] for s in train_only] == ["benign (2)", "malignant (1)"]
 
 
 def test_compare_filters_on_real_images(busi_mirror):

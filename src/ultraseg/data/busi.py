@@ -117,6 +117,11 @@ def scan(root: Path) -> list[Record]:
             records.extend(_scan_class(folder, cls))
     if not records:
         raise DataError(f"{root}: empty source, no images found in {', '.join(CLASSES)}")
+    seen: dict[str, Record] = {}
+    for record in records:
+        if record.id in seen:
+            raise DataError(f"{record.image}: the name {record.id!r} is also used by {seen[record.id].image}")
+        seen[record.id] = record
     return records
 
 
@@ -170,7 +175,8 @@ def read_mask(path: Path) -> np.ndarray:
     if image.mode == "1":
         return array.astype(bool)
     if array.ndim == 3:
-        array = array[..., :3].max(axis=2)  # colour channels carry the mask; alpha is only opacity
+        colour = len(image.getbands()) - ("A" in image.getbands())  # alpha is only opacity, never the mask
+        array = array[..., :colour].max(axis=2)
     levels = np.unique(array)
     if not (set(levels.tolist()) <= {0, 255} or set(levels.tolist()) <= {0, 1}):
         shown = ", ".join(str(v) for v in levels[:6]) + (" ..." if len(levels) > 6 else "")
@@ -200,7 +206,10 @@ def verify_checksums(root: Path) -> None:
     for line in sums.read_text().splitlines():
         if not line.strip():
             continue
-        expected, name = line.split(maxsplit=1)
+        fields = line.split(maxsplit=1)
+        if len(fields) != 2 or len(fields[0]) != 64:
+            raise DataError(f"{sums}: malformed line {line!r}; expected '<sha256>  <path>'")
+        expected, name = fields
         path = root / name.lstrip("*")
         if not path.exists():
             raise DataError(f"{path}: listed in {sums} but missing")
@@ -232,8 +241,11 @@ def _fetch_path(path: Path, out_dir: Path) -> list[dict]:
         raise DataError(f"{path}: not a directory or a .zip archive")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
-        with zipfile.ZipFile(path) as archive:
-            archive.extractall(tmp)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.extractall(tmp)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise DataError(f"{path}: corrupt .zip archive ({err})") from None
         return _fetch_dir(find_root(Path(tmp)), out_dir)
 
 

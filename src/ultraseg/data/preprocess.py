@@ -84,7 +84,7 @@ class Preprocessed:
         position = {row["id"]: int(row["row"]) for row in self.index}
         missing = [i for i in ids if i not in position]
         if missing:
-            raise KeyError(f"{missing[0]!r} is not in the preprocessed set; re-run the preprocess stage")
+            raise busi.DataError(f"{missing[0]!r} is in the split but not in the preprocessed set; run dvc repro")
         return np.array([position[i] for i in ids], dtype=np.int64)
 
 
@@ -113,9 +113,14 @@ def run(raw_dir: Path, out_dir: Path, params: PreprocessParams) -> dict:
             "ms_per_image": round(1000 * seconds / len(manifest), 2)}
 
 
-def quality_sample(raw_dir: Path, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``count`` lesion images spread evenly over the sorted ids: the fixed set every filter is compared on."""
-    rows = [r for r in busi.read_manifest(raw_dir / "manifest.csv") if r["class"] != "normal"]
+def quality_sample(raw_dir: Path, count: int, train_ids: set[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``count`` lesion images spread evenly over the sorted ids: the fixed set every filter is compared on.
+
+    ``train_ids`` restricts the choice to the train split: a filter is chosen on these figures, and that choice
+    must not see the test masks.
+    """
+    rows = [r for r in busi.read_manifest(raw_dir / "manifest.csv")
+            if r["class"] != "normal" and (train_ids is None or r["id"] in train_ids)]
     rows.sort(key=lambda r: r["id"])
     picks = np.linspace(0, len(rows) - 1, num=min(count, len(rows))).round().astype(int)
     return [(rows[k]["id"], *busi.load_raw(raw_dir, rows[k]["id"])) for k in dict.fromkeys(picks.tolist())]
