@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     train_ids = set(split_ids(args.split, "train"))
     sample = preprocess.quality_sample(args.raw, cfg.quality_sample, train_ids)
     table = preprocess.compare_filters(sample, cfg)
-    io.write_json(args.metrics, {**timing, **table[cfg.filter], "quality_sample": len(sample), "filters": table})
+    chosen = {k: table[cfg.filter][k] for k in ("enl_ratio", "edge_preservation")}
+    io.write_json(args.metrics, {**timing, **chosen, "quality_sample": len(sample), "filters": table})
     image_id, image, _ = sample[len(sample) // 2]
     preprocess.filter_figure(image, cfg, args.figure, f"{image_id}: every filter (before CLAHE)")
     print(f"preprocess: {timing['images']} images with {cfg.filter} in {timing['seconds']} s -> {args.out}")
