@@ -273,3 +273,16 @@ def test_pruned_and_finetuned_model_still_segments():
     prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=2), finetune=finetune)
     assert summary(before, model, 32)["macs_ratio"] < 0.3
     assert dice(model, image, mask).min() > 0.9
+
+
+@pytest.mark.xfail(strict=True, reason="known defect (open edge-optimisation issue): on trained U-Nets, removing even "
+                   "a small share of channels destroys the output (BUSI teacher and student: val Dice 0.82 -> 0.0 at "
+                   "14%); fine-tuning hides it on toy data")
+def test_light_pruning_without_finetuning_keeps_a_trained_model_working():
+    torch.manual_seed(0)
+    image, mask = disc_batch()
+    model = build_model({"name": "unet", "widths": [8, 16, 32]})
+    train(model, image, mask, 120)
+    assert dice(model, image, mask).min() > 0.9
+    prune(model, EXAMPLE, PruneParams(ratio=0.15, steps=1, round_to=1))
+    assert dice(model, image, mask).mean() > 0.7
