@@ -1,4 +1,4 @@
-"""prune-finetune: channel-prune the distilled student (Torch-Pruning) with distillation fine-tuning between steps.
+"""prune_finetune: channel-prune the distilled student (Torch-Pruning) with distillation fine-tuning between steps.
 
 Reads the `prune` params section (ratio, steps, importance, fine-tuning epochs and lr), `distill` and `train` for
 the fine-tuning loss and settings, models/teacher.pt and models/student.pt. Writes models/pruned.pt (reloadable

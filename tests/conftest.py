@@ -164,3 +164,74 @@ def build_busi(
 def make_busi():
     """Factory: ``make_busi(root, layout="mirror" | "original", counts=None, seed=0) -> FakeBusi``."""
     return build_busi
+
+
+# ---------------------------------------------------------------------------------------------------- model zoo
+
+
+@dataclass
+class Zoo:
+    """A tiny pipeline workspace: raw and preprocessed data, a split, and every model variant's file."""
+
+    root: Path
+    raw: Path
+    data: Path
+    split: Path
+    models: Path
+    masks: dict[str, np.ndarray]
+    size: int
+
+
+def write_raw(raw: Path, images: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> None:
+    """The fetch stage's output layout (images/, masks/, manifest.csv) for the given arrays."""
+    (raw / "images").mkdir(parents=True)
+    (raw / "masks").mkdir()
+    rows = []
+    for image_id, image in images.items():
+        Image.fromarray(image).save(raw / "images" / f"{image_id}.png")
+        Image.fromarray(masks[image_id].astype(np.uint8) * 255).save(raw / "masks" / f"{image_id}.png")
+        rows.append({"id": image_id, "class": image_id.split(" ")[0], "file": f"{image_id}.png",
+                     "width": image.shape[1], "height": image.shape[0], "mask_files": 1, "sha256": "-"})
+    from ultraseg.io import write_csv
+
+    write_csv(raw / "manifest.csv", rows, list(rows[0]))
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> Zoo:
+    """Raw images at network size (so resizing back is exact), 3 val and 6 test cases, and untrained tiny models
+    saved as every variant: teacher/student/pruned checkpoints, their ONNX files and an int8 file."""
+    import torch
+
+    from ultraseg import checkpoint, onnx_io, quantize
+    from ultraseg.data import preprocess
+    from ultraseg.io import write_csv
+    from ultraseg.models import build_model
+    from ultraseg.params import PreprocessParams
+
+    size = 32
+    root = tmp_path_factory.mktemp("zoo")
+    rng = np.random.default_rng(0)
+    images, masks, split = {}, {}, []
+    for cls, n_val, n_test in (("benign", 1, 3), ("malignant", 1, 2), ("normal", 1, 1)):
+        for k in range(n_val + n_test):
+            image_id = f"{cls} ({k + 1})"
+            images[image_id] = speckle_image(rng, size, size)
+            masks[image_id] = np.zeros((size, size), bool) if cls == "normal" else _rectangle_mask(rng, size, size)
+            split.append({"id": image_id, "class": cls, "split": "val" if k < n_val else "test"})
+    write_raw(root / "raw", images, masks)
+    write_csv(root / "split.csv", split, ["id", "class", "split"])
+    preprocess.run(root / "raw", root / "data", PreprocessParams(size=size))
+    models = root / "models"
+    (models / "onnx").mkdir(parents=True)
+    torch.manual_seed(0)
+    for network, widths in (("teacher", [8, 16]), ("student", [4, 8]), ("pruned", [4, 8])):
+        config = {"name": "unet", "widths": widths, "up": "nearest"}
+        meta = {"kind": network, "model": config, "size": size, "threshold": 0.5, "normalize": "zscore"}
+        model = build_model(config).eval()
+        checkpoint.save(models / f"{network}.pt", model, meta)
+        onnx_io.export(model, models / "onnx" / f"{network}.onnx", onnx_io.ExportParams(), meta)
+    calibration = preprocess.normalize(np.stack(list(images.values())), "zscore")
+    quantize.quantize(models / "onnx" / "pruned.onnx", models / "pruned.int8.onnx", calibration,
+                      quantize.QuantizeParams(calibration_images=8))
+    return Zoo(root, root / "raw", root / "data", root / "split.csv", models, masks, size)

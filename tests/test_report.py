@@ -25,3 +25,29 @@ def test_report_stage_exits_with_one_line(tmp_path, repo_root) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'split.json'}: metrics file missing; "
                                                   "run the stage that writes it (dvc repro)"]
+
+
+def test_test_and_speed_sections_quote_the_stage_outputs(zoo) -> None:
+    import dataclasses
+
+    from ultraseg import benchmark, evaluate
+    from ultraseg.params import BenchmarkParams, EvaluateParams
+    from ultraseg.variants import by_name
+
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size}})
+    params = dataclasses.replace(params, evaluate=EvaluateParams(bootstrap=20),
+                                 benchmark=BenchmarkParams(threads=(1,), warmup=1, runs=2, batch=2, batch_runs=1,
+                                                           retries=0))
+    variants = (by_name("teacher"), by_name("pruned_int8"))
+    scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, variants)
+    bench = benchmark.run(params, zoo.models, variants)
+    text = report.evaluate_section(scores) + report.benchmark_section(bench, scores)
+    for name, m in scores["variants"].items():
+        low, high = m["dice_ci95"]
+        assert f"| {name} | {m['dice']:.4f} [{low:.3f}, {high:.3f}] |" in text
+    int8 = bench["variants"]["pruned_int8"]["threads_1"]
+    assert f"{int8['p50_ms']:.2f} / {int8['p95_ms']:.2f}" in text
+    speedup = bench["speedups"]["vs_teacher_threads_1"]["pruned_int8"]
+    assert f"`pruned_int8` is {speedup}× faster than the teacher in PyTorch eager" in text
+    published = report.published_section(scores)
+    assert f"{scores['variants']['teacher']['dice']:.4f}" in published

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-STAGES = ("fetch", "preprocess", "split")
+STAGES = ("fetch", "preprocess", "split", "train", "distill", "prune_finetune", "export", "quantize", "evaluate",
+          "benchmark", "report")
 
 
 def run_stage(repo_root, stage: str, *args: str, cwd) -> subprocess.CompletedProcess:

@@ -29,12 +29,13 @@ def parse(ap: argparse.ArgumentParser, argv: Sequence[str] | None = None):
 
 
 def fail_cleanly(main):
-    """Run a stage's main, turning expected data and params errors into one line on stderr and exit code 1."""
+    """Run a stage's main, turning expected data and params errors and missing inputs into one line on stderr and
+    exit code 1."""
 
     def wrapper(argv: Sequence[str] | None = None) -> None:
         try:
             main(argv)
-        except (DataError, params_mod.ParamsError) as err:
+        except (DataError, params_mod.ParamsError, FileNotFoundError) as err:
             sys.exit(f"error: {err}")
 
     wrapper.__doc__ = main.__doc__

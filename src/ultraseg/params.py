@@ -311,6 +311,59 @@ class DistillParams:
 
 
 @dataclass(frozen=True)
+class EvaluateParams:
+    """Test-split scoring of every model variant (the split is never used to choose anything)."""
+
+    threshold: float | Literal["val"] = "val"
+    """``val``: each variant's probability threshold of best lesion-mean Dice on the val split; or a fixed value."""
+    threshold_step: float = 0.05
+    """Spacing of the thresholds tried on val, from ``threshold_step`` to ``1 - threshold_step``."""
+    bootstrap: int = 1000
+    """Resamples of the lesion images for the 95% confidence interval of the headline Dice."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+
+    def validate(self, prefix: str) -> None:
+        if self.threshold != "val":
+            _within(self, prefix, "threshold", 0.0, 1.0)
+        _within(self, prefix, "threshold_step", 0.001, 0.5)
+        _positive(self, prefix, "bootstrap")
+
+
+@dataclass(frozen=True)
+class BenchmarkParams:
+    """Latency, throughput and memory of every variant, measured on this machine's CPU."""
+
+    size: int | None = None
+    """Input side at deployment (px); ``null`` uses ``preprocess.size``."""
+    threads: tuple[int, ...] = (1, 0)
+    """Thread counts to measure with; 1 simulates a small edge device, 0 means every core."""
+    warmup: int = 10
+    """Untimed calls before timing."""
+    runs: int = 50
+    """Timed batch-1 calls; p50 and p95 are over these."""
+    batch: int = 8
+    """Batch size of the throughput measurement."""
+    batch_runs: int = 10
+    """Timed calls of the throughput measurement."""
+    max_disturbance: float = 0.1
+    """A measurement is repeated when other processes used more than this fraction of the CPU time available to
+    it (all cores' time over its wall time) while it ran."""
+    retries: int = 3
+    """Repeats of a disturbed measurement; the least disturbed one is kept and its disturbance reported."""
+
+    def validate(self, prefix: str) -> None:
+        if self.size is not None and (self.size < 16 or self.size % 16):
+            raise ParamsError(f"{prefix}.size: expected null or a multiple of 16 (>= 16), got {self.size!r}")
+        if not self.threads or any(t < 0 for t in self.threads):
+            raise ParamsError(f"{prefix}.threads: expected a non-empty list of counts >= 0, got {list(self.threads)}")
+        _positive(self, prefix, "runs", "batch", "batch_runs")
+        for name in ("warmup", "retries"):
+            _within(self, prefix, name, 0, float("inf"))
+        _within(self, prefix, "max_disturbance", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class Params:
     fetch: FetchParams = field(default_factory=FetchParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
@@ -320,6 +373,8 @@ class Params:
     prune: PruneParams = field(default_factory=PruneParams)
     export: ExportParams = field(default_factory=ExportParams)
     quantize: QuantizeParams = field(default_factory=QuantizeParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
 
 
 # ---------------------------------------------------------------------------------------------------- loading

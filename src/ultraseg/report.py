@@ -123,21 +123,160 @@ faster than fp32, ×{quant['speedup_int8_vs_teacher_onnx']} than the teacher in 
 """
 
 
+def _ci(m: dict) -> str:
+    low, high = m["dice_ci95"]
+    return f"{m['dice']:.4f} [{low:.3f}, {high:.3f}]"
+
+
+def _num(value, fmt: str = ".4f") -> str:
+    return "–" if value is None or value != value else format(value, fmt)  # NaN: undefined (see README)
+
+
+def evaluate_section(scores: dict) -> str:
+    rows = []
+    for name, m in scores["variants"].items():
+        rows.append([name, _ci(m), _num(m["iou"]), _num(m["precision"]), _num(m["recall"]), _num(m["hd95"], ".1f"),
+                     _num(m["dice_pooled"]), _num(m["by_class"]["benign"]["dice"]),
+                     _num(m["by_class"]["malignant"]["dice"]), _num(m["normal_clean"], ".2f"),
+                     f"{m['threshold']:.2f}"])
+    first = next(iter(scores["variants"].values()))
+    return f"""## Test results (held-out split)
+
+Source: `metrics/evaluate.json`, per image `results/evaluate/cases.csv`. {scores['n_images']} test images
+({first['n_lesion']} with a lesion, {first['n_normal']} normal), scored at each image's original resolution;
+Dice is the mean over lesion images with its bootstrap 95% CI; pooled Dice sums the pixels of all lesion images
+(what papers that pool report); HD95 in pixels of the mirror's images; *normal clean*: share of normal images
+with no predicted pixel. Each variant's threshold was chosen on val ({first['threshold_from']}), never on test.
+ONNX variants ran in ONNX Runtime: `pruned_int8` is scored as an edge device would run it.
+
+{_table(['variant', 'Dice [95% CI]', 'IoU', 'precision', 'recall', 'HD95 px', 'pooled Dice', 'benign',
+         'malignant', 'normal clean', 'threshold'], rows)}
+
+![test Dice per image](plots/evaluate/dice_distribution.png)
+
+![val threshold curves](plots/evaluate/threshold_curve.png)
+
+![best, median and worst test cases of the deployed model](plots/evaluate/samples.png)
+"""
+
+
+def benchmark_section(bench: dict, scores: dict) -> str:
+    keys = [k for k in next(iter(bench["variants"].values())) if k.startswith("threads_")]
+    batch = bench["settings"]["batch"]
+    rows = []
+    for name, b in bench["variants"].items():
+        timing = []
+        for key in keys:
+            t = b[key]
+            timing += [f"{t['p50_ms']:.2f} / {t['p95_ms']:.2f}", f"{t[f'batch{batch}_images_per_s']:.0f}"]
+        rows.append([name, b["runtime"], b["precision"], f"{b['params']:,}", b["gmacs"], f"{b['file_mb']:.2f}",
+                     *timing, f"{b['peak_rss_mb']:.0f} ({b['model_rss_mb']:+.0f})",
+                     f"{max(b[k]['disturbance'] for k in keys):.2f}",
+                     _num(scores["variants"].get(name, {}).get("dice"))])
+    header = ["variant", "runtime", "precision", "params", "GMAC", "file MB"]
+    for key in keys:
+        label = key.replace("threads_", "") + (" thread" if key == "threads_1" else " threads")
+        header += [f"p50 / p95 ms, {label}", f"img/s batch {batch}, {label}"]
+    header += ["peak RSS MB (model)", "disturbance", "test Dice"]
+    env = bench["environment"]
+    speed = bench["speedups"]
+    lines = []
+    for key in keys:
+        eager, ort = speed.get(f"vs_teacher_{key}", {}), speed.get(f"vs_teacher_onnx_{key}", {})
+        if "pruned_int8" in eager:
+            lines.append(f"- {key.replace('_', ' ')}: `pruned_int8` is {eager['pruned_int8']}× faster than the "
+                         f"teacher in PyTorch eager and {ort.get('pruned_int8', '–')}× faster than the teacher in "
+                         f"ONNX Runtime fp32.")
+    return f"""## Speed, size and memory
+
+Source: `metrics/benchmark.json`. {env['cpu']}, {env['cores']} cores; torch {env['torch']}, onnxruntime
+{env['onnxruntime']}, Python {env['python']}. Input {'×'.join(map(str, bench['input']))}; batch-1 p50/p95 over
+{bench['settings']['runs']} calls after {bench['settings']['warmup']} warm-up calls, throughput at batch {batch};
+every variant in a fresh process (peak RSS, and in brackets what loading and running the model added).
+*disturbance*: the largest share of the machine's CPU time other processes used during a timed block (blocks
+above {bench['settings']['max_disturbance']} were repeated up to {bench['settings']['retries']} times). All
+variants were timed in one run: compare them by ratio, not with another run's absolute times.
+
+{_table(header, rows)}
+
+{chr(10).join(lines)}
+
+![test Dice against latency](plots/benchmark/tradeoff.png)
+
+![file size and latency](plots/benchmark/size_latency.png)
+"""
+
+
+def published_section(scores: dict) -> str:
+    teacher, deployed = scores["variants"]["teacher"], scores["variants"]["pruned_int8"]
+    return f"""## Compared with published BUSI results
+
+Our headline is the teacher's test Dice {teacher['dice']:.4f} (pooled {teacher['dice_pooled']:.4f}) and the int8
+edge model's {deployed['dice']:.4f} (`metrics/evaluate.json`). Published U-Net results on BUSI are not directly
+comparable, and most are optimistic relative to this protocol:
+
+- **Duplicates.** BUSI holds many near-duplicate scans of one lesion (see *Dataset*); a random image-level
+  split puts copies of a test lesion into training. Our groups never cross splits. Studies that control for
+  this (strict protocols) report U-Net Dice of roughly 0.71–0.74; image-level random splits often report
+  0.80 and above.
+- **Held-out test.** Model and threshold selection used val only; the test split was scored once per run.
+- **Normals.** Many papers drop the normal images; we train on them and report them separately (*normal
+  clean*), since a deployed model sees normal scans too. Our Dice means cover lesion images only.
+- **Resolution.** We score at the mirror's resolution (256 px on the long side), after resizing predictions
+  back from the network's input size, where many papers score at the network's resized masks.
+"""
+
+
+def challenges_section(split: dict, distill: dict, prune: dict, quant: dict, scores: dict) -> str:
+    v = scores["variants"]
+    teacher, deployed = v["teacher"], v["pruned_int8"]
+    gain = distill.get("kd_gain_val_dice")
+    kd = ("distillation was not measured against a baseline (`distill.baseline: false`)" if gain is None else
+          f"distillation changed the student's val Dice by {gain:+.4f} against the same student trained on the "
+          f"masks alone (`metrics/distill.json`); "
+          + ("at this budget the teacher's soft targets help" if gain > 0 else
+             "at this budget they do not help, and the report says so rather than assuming a gain"))
+    floats = ", ".join(quant["float_ops"]) or "none"
+    return f"""## Challenges and what would improve the results
+
+- **Duplicates.** {split['images_in_duplicate_groups']} of {split['images']} images sit in
+  {split['duplicate_groups']} groups of copies of one scan, {split['cross_class_groups']} of them filed under more
+  than one class. A random split would leak them into test; grouping them costs nothing at training time.
+- **Distillation.** {kd[0].upper() + kd[1:]}.
+- **Pruning.** Removing channels from the trained student took val Dice from {prune['val_dice_before']} to
+  {prune['val_dice_pruned_no_finetune']} before fine-tuning and {prune['val_dice_after']} after
+  {prune['finetune_epochs_total']} epochs of it with the distillation loss (`metrics/prune.json`).
+- **int8.** Val Dice fp32 {quant['val_dice_fp32']} → int8 {quant['val_dice_int8']}; ops left in float: {floats}.
+- **Normal images.** On test, the teacher leaves {teacher['normal_clean']:.0%} of normal images clean and the int8
+  model {deployed['normal_clean']:.0%}: both predict small spurious lesions. A minimum-area rule chosen on val, or
+  a higher loss weight on normal images, would trade a little lesion Dice for fewer false alarms.
+- **Transfer to other scanners.** Augmentation (gain, contrast, gamma, speckle, acoustic shadows) stands in for
+  other machines' settings; BUSI's burned-in calipers and text remain in the images, and a model may still learn
+  them. Masking annotations or training on a second dataset is the next step; this report measures BUSI only.
+"""
+
+
 def render(metrics_dir: Path, params: Params, params_path: Path) -> str:
     split = _load(metrics_dir / "split.json")
     pre = _load(metrics_dir / "preprocess.json")
     train = _load(metrics_dir / "train.json")
     optimisation = [_load(metrics_dir / f"{name}.json") for name in ("distill", "prune", "export", "quantize")]
+    scores, bench = _load(metrics_dir / "evaluate.json"), _load(metrics_dir / "benchmark.json")
     return "\n".join([
         "# ultraseg report",
         "",
         f"Generated by the `report` stage from `metrics/*.json` of the run at commit {_commit()}, params "
         f"`{params_path}` (hash {params_mod.digest(params)}). Regenerate with `dvc repro report`.",
         "Scores are means over lesion images (benign + malignant) unless stated; see README, *How results are "
-        "scored*. Test-split results arrive with the evaluate stage; everything here is train/val only.",
+        "scored*. Sections before *Test results* use train/val only; the test split is scored once, by the "
+        "evaluate stage.",
         "",
         dataset_section(split),
         preprocess_section(pre, params),
         train_section(train, params),
         optimisation_section(train, *optimisation),
+        evaluate_section(scores),
+        benchmark_section(bench, scores),
+        published_section(scores),
+        challenges_section(split, optimisation[0], optimisation[1], optimisation[3], scores),
     ])

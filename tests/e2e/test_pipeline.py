@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 PER_CLASS = 8
-STAGES = ("fetch", "preprocess", "split", "train", "distill", "prune_finetune", "export", "quantize", "report")
+VARIANTS = ["teacher", "teacher_onnx", "student", "student_onnx", "pruned", "pruned_onnx", "pruned_int8"]
+STAGES = ("fetch", "preprocess", "split", "train", "distill", "prune_finetune", "export", "quantize", "evaluate",
+          "benchmark", "report")
 # Outputs of the pipeline that a copy of the working tree may carry; removed so that everything really runs.
 OUTPUTS = ("dvc.lock", "metrics", "plots", "data", "dvclive", "models", "REPORT.md")
 
@@ -79,6 +81,8 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     params["distill"]["student"]["widths"] = [8, 16, 32, 64]
     params["prune"].update(ratio=0.55, steps=2, finetune_epochs=1)  # the default is off while pruning is fixed
     params["quantize"].update(calibration_images=8)
+    params["evaluate"].update(bootstrap=100)
+    params["benchmark"].update(warmup=1, runs=3, batch=2, batch_runs=1, retries=0)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = tool_env(repo)
@@ -160,7 +164,20 @@ def test_pipeline_end_to_end(pipeline):
     quant = json.loads((repo / "metrics/quantize.json").read_text())
     assert quant["int8_bytes"] < quant["fp32_bytes"] and quant["calibration_images"] == 8
     assert set(quant["latency_p50_ms_1thread"]) == {"int8", "fp32", "teacher_onnx_fp32", "teacher_eager"}
+    scores = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert list(scores["variants"]) == VARIANTS and scores["split"] == "test"
+    n_test = sum(r["split"] == "test" for r in split_rows)
+    assert scores["n_images"] == n_test
+    assert len(read_rows(repo / "results/evaluate/cases.csv")) == n_test * len(VARIANTS)
+    for name in ("dice_distribution", "threshold_curve", "samples"):
+        assert (repo / f"plots/evaluate/{name}.png").stat().st_size > 1000
+    bench = json.loads((repo / "metrics/benchmark.json").read_text())
+    assert list(bench["variants"]) == VARIANTS and bench["input"] == [1, 1, 32, 32]
+    assert set(bench["variants"]["pruned_int8"]) >= {"threads_1", "threads_all", "peak_rss_mb", "gmacs"}
+    assert bench["variants"]["pruned_int8"]["gmacs"] < bench["variants"]["teacher"]["gmacs"]
     report = (repo / "REPORT.md").read_text()
+    assert "## Test results" in report and "## Speed, size and memory" in report
+    assert f"| teacher | {scores['variants']['teacher']['dice']:.4f} [" in report
     assert "## Dataset and duplicates" in report and "## Teacher training" in report
     assert f"| {train['val_dice']:.4f} |" in report and "## Optimisation" in report
     assert f"| {quant['val_dice_int8']:.4f} |" in report
@@ -177,10 +194,17 @@ def test_pipeline_end_to_end(pipeline):
     status = run(dvc, "status")
     assert "Data and pipelines are up to date." in status.stdout
 
+    run("git", "add", "-A")  # the baseline that `dvc metrics diff` compares against, as a user would commit it
+    run("git", "commit", "-q", "-m", "tiny pipeline run")
+
     # 3. another filter reruns preprocess and what depends on it; the data and the split are untouched
     third = run(dvc, "exp", "run", "-S", "preprocess.filter=lee")
-    for stage in ("preprocess", "train", "distill", "prune_finetune", "export", "quantize", "report"):
+    for stage in ("preprocess", "train", "distill", "prune_finetune", "export", "quantize", "evaluate", "benchmark",
+                  "report"):
         assert f"Running stage '{stage}'" in third.stdout
+    changed = json.loads(run(dvc, "metrics", "diff", "--json").stdout)
+    assert {f"metrics/{name}.json" for name in ("preprocess", "train", "distill", "prune", "quantize", "evaluate",
+                                                "benchmark")} <= set(changed)
     assert "Running stage 'fetch'" not in third.stdout
     assert "Running stage 'split'" not in third.stdout
     pre_lee = json.loads((repo / "metrics/preprocess.json").read_text())

@@ -1,0 +1,229 @@
+"""The benchmark stage's work: size, compute, latency, throughput and memory of every variant on this CPU.
+
+Each variant is measured in a fresh process (so its peak resident memory is its own) with every thread count of
+``benchmark.threads``: batch-1 latency p50/p95 after warm-up (:func:`ultraseg.bench.time_call`) and batch-``batch``
+throughput, on a fixed seeded input built outside the timed loop. The machine is shared, so every timed block
+records the CPU time other processes used while it ran (from ``/proc/stat``, less this process's own time) as a
+fraction of all cores' time, and a block disturbed beyond ``max_disturbance`` is repeated; the least disturbed
+attempt is kept, and its disturbance reported.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ultraseg.bench import time_call
+from ultraseg.params import BenchmarkParams, Params
+from ultraseg.variants import DEPLOYED, VARIANTS, Variant, by_name, predictor
+
+
+# ---------------------------------------------------------------------------------------------------- disturbance
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all cores have spent not idle since boot (``/proc/stat``); None where there is no such file."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def disturbed(fn: Callable[[], dict]) -> tuple[dict, float]:
+    """Run ``fn``; return its result and the share of all cores' time other processes used meanwhile (NaN where
+    ``/proc/stat`` cannot be read)."""
+    busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+    result = fn()
+    wall, busy_after = time.perf_counter() - start, busy_cpu_seconds()
+    if busy is None or busy_after is None:
+        return result, float("nan")
+    others = max(0.0, (busy_after - busy) - (own_cpu_seconds() - own))
+    return result, others / (wall * os.cpu_count())
+
+
+def steady(fn: Callable[[], dict], max_disturbance: float, retries: int) -> dict:
+    """``fn()``'s result from the least disturbed of up to ``1 + retries`` attempts, stopping at the first one
+    within ``max_disturbance``; adds ``disturbance`` and ``attempts``."""
+    best, best_share, attempts = None, float("inf"), 0
+    for attempts in range(1, retries + 2):
+        result, share = disturbed(fn)
+        if best is None or share < best_share or np.isnan(share):
+            best, best_share = result, share
+        if not share > max_disturbance:  # NaN (unknown) is not retried
+            break
+    return {**best, "disturbance": round(best_share, 4), "attempts": attempts}
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process (MB), from ``/proc/self/statm``; NaN elsewhere."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux reports KiB
+
+
+def measure(name: str, models_dir: Path, size: int, params: BenchmarkParams) -> dict[str, Any]:
+    """All timings of one variant in this process; meant to run in a fresh one (see :func:`run`)."""
+    variant = by_name(name)
+    cores = len(os.sched_getaffinity(0))
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, 1, size, size), dtype=np.float32)
+    many = rng.standard_normal((params.batch, 1, size, size), dtype=np.float32)
+    before = rss_mb()
+    out: dict[str, Any] = {}
+    for threads in params.threads:
+        predict = predictor(variant, models_dir, threads or cores)
+        latency = steady(lambda: time_call(lambda: predict(one), params.warmup, params.runs),
+                         params.max_disturbance, params.retries)
+        batch = steady(lambda: time_call(lambda: predict(many), max(1, params.warmup // 5), params.batch_runs),
+                       params.max_disturbance, params.retries)
+        out[f"threads_{threads or 'all'}"] = {
+            "threads": threads or cores,
+            "p50_ms": round(latency["p50_ms"], 3), "p95_ms": round(latency["p95_ms"], 3),
+            "disturbance": latency["disturbance"], "attempts": latency["attempts"],
+            f"batch{params.batch}_images_per_s": round(params.batch * 1000 / batch["p50_ms"], 1),
+            f"batch{params.batch}_disturbance": batch["disturbance"],
+        }
+    return {"rss_before_load_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+            "model_rss_mb": round(peak_rss_mb() - before, 1), **out}
+
+
+def static(variant: Variant, models_dir: Path, size: int) -> dict[str, Any]:
+    """Parameters and MACs of the variant's network (from its PyTorch checkpoint) and its file size."""
+    from ultraseg import checkpoint
+    from ultraseg.models.registry import count_macs, count_parameters
+
+    model, _ = checkpoint.load(Path(models_dir) / f"{variant.network}.pt")
+    return {"runtime": variant.runtime, "precision": variant.precision, "file": variant.file,
+            "file_mb": round((Path(models_dir) / variant.file).stat().st_size / 1e6, 3),
+            "params": count_parameters(model), "gmacs": round(count_macs(model, size) / 1e9, 4)}
+
+
+def environment() -> dict[str, Any]:
+    import onnxruntime
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor() or "unknown")
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "timer": "time.perf_counter"}
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path) as fh:
+            return fh.readlines()
+    except OSError:
+        return []
+
+
+def run(params: Params, models_dir: Path, variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
+    """Every variant, one fresh process each, in one session; speed-ups are ratios within it."""
+    cfg = params.benchmark
+    size = cfg.size or params.preprocess.size
+    results = {}
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreter: no memory or threads left by the last one
+    for variant in tqdm(variants, desc="benchmark", unit="variant"):
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            timings = pool.submit(measure, variant.name, models_dir, size, cfg).result()
+        results[variant.name] = {**static(variant, models_dir, size), **timings}
+        tqdm.write(f"benchmark: {variant.name:13s} p50 "
+                   + "  ".join(f"{k[8:]} thr {v['p50_ms']:.2f} ms" for k, v in timings.items()
+                               if k.startswith("threads_")))
+    return {"input": [1, 1, size, size], "environment": environment(),
+            "settings": {"warmup": cfg.warmup, "runs": cfg.runs, "batch": cfg.batch, "batch_runs": cfg.batch_runs,
+                         "max_disturbance": cfg.max_disturbance, "retries": cfg.retries},
+            "variants": results, "speedups": speedups(results)}
+
+
+def speedups(results: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """p50 of the teacher (eager and ONNX Runtime) over every variant's p50, per thread setting."""
+    out: dict[str, dict[str, float]] = {}
+    for key in (k for k in results.get("teacher", {}) if k.startswith("threads_")):
+        for base in ("teacher", "teacher_onnx"):
+            if base in results:
+                ref = results[base][key]["p50_ms"]
+                out[f"vs_{base}_{key}"] = {name: round(ref / r[key]["p50_ms"], 2) for name, r in results.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+
+def tradeoff_rows(bench: dict, evaluate: dict, key: str = "threads_1") -> list[dict]:
+    """One row per variant: its batch-1 p50 at ``key`` and its test Dice, for the trade-off plot."""
+    return [{"variant": name, "latency_ms": r[key]["p50_ms"], "test_dice": evaluate["variants"][name]["dice"],
+             "file_mb": r["file_mb"]} for name, r in bench["variants"].items() if name in evaluate["variants"]]
+
+
+def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
+    from ultraseg.evaluate import _pyplot, _save
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for row in rows:
+        marker = "*" if row["variant"] == DEPLOYED else "o"
+        ax.scatter(row["latency_ms"], row["test_dice"], s=120 if marker == "*" else 40, marker=marker)
+        ax.annotate(row["variant"], (row["latency_ms"], row["test_dice"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
+    ax.set_ylabel("test Dice (lesion images)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def bars_figure(bench: dict, path: Path) -> None:
+    """File size and batch-1 p50 per variant and thread setting, side by side."""
+    from ultraseg.evaluate import _pyplot, _save
+
+    plt = _pyplot()
+    names = list(bench["variants"])
+    keys = [k for k in bench["variants"][names[0]] if k.startswith("threads_")]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    left.bar(names, [bench["variants"][n]["file_mb"] for n in names], color="tab:gray")
+    left.set_ylabel("file size (MB)")
+    left.set_yscale("log")
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        xs = np.arange(len(names)) + (j - (len(keys) - 1) / 2) * width
+        right.bar(xs, [bench["variants"][n][key]["p50_ms"] for n in names], width, label=key.replace("_", " "))
+    right.set_xticks(range(len(names)), names)
+    right.set_ylabel("batch-1 latency p50 (ms)")
+    right.set_yscale("log")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.tick_params(axis="x", rotation=25)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""The evaluate stage's work: every variant scored on the held-out test split, as it would be deployed.
+
+For each variant (:mod:`ultraseg.variants`): probabilities at network size on val and test, resized back to each
+image's original resolution; the decision threshold chosen on val (or fixed in params), never on test; per-case
+scores and aggregates with the conventions of :mod:`ultraseg.evaluation`. ONNX variants run through ONNX Runtime,
+so the int8 model is scored by the runtime and the file an edge device would load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ultraseg import evaluation
+from ultraseg.data.busi import load_raw
+from ultraseg.data.dataset import load_split
+from ultraseg.io import atomic_path, read_csv
+from ultraseg.params import EvaluateParams, Params
+from ultraseg.variants import DEPLOYED, VARIANTS, Variant, predictor, probabilities
+
+CASE_COLUMNS = ("variant", "id", "class", "threshold", "dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn",
+                "pred_pixels", "ref_pixels")
+
+
+class Split:
+    """One split's network inputs, and its references and images at original resolution."""
+
+    def __init__(self, data_dir: Path, raw_dir: Path, split_csv: Path, name: str, normalize: str):
+        self.inputs, _, self.ids = load_split(data_dir, split_csv, name, normalize)
+        classes = {row["id"]: row["class"] for row in read_csv(split_csv)}
+        self.classes = [classes[i] for i in self.ids]
+        raw = [load_raw(raw_dir, i) for i in self.ids]
+        self.images = [image for image, _ in raw]
+        self.refs = [mask for _, mask in raw]
+
+    def probabilities(self, predict) -> list[np.ndarray]:
+        """Each image's lesion probabilities at its original resolution."""
+        probs = probabilities(predict, self.inputs)
+        return [evaluation.resize_probabilities(p, ref.shape) for p, ref in zip(probs, self.refs)]
+
+
+def thresholds(params: EvaluateParams) -> np.ndarray:
+    step = params.threshold_step
+    return np.round(np.arange(step, 1 - step / 2, step), 6)
+
+
+def score_variant(variant: Variant, models_dir: Path, val: Split, test: Split,
+                  params: EvaluateParams) -> tuple[dict, list[dict], list[dict], list[np.ndarray]]:
+    """Aggregates, per-case rows and val threshold curve of one variant, and its test predictions."""
+    predict = predictor(variant, models_dir)
+    curve = evaluation.threshold_curve(val.probabilities(predict), val.refs, thresholds(params))
+    threshold = evaluation.choose_threshold(curve) if params.threshold == "val" else float(params.threshold)
+    preds = [p > threshold for p in test.probabilities(predict)]
+    rows = evaluation.evaluate_cases(preds, test.refs, test.ids, test.classes)
+    summary = {"threshold": threshold, "threshold_from": "val" if params.threshold == "val" else "params",
+               **evaluation.aggregate(rows, params.bootstrap, params.seed)}
+    rows = [{"variant": variant.name, "threshold": threshold, **row} for row in rows]
+    return summary, rows, curve, preds
+
+
+def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_csv: Path,
+        variants: Sequence[Variant] = VARIANTS) -> tuple[dict, list[dict], dict[str, list[dict]], dict]:
+    """Score ``variants``; returns (metrics, per-case rows, val threshold curves, the deployed variant's test
+    predictions with the split, for the sample figure)."""
+    mode = params.preprocess.normalize
+    val = Split(data_dir, raw_dir, split_csv, "val", mode)
+    test = Split(data_dir, raw_dir, split_csv, "test", mode)
+    metrics, rows, curves, samples = {}, [], {}, {}
+    for variant in tqdm(variants, desc="evaluate", unit="variant"):
+        summary, variant_rows, curves[variant.name], preds = score_variant(variant, models_dir, val, test,
+                                                                           params.evaluate)
+        metrics[variant.name] = _rounded(summary)
+        rows += variant_rows
+        if variant.name == DEPLOYED:
+            samples = {"split": test, "preds": preds, "rows": variant_rows}
+        tqdm.write(f"evaluate: {variant.name:13s} test Dice {summary['dice']:.4f} "
+                   f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}]  threshold {summary['threshold']:.2f}")
+    head = {"split": "test", "n_images": len(test.ids), "scored_at": "original resolution",
+            "headline": "mean Dice over lesion images (benign + malignant)"}
+    return {**head, "variants": metrics}, rows, curves, samples
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4) if np.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+def curve_rows(curves: dict[str, list[dict]]) -> list[dict]:
+    """One row per threshold, one val-Dice column per variant (DVC draws one line per column)."""
+    names = list(curves)
+    return [{"threshold": point["threshold"], **{name: round(curves[name][j]["dice"], 4) for name in names}}
+            for j, point in enumerate(curves[names[0]])]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+
+
+def dice_figure(rows: Sequence[dict], path: Path) -> None:
+    """Box plot with every lesion image's test Dice, one column per variant."""
+    plt = _pyplot()
+    names = list(dict.fromkeys(row["variant"] for row in rows))
+    data = [[r["dice"] for r in rows if r["variant"] == n and r["ref_pixels"] > 0] for n in names]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
+    ax.boxplot(data, showmeans=True)
+    for k, values in enumerate(data, start=1):
+        jitter = np.random.default_rng(k).uniform(-0.12, 0.12, len(values))
+        ax.scatter(k + jitter, values, s=5, alpha=0.35, color="tab:blue")
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20)
+    ax.set_ylabel("test Dice per lesion image")
+    ax.set_title("Test Dice distribution (triangle: mean)")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def threshold_figure(curves: dict[str, list[dict]], chosen: dict[str, float], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        line, = ax.plot([p["threshold"] for p in curve], [p["dice"] for p in curve], label=name)
+        ax.axvline(chosen[name], color=line.get_color(), lw=0.6, ls=":")
+    ax.set_xlabel("probability threshold")
+    ax.set_ylabel("val Dice (lesion images)")
+    ax.set_title("Threshold chosen on val (dotted)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def sample_figure(split: Split, preds: Sequence[np.ndarray], rows: Sequence[dict], title: str, path: Path) -> None:
+    """Original, reference, prediction and overlay of the best, median and worst lesion cases by Dice."""
+    plt = _pyplot()
+    lesion = [k for k, row in enumerate(rows) if row["ref_pixels"] > 0]
+    if not lesion:
+        raise ValueError("the test split has no lesion image to show")
+    order = sorted(lesion, key=lambda k: rows[k]["dice"])
+    picks = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
+    fig, axes = plt.subplots(len(picks), 4, figsize=(11, 2.9 * len(picks)), squeeze=False)
+    for r, (label, k) in enumerate(picks.items()):
+        image, ref, pred = split.images[k], split.refs[k], preds[k]
+        overlay = np.stack([image] * 3, axis=-1).astype(np.float32) / 255
+        overlay[pred & ~ref] = 0.6 * overlay[pred & ~ref] + 0.4 * np.array([1.0, 0.2, 0.2])  # false positive: red
+        overlay[ref & ~pred] = 0.6 * overlay[ref & ~pred] + 0.4 * np.array([0.2, 0.4, 1.0])  # missed: blue
+        overlay[ref & pred] = 0.6 * overlay[ref & pred] + 0.4 * np.array([0.2, 1.0, 0.2])  # hit: green
+        panels = [(image, "image"), (ref, "reference"), (pred, "prediction"), (overlay, "overlay")]
+        for c, (array, name) in enumerate(panels):
+            axes[r, c].imshow(array, cmap="gray", vmin=0, vmax=255 if array.dtype == np.uint8 else 1)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            axes[0, c].set_title(name, fontsize=9)
+        axes[r, 0].set_ylabel(f"{label}: {split.ids[k]}\nDice {rows[k]['dice']:.3f}", fontsize=8)
+    fig.suptitle(title + "  (overlay: green hit, red false positive, blue missed)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

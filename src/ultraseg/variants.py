@@ -1,0 +1,86 @@
+"""Every model variant the pipeline produces, and one way to run any of them.
+
+A variant is a network (``teacher``, ``student``, ``pruned``) in a runtime (PyTorch eager, ONNX Runtime) at a
+precision (fp32, int8). The evaluate and benchmark stages iterate over the same list, so a variant cannot be scored
+and not timed, or the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from scipy.special import expit
+
+Predict = Callable[[np.ndarray], np.ndarray]
+"""``predict(images (N, 1, H, W) float32) -> logits (N, 1, H, W) float32``."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    network: Literal["teacher", "student", "pruned"]
+    runtime: Literal["torch", "onnxruntime"]
+    precision: Literal["fp32", "int8"]
+    file: str
+    """Path relative to the models directory."""
+
+    @property
+    def label(self) -> str:
+        runtime = "PyTorch" if self.runtime == "torch" else "ORT"
+        return f"{self.network} ({runtime} {self.precision})"
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("teacher", "teacher", "torch", "fp32", "teacher.pt"),
+    Variant("teacher_onnx", "teacher", "onnxruntime", "fp32", "onnx/teacher.onnx"),
+    Variant("student", "student", "torch", "fp32", "student.pt"),
+    Variant("student_onnx", "student", "onnxruntime", "fp32", "onnx/student.onnx"),
+    Variant("pruned", "pruned", "torch", "fp32", "pruned.pt"),
+    Variant("pruned_onnx", "pruned", "onnxruntime", "fp32", "onnx/pruned.onnx"),
+    Variant("pruned_int8", "pruned", "onnxruntime", "int8", "pruned.int8.onnx"),
+)
+DEPLOYED = "pruned_int8"
+"""The variant an edge device runs: the sample figure and the headline ratios are about it."""
+
+
+def by_name(name: str) -> Variant:
+    for variant in VARIANTS:
+        if variant.name == name:
+            return variant
+    raise KeyError(f"unknown variant {name!r}; known: {', '.join(v.name for v in VARIANTS)}")
+
+
+def predictor(variant: Variant, models_dir: Path, threads: int | None = None) -> Predict:
+    """A function computing ``variant``'s logits on the CPU; ``threads`` intra-op threads (None: the runtime's
+    default). Raises ``FileNotFoundError`` naming the file when the variant has not been built."""
+    path = Path(models_dir) / variant.file
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model file of variant {variant.name!r} missing; run dvc repro")
+    if variant.runtime == "onnxruntime":
+        from ultraseg.onnx_io import INPUT, session
+
+        sess = session(path, threads)
+        return lambda images: sess.run(None, {INPUT: np.ascontiguousarray(images, dtype=np.float32)})[0]
+    import torch
+
+    from ultraseg import checkpoint
+
+    model, _ = checkpoint.load(path)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
+
+    return predict
+
+
+def probabilities(predict: Predict, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Lesion probabilities (N, H, W) of normalised images (N, H, W), in batches."""
+    logits = [predict(images[start:start + batch_size, None])[:, 0] for start in range(0, len(images), batch_size)]
+    return expit(np.concatenate(logits)).astype(np.float32)

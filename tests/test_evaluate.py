@@ -1,0 +1,130 @@
+"""The evaluate stage's work on a tiny workspace: a perfect predictor scores 1, thresholds come from val only,
+every variant is scored through its own runtime, and the outputs are written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ultraseg import evaluate, params as params_mod
+from ultraseg.params import EvaluateParams, Params
+from ultraseg.variants import VARIANTS, by_name
+
+
+def params_for(zoo, **evaluate_kwargs) -> Params:
+    base = params_mod.from_dict({"preprocess": {"size": zoo.size}})
+    return dataclasses.replace(base, evaluate=EvaluateParams(**{"bootstrap": 50, **evaluate_kwargs}))
+
+
+def oracle(zoo, flip_ids=()):
+    """A predictor that knows every mask: logits +-20 by looking the (normalised) image up; ``flip_ids`` get the
+    inverted mask, to make a known failure."""
+    data = evaluate.Split(zoo.data, zoo.raw, zoo.split, "test", "zscore")
+    val = evaluate.Split(zoo.data, zoo.raw, zoo.split, "val", "zscore")
+    inputs = np.concatenate([data.inputs, val.inputs])
+    ids = data.ids + val.ids
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        out = []
+        for image in images[:, 0]:
+            k = int(np.argmin(((inputs - image) ** 2).sum(axis=(1, 2))))
+            mask = zoo.masks[ids[k]] ^ (ids[k] in flip_ids)
+            out.append(np.where(mask, 20.0, -20.0)[None])
+        return np.stack(out).astype(np.float32)
+
+    return predict
+
+
+def test_a_perfect_predictor_scores_one(zoo, monkeypatch):
+    monkeypatch.setattr(evaluate, "predictor", lambda variant, models_dir: oracle(zoo))
+    metrics, rows, curves, _ = evaluate.run(params_for(zoo), zoo.models, zoo.data, zoo.raw, zoo.split,
+                                            [by_name("teacher")])
+    m = metrics["variants"]["teacher"]
+    assert m["dice"] == m["iou"] == m["precision"] == m["recall"] == m["dice_pooled"] == 1.0
+    assert m["hd95"] == 0.0
+    assert m["dice_ci95"] == [1.0, 1.0]
+    assert m["normal_clean"] == 1.0 and m["both_empty"] == 1  # the one normal test image: NaN Dice, not 1
+    assert (m["n_lesion"], m["n_normal"]) == (5, 1)
+    assert m["by_class"]["benign"]["n"] == 3 and m["by_class"]["malignant"]["dice"] == 1.0
+    assert [r["id"] for r in rows] == evaluate.Split(zoo.data, zoo.raw, zoo.split, "test", "zscore").ids
+    assert metrics["n_images"] == 6
+
+
+def test_a_known_failure_is_counted(zoo, monkeypatch):
+    monkeypatch.setattr(evaluate, "predictor", lambda variant, models_dir: oracle(zoo, {"benign (2)"}))
+    metrics, rows, _, _ = evaluate.run(params_for(zoo), zoo.models, zoo.data, zoo.raw, zoo.split,
+                                       [by_name("teacher")])
+    failed = next(r for r in rows if r["id"] == "benign (2)")
+    assert failed["dice"] == 0.0
+    assert metrics["variants"]["teacher"]["dice"] == pytest.approx(4 / 5, abs=1e-4)
+    assert metrics["variants"]["teacher"]["by_class"]["benign"]["dice"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_threshold_is_chosen_on_val_never_on_test(zoo, monkeypatch):
+    """Val probabilities peak at 0.7 for lesion pixels, test ones at 0.3: a threshold from val (0.65) misses every
+    test lesion; one from test would have caught them."""
+    val_ids = set(evaluate.Split(zoo.data, zoo.raw, zoo.split, "val", "zscore").ids)
+    base = oracle(zoo)
+
+    def shifted(images):
+        logits = base(images)
+        out = []
+        for image, logit in zip(images, logits):
+            is_val = any(np.allclose(image[0], v) for v in val_inputs)
+            p_lesion = 0.7 if is_val else 0.3
+            out.append(np.where(logit > 0, np.log(p_lesion / (1 - p_lesion)), -20.0))
+        return np.stack(out).astype(np.float32)
+
+    val_inputs = evaluate.Split(zoo.data, zoo.raw, zoo.split, "val", "zscore").inputs
+    monkeypatch.setattr(evaluate, "predictor", lambda variant, models_dir: shifted)
+    metrics, _, curves, _ = evaluate.run(params_for(zoo), zoo.models, zoo.data, zoo.raw, zoo.split,
+                                         [by_name("teacher")])
+    assert val_ids
+    m = metrics["variants"]["teacher"]
+    assert m["threshold_from"] == "val" and m["threshold"] == pytest.approx(0.5)  # ties of 0.05..0.65: closest to 0.5
+    assert m["dice"] == 0.0
+    fixed, _, _, _ = evaluate.run(params_for(zoo, threshold=0.2), zoo.models, zoo.data, zoo.raw, zoo.split,
+                                  [by_name("teacher")])
+    assert fixed["variants"]["teacher"]["threshold_from"] == "params"
+    assert fixed["variants"]["teacher"]["dice"] == 1.0
+
+
+def test_every_variant_is_scored_by_its_own_file(zoo):
+    metrics, rows, curves, samples = evaluate.run(params_for(zoo), zoo.models, zoo.data, zoo.raw, zoo.split)
+    assert list(metrics["variants"]) == [v.name for v in VARIANTS]
+    assert len(rows) == 6 * len(VARIANTS)
+    for name in metrics["variants"]:
+        assert 0 <= metrics["variants"][name]["dice"] <= 1
+    # pruned (PyTorch) and pruned_onnx are the same network: same predictions up to float rounding
+    a = [r["dice"] for r in rows if r["variant"] == "pruned"]
+    b = [r["dice"] for r in rows if r["variant"] == "pruned_onnx"]
+    assert np.allclose(a, b, atol=0.02, equal_nan=True)
+    assert len(samples["preds"]) == 6 and samples["preds"][0].shape == zoo.masks["benign (2)"].shape
+
+
+def test_a_missing_model_file_is_named(zoo, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"student\.pt.*variant 'student' missing"):
+        evaluate.run(params_for(zoo), tmp_path, zoo.data, zoo.raw, zoo.split, [by_name("student")])
+
+
+def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"preprocess: {{size: {zoo.size}}}\nevaluate: {{bootstrap: 20}}\n")
+    out = subprocess.run(
+        [sys.executable, str(repo_root / "stages" / "evaluate.py"), "--params", str(params), "--models",
+         str(zoo.models), "--data", str(zoo.data), "--raw", str(zoo.raw), "--split", str(zoo.split),
+         "--metrics", str(tmp_path / "evaluate.json"), "--cases", str(tmp_path / "cases.csv"),
+         "--plots", str(tmp_path / "plots")], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "evaluate.json").read_text())
+    assert set(metrics["variants"]) == {v.name for v in VARIANTS}
+    assert len((tmp_path / "cases.csv").read_text().splitlines()) == 1 + 6 * len(VARIANTS)
+    header = (tmp_path / "plots" / "threshold_curve.csv").read_text().splitlines()[0]
+    assert header == "threshold," + ",".join(v.name for v in VARIANTS)
+    for name in ("dice_distribution.png", "threshold_curve.png", "samples.png"):
+        assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
