@@ -12,7 +12,7 @@ from torch import nn
 from ultraseg import checkpoint
 from ultraseg.losses import build_loss
 from ultraseg.models import build_model, count_macs, count_parameters, rebuild_from_state_dict
-from ultraseg.prune import PruneParams, prune, pruned_widths, summary
+from ultraseg.prune import PruneParams, _head_inputs, prune, pruned_widths, recalibrate_norms, summary
 
 WIDTHS = [8, 16, 32, 64]
 EXAMPLE = torch.zeros(1, 1, 32, 32)
@@ -38,6 +38,14 @@ def tiny(config: dict) -> dict:
     return {**config, "widths": WIDTHS}
 
 
+def head_inputs(model: nn.Module) -> set[str]:
+    """Names of the convolutions whose channels the head reads: they keep them all."""
+    names = {m: n for n, m in model.named_modules()}
+    readers = {names[m] for m in _head_inputs(model, EXAMPLE, model.head)}
+    assert readers and all(not n.startswith("head") for n in readers)
+    return readers
+
+
 def expected_width(original: int, ratio: float, round_to: int) -> int:
     """Local pruning keeps ``(1 - ratio)`` of a layer, rounded down to ``round_to``, but at least ``round_to``."""
     if original <= round_to:
@@ -61,10 +69,10 @@ def test_prune_variant(config, max_macs, max_params, tmp_path):
     assert count_parameters(before) > calls[0][1] > calls[1][1] == count_parameters(model)
 
     # every layer keeps half its channels, a multiple of 4; the input channels and the head's output stay
-    widths_before, widths = pruned_widths(before), pruned_widths(model)
+    widths_before, widths, kept = pruned_widths(before), pruned_widths(model), head_inputs(before)
     assert widths.keys() == widths_before.keys()
     for name, width in widths.items():
-        assert width == expected_width(widths_before[name], 0.5, 4), name
+        assert width == (widths_before[name] if name in kept else expected_width(widths_before[name], 0.5, 4)), name
         assert width % 4 == 0 or width == widths_before[name] < 4, name
     assert model.head.out_channels == 1
     assert next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels == 1
@@ -103,10 +111,10 @@ def test_prune_variant(config, max_macs, max_params, tmp_path):
 def test_widths_for_other_ratios(ratio, steps):
     """At 0.8 the 8- to 32-channel layers would round to 0 channels; they keep ``round_to`` instead."""
     model = build_model(tiny({"name": "res_unet"}))
-    widths_before = pruned_widths(model)
+    widths_before, kept = pruned_widths(model), head_inputs(model)
     prune(model, EXAMPLE, PruneParams(ratio=ratio, steps=steps, round_to=4))
     for name, width in pruned_widths(model).items():
-        assert width == expected_width(widths_before[name], ratio, 4), name
+        assert width == (widths_before[name] if name in kept else expected_width(widths_before[name], ratio, 4)), name
 
 
 def test_group_norm_groups_follow_the_rebuild_convention():
@@ -121,7 +129,8 @@ def test_global_pruning_meets_the_total_and_keeps_round_to():
     torch.manual_seed(0)
     model = build_model(tiny({"name": "res_unet"}))
     before = copy.deepcopy(model)
-    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=2, global_pruning=True))
+    # l1: the untrained network's BatchNorm scales all equal 1, a tie that global ranking cannot split
+    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=2, global_pruning=True, importance="l1"))
     stats = summary(before, model, 32)
     assert 0.2 <= stats["macs_ratio"] <= 0.3 and 0.2 <= stats["params_ratio"] <= 0.3, stats  # 0.242, 0.278
     widths = pruned_widths(model)
@@ -202,6 +211,7 @@ def test_taylor_without_a_batch_is_refused():
 @pytest.mark.parametrize("field, value", [
     ("ratio", 0.96), ("ratio", -0.1), ("ratio", float("nan")), ("steps", 0), ("steps", 1.5),
     ("importance", "random"), ("round_to", 0), ("finetune_epochs", -1), ("global_pruning", "yes"),
+    ("calibration_batches", -1), ("calibration_batches", 2.0),
 ])
 def test_validate_names_the_field(field, value):
     params = dataclasses.replace(PruneParams(), **{field: value})
@@ -214,7 +224,8 @@ def test_validate_names_the_field(field, value):
 def test_defaults_are_valid_and_frozen():
     params = PruneParams()
     params.validate("prune")
-    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.55, 4, "l1", 4)
+    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.55, 4, "bn_scale", 4)
+    assert (params.calibration_batches, params.finetune_lr) == (8, 0.003)
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.ratio = 0.1
 
@@ -275,10 +286,9 @@ def test_pruned_and_finetuned_model_still_segments():
     assert dice(model, image, mask).min() > 0.9
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (open edge-optimisation issue): on trained U-Nets, removing even "
-                   "a small share of channels destroys the output (BUSI teacher and student: val Dice 0.82 -> 0.0 at "
-                   "14%); fine-tuning hides it on toy data")
 def test_light_pruning_without_finetuning_keeps_a_trained_model_working():
+    """Once the defect of the BUSI models (val Dice 0.82 -> 0.0 at 14%): L1 ranking is meaningless with a BatchNorm
+    after every convolution, and the head lost the channels it read lesions from."""
     torch.manual_seed(0)
     image, mask = disc_batch()
     model = build_model({"name": "unet", "widths": [8, 16, 32]})
@@ -286,3 +296,31 @@ def test_light_pruning_without_finetuning_keeps_a_trained_model_working():
     assert dice(model, image, mask).min() > 0.9
     prune(model, EXAMPLE, PruneParams(ratio=0.15, steps=1, round_to=1))
     assert dice(model, image, mask).mean() > 0.7
+
+
+def test_recalibrate_norms_measures_the_batch_statistics_and_keeps_the_rest():
+    """The dropout before the norm stays off (eval mode) while the statistics are measured."""
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.Dropout(0.5), nn.BatchNorm2d(3), nn.Conv2d(3, 1, 1)).train()
+    x = torch.randn(8, 1, 8, 8) * 3 + 1
+    recalibrate_norms(net, [x[:4], x[4:]])
+    with torch.no_grad():
+        features = net[0](x)
+    torch.testing.assert_close(net[2].running_mean, features.mean((0, 2, 3)))
+    # an equal-weight average of the two batches' unbiased variances
+    var = torch.stack([features[:4].var((0, 2, 3)), features[4:].var((0, 2, 3))]).mean(0)
+    torch.testing.assert_close(net[2].running_var, var)
+    assert net.training and net[1].training and net[2].momentum == 0.1 and net[2].num_batches_tracked == 2
+
+
+def test_calibration_recalibrates_every_step_and_is_optional():
+    torch.manual_seed(0)
+    image, mask = disc_batch()
+    model = build_model({"name": "unet", "widths": [8, 16, 32]})
+    train(model, image, mask, 120)
+    without = prune(copy.deepcopy(model), EXAMPLE, PruneParams(ratio=0.5, steps=2, calibration_batches=0),
+                    calibration=[image])
+    repaired = prune(copy.deepcopy(model), EXAMPLE, PruneParams(ratio=0.5, steps=2), calibration=[image])
+    assert pruned_widths(without) == pruned_widths(repaired)
+    norm = repaired.stem.conv1.norm
+    assert norm.num_batches_tracked == 1  # measured again on the one calibration batch
+    assert dice(repaired, image, mask).mean() > dice(without, image, mask).mean()

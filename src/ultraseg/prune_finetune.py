@@ -8,6 +8,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from dvclive import Live
 
@@ -43,8 +44,12 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     def val_dice(model) -> float:
         return round(engine.validate(model, val_x, val_y, loss, device, budget.threshold)["dice"], 4)
 
+    calibration = calibration_batches(train_x, cfg.calibration_batches, budget.batch_size, device)
     before = copy.deepcopy(student)
-    one_shot = prune(copy.deepcopy(student).eval(), example, dataclasses.replace(cfg, steps=1, importance="l1"))
+    batch = (torch.from_numpy(train_x[:budget.batch_size, None]).to(device),
+             torch.from_numpy(train_y[:budget.batch_size, None].astype("float32")).to(device))
+    one_shot = prune(copy.deepcopy(student).eval(), example, dataclasses.replace(cfg, steps=1),
+                     example_batch=batch, loss_fn=loss, calibration=calibration)
     rid = run_id(params, split_csv, *data_files(data_dir), student_path) + params_mod.digest(cfg)
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live, \
             tempfile.TemporaryDirectory() as scratch:
@@ -54,9 +59,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
                        f"{rid}-{step}", desc=f"prune step {step + 1}/{cfg.steps}")
 
         engine.seed_everything(budget.seed)
-        batch = (torch.from_numpy(train_x[:budget.batch_size, None]).to(device),
-                 torch.from_numpy(train_y[:budget.batch_size, None].astype("float32")).to(device))
-        pruned = prune(student.train(), example, cfg, finetune=finetune, example_batch=batch, loss_fn=loss)
+        pruned = prune(student.train(), example, cfg, finetune=finetune, example_batch=batch, loss_fn=loss,
+                       calibration=calibration)
 
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = model_meta(params, student_meta["model"], "pruned_student", rid) | {
@@ -74,6 +78,14 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
         "teacher_to_pruned_params": round(count_parameters(teacher) / count_parameters(pruned), 2),
         "finetune_epochs_total": cfg.steps * cfg.finetune_epochs,
     }
+
+
+def calibration_batches(images: np.ndarray, count: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """``count`` batches of ``batch_size`` training images, evenly spaced over the set (not augmented: they stand for
+    what the network sees at inference), on which the norm layers are recalibrated after every pruning step."""
+    total = min(count * batch_size, len(images))
+    rows = np.linspace(0, len(images) - 1, total).round().astype(int) if total else np.zeros(0, dtype=int)
+    return [torch.from_numpy(images[rows[i:i + batch_size], None]).to(device) for i in range(0, total, batch_size)]
 
 
 def _check_reload(path: Path, model: torch.nn.Module, example: torch.Tensor) -> None:

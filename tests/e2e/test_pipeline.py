@@ -79,7 +79,7 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     params["train"]["model"]["widths"] = [4, 8, 16, 32]
     params["distill"].update(epochs=1)
     params["distill"]["student"]["widths"] = [8, 16, 32, 64]
-    params["prune"].update(ratio=0.55, steps=2, finetune_epochs=1)  # the default is off while pruning is fixed
+    params["prune"].update(steps=2, finetune_epochs=1, calibration_batches=2)
     params["quantize"].update(calibration_images=8)
     params["evaluate"].update(bootstrap=100)
     params["benchmark"].update(warmup=1, runs=3, batch=2, batch_runs=1, retries=0)
