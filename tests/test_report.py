@@ -51,3 +51,16 @@ def test_test_and_speed_sections_quote_the_stage_outputs(zoo) -> None:
     assert f"`pruned_int8` is {speedup}× faster than the teacher in PyTorch eager" in text
     published = report.published_section(scores)
     assert f"{scores['variants']['teacher']['dice']:.4f}" in published
+
+
+def test_experiment_table_quotes_the_comparison_file_or_says_how_to_make_it() -> None:
+    assert "python scripts/experiments.py --run --collect" in report.experiments_section(None)
+    comp = {"derived_from_commit": "abc1234", "epochs": 10, "command": "python scripts/experiments.py --run "
+            "--collect --epochs 10", "experiments": {"filter-lee": {
+                "experiment": "filter-lee-e10", "rev": "f00", "changed": {"preprocess.filter": "lee"}, "filter": "lee",
+                "model": "unet", "val_dice": 0.78123, "val_iou": 0.68, "val_normal_clean": 0.5, "best_epoch": 9,
+                "epochs_run": 10, "train_minutes": 6.1, "params": 1940000, "gmacs": 0.753, "enl_ratio": 3.47,
+                "edge_preservation": 0.847}}}
+    text = report.experiments_section(comp)
+    assert "| filter-lee | lee | unet | 1,940,000 | 0.753 | 3.47 | 0.847 | 0.7812 | 0.6800 | 0.50 | 9 | 6.1 |" in text
+    assert "commit abc1234" in text and "for 10 epochs" in text

@@ -256,12 +256,37 @@ def challenges_section(split: dict, distill: dict, prune: dict, quant: dict, sco
 """
 
 
-def render(metrics_dir: Path, params: Params, params_path: Path) -> str:
+def experiments_section(comp: dict | None) -> str:
+    if comp is None:
+        return """## Experiments: filters and architectures
+
+No comparison recorded yet: `python scripts/experiments.py --run --collect` runs the grid with `dvc exp run` and
+writes `experiments/comparison.json`, which this section renders.
+"""
+    rows = [[name, e["filter"], e["model"], f"{e['params']:,}", e["gmacs"], _num(e["enl_ratio"], ".2f"),
+             _num(e["edge_preservation"], ".3f"), f"{e['val_dice']:.4f}", f"{e['val_iou']:.4f}",
+             _num(e["val_normal_clean"], ".2f"), e["best_epoch"], e["train_minutes"]]
+            for name, e in comp["experiments"].items()]
+    return f"""## Experiments: filters and architectures
+
+Source: `experiments/comparison.json`, written by `{comp['command']}` from `dvc exp run` experiments derived
+from commit {comp['derived_from_commit']}: each changes one thing from the default params and trains the teacher
+for {comp['epochs']} epochs (not the default's budget, so compare rows with each other, not with the tables
+above). Val Dice on lesion images; ENL ratio and edge preservation β of the experiment's filter as in
+*Preprocessing*.
+
+{_table(['experiment', 'filter', 'model', 'params', 'GMAC', 'ENL ratio', 'edge β', 'val Dice', 'val IoU',
+         'normal clean', 'best epoch', 'minutes'], rows)}
+"""
+
+
+def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Path | None = None) -> str:
     split = _load(metrics_dir / "split.json")
     pre = _load(metrics_dir / "preprocess.json")
     train = _load(metrics_dir / "train.json")
     optimisation = [_load(metrics_dir / f"{name}.json") for name in ("distill", "prune", "export", "quantize")]
     scores, bench = _load(metrics_dir / "evaluate.json"), _load(metrics_dir / "benchmark.json")
+    comparison = _load(experiments) if experiments is not None and experiments.exists() else None
     return "\n".join([
         "# ultraseg report",
         "",
@@ -274,6 +299,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path) -> str:
         dataset_section(split),
         preprocess_section(pre, params),
         train_section(train, params),
+        experiments_section(comparison),
         optimisation_section(train, *optimisation),
         evaluate_section(scores),
         benchmark_section(bench, scores),

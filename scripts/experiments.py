@@ -1,0 +1,93 @@
+"""Compare speckle filters and architectures with `dvc exp run`, at one reduced training budget, for REPORT.md.
+
+Each experiment reruns the pipeline up to the train stage (`dvc exp run train --temp`) with one change from the
+committed params and the same number of epochs; the teacher's val metrics and the filter's speckle/edge scores come
+from the files those stages wrote (metrics/train.json, metrics/preprocess.json). `--collect` gathers them with
+`dvc.api.exp_show` into experiments/comparison.json (committed; the report stage renders it), with the commit the
+experiments were derived from.
+
+  python scripts/experiments.py --run --collect            # the whole grid: about 6 teacher trainings
+  python scripts/experiments.py --run --only filter-lee    # one of them
+  dvc exp show --only-changed                              # the same experiments, interactively
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+GRID: dict[str, dict[str, str]] = {
+    "filter-none": {},
+    "filter-lee": {"preprocess.filter": "lee"},
+    "filter-frost": {"preprocess.filter": "frost"},
+    "filter-srad": {"preprocess.filter": "srad"},
+    "arch-attention_unet": {"train.model.name": "attention_unet"},
+    "arch-res_unet": {"train.model.name": "res_unet"},
+}
+METRICS = {"metrics/train.json": ("val_dice", "val_iou", "val_normal_clean", "best_epoch", "epochs_run",
+                                    "train_minutes", "params", "gmacs"),
+           "metrics/preprocess.json": ("enl_ratio", "edge_preservation")}
+OUT = Path("experiments/comparison.json")
+
+
+def run(names: list[str], epochs: int, source: Path) -> None:
+    for name in names:
+        sets = {"train.epochs": str(epochs), "fetch.source": str(source), **GRID[name]}
+        # --temp runs in a copy under .dvc/tmp/exps, where the relative default fetch.source does not resolve
+        args = ["dvc", "exp", "run", "train", "--temp", "--name", f"{name}-e{epochs}"]
+        args += [arg for key, value in sets.items() for arg in ("-S", f"{key}={value}")]
+        print("+", " ".join(args), flush=True)
+        subprocess.run(args, check=True)
+
+
+def collect(epochs: int) -> dict:
+    import dvc.api
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+    rows = {}
+    for exp in dvc.api.exp_show():
+        name = exp.get("Experiment") or ""
+        base = name.removesuffix(f"-e{epochs}")
+        if base not in GRID or not name.endswith(f"-e{epochs}"):
+            continue
+        rows[base] = {"experiment": name, "rev": exp.get("rev"), "changed": GRID[base],
+                      "filter": exp.get("preprocess.filter"), "model": exp.get("train.model.name"),
+                      **{key: _metric(exp, path, key) for path, keys in METRICS.items() for key in keys}}
+    missing = [name for name in GRID if name not in rows]
+    if missing:
+        sys.exit(f"error: no finished experiment for {', '.join(missing)} at {epochs} epochs; run them first (--run)")
+    return {"derived_from_commit": head.stdout.strip(), "epochs": epochs, "command": "python scripts/experiments.py "
+            f"--run --collect --epochs {epochs}", "experiments": rows}
+
+
+def _metric(exp: dict, path: str, key: str):
+    """exp_show flattens metrics to their key, prefixed with the file where two files share a key."""
+    return exp.get(f"{path}:{key}", exp.get(key))
+
+
+def main(argv: list[str] | None = None) -> None:
+    summary, _, details = __doc__.strip().partition("\n")
+    ap = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="store_true", help="run the experiments (sequentially, in temp copies)")
+    ap.add_argument("--collect", action="store_true", help=f"write {OUT} from the finished experiments")
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs of every experiment (default: 10)")
+    ap.add_argument("--only", nargs="+", choices=list(GRID), default=list(GRID), help="experiments to run")
+    ap.add_argument("--source", type=Path, default=Path("../shared/data/busi"), help="the BUSI data (fetch.source)")
+    args = ap.parse_args(argv)
+    if not (args.run or args.collect):
+        ap.error("nothing to do: give --run, --collect or both")
+    if args.run:
+        run(args.only, args.epochs, args.source.resolve())
+    if args.collect:
+        OUT.parent.mkdir(exist_ok=True)
+        tmp = OUT.with_suffix(".tmp")
+        tmp.write_text(json.dumps(collect(args.epochs), indent=2) + "\n")
+        tmp.replace(OUT)
+        print(f"experiments: -> {OUT}")
+
+
+if __name__ == "__main__":
+    main()
