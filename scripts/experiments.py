@@ -14,13 +14,14 @@ experiments were derived from.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
+from ultraseg.io import write_json
+
 GRID: dict[str, dict[str, str]] = {
-    "filter-none": {},
+    "filter-none": {"preprocess.filter": "none"},
     "filter-lee": {"preprocess.filter": "lee"},
     "filter-frost": {"preprocess.filter": "frost"},
     "filter-srad": {"preprocess.filter": "srad"},
@@ -56,7 +57,7 @@ def collect(epochs: int) -> dict:
         rows[base] = {"experiment": name, "rev": exp.get("rev"), "changed": GRID[base],
                       "filter": exp.get("preprocess.filter"), "model": exp.get("train.model.name"),
                       **{key: _metric(exp, path, key) for path, keys in METRICS.items() for key in keys}}
-    missing = [name for name in GRID if name not in rows]
+    missing = [name for name in GRID if name not in rows or rows[name]["val_dice"] is None]
     if missing:
         sys.exit(f"error: no finished experiment for {', '.join(missing)} at {epochs} epochs; run them first (--run)")
     return {"derived_from_commit": head.stdout.strip(), "epochs": epochs, "command": "python scripts/experiments.py "
@@ -82,10 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run:
         run(args.only, args.epochs, args.source.resolve())
     if args.collect:
-        OUT.parent.mkdir(exist_ok=True)
-        tmp = OUT.with_suffix(".tmp")
-        tmp.write_text(json.dumps(collect(args.epochs), indent=2) + "\n")
-        tmp.replace(OUT)
+        write_json(OUT, collect(args.epochs))
         print(f"experiments: -> {OUT}")
 
 

@@ -3,7 +3,7 @@
 Reads the `benchmark` params section (input size, thread counts, repeats, disturbance limit), models/ and
 metrics/evaluate.json (test Dice for the trade-off plot). Writes metrics/benchmark.json (environment, settings,
 per variant and thread count p50/p95 batch-1 latency, batch throughput, peak RSS, the disturbance seen; speed-ups
-over the teacher) and plots/benchmark/ (Dice-vs-latency trade-off, size and latency bars, as PNG and CSV).
+over the teacher) and plots/benchmark/ (Dice-vs-latency trade-off as PNG and CSV, size and latency bars as PNG).
 Each variant runs in a fresh process; compare variants within one run, never across runs.
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,11 +30,9 @@ def test_disturbance_counts_other_processes_not_our_own():
         busy.kill()
     if np.isnan(other):
         pytest.skip("no /proc/stat here")
-    cores = len(__import__("os").sched_getaffinity(0))
-    # a spinning process uses one core of ``cores`` while we sleep; our own busy loop is not counted
-    assert other > 0.6 / __import__("os").cpu_count()
+    # a spinning process uses one of the machine's cores while we sleep; our own busy loop is not counted
+    assert other > 0.6 / os.cpu_count()
     assert own < other
-    assert cores >= 1
 
 
 def test_a_disturbed_measurement_is_repeated_and_the_least_disturbed_kept(monkeypatch):

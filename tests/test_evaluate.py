@@ -13,7 +13,7 @@ import pytest
 
 from ultraseg import evaluate, params as params_mod
 from ultraseg.params import EvaluateParams, Params
-from ultraseg.variants import VARIANTS, by_name
+from ultraseg.variants import DEPLOYED, VARIANTS, by_name
 
 
 def params_for(zoo, **evaluate_kwargs) -> Params:
@@ -66,8 +66,8 @@ def test_a_known_failure_is_counted(zoo, monkeypatch):
 
 
 def test_threshold_is_chosen_on_val_never_on_test(zoo, monkeypatch):
-    """Val probabilities peak at 0.7 for lesion pixels, test ones at 0.3: a threshold from val (0.65) misses every
-    test lesion; one from test would have caught them."""
+    """Val lesion pixels get probability 0.7, test ones 0.3: every threshold from 0.05 to 0.65 is perfect on val, the
+    tie goes to 0.5, which misses every test lesion; a threshold chosen on test would have caught them."""
     val_ids = set(evaluate.Split(zoo.data, zoo.raw, zoo.split, "val", "zscore").ids)
     base = oracle(zoo)
 
@@ -128,3 +128,41 @@ def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path):
     assert header == "threshold," + ",".join(v.name for v in VARIANTS)
     for name in ("dice_distribution.png", "threshold_curve.png", "samples.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, monkeypatch):
+    """Raw images of 40x56 and 48x36 under a 32 px network: a prediction covering the left half of the network's
+    input must come back as the left half of each original image, and references are the original masks."""
+    from conftest import speckle_image, write_raw
+
+    from ultraseg.data import preprocess
+    from ultraseg.io import write_csv
+    from ultraseg.params import PreprocessParams
+
+    rng = np.random.default_rng(1)
+    shapes = {"benign (1)": (40, 56), "malignant (1)": (48, 36), "benign (2)": (40, 56), "normal (1)": (48, 36)}
+    images = {i: speckle_image(rng, *hw) for i, hw in shapes.items()}
+    masks = {i: np.zeros(hw, bool) for i, hw in shapes.items()}
+    for image_id in ("benign (1)", "malignant (1)", "benign (2)"):
+        masks[image_id][:, : shapes[image_id][1] // 2] = True  # left half
+    write_raw(tmp_path / "raw", images, masks)
+    split = [{"id": i, "class": i.split(" ")[0], "split": "val" if i == "benign (2)" else "test"} for i in shapes]
+    write_csv(tmp_path / "split.csv", split, ["id", "class", "split"])
+    preprocess.run(tmp_path / "raw", tmp_path / "data", PreprocessParams(size=32))
+
+    def left_half(batch: np.ndarray) -> np.ndarray:
+        logits = np.full(batch.shape, -20.0, np.float32)
+        logits[..., :16] = 20.0
+        return logits
+
+    monkeypatch.setattr(evaluate, "predictor", lambda variant, models_dir: left_half)
+    params = dataclasses.replace(params_mod.from_dict({"preprocess": {"size": 32}}),
+                                 evaluate=EvaluateParams(threshold=0.5, bootstrap=10))
+    metrics, rows, _, samples = evaluate.run(params, tmp_path, tmp_path / "data", tmp_path / "raw",
+                                             tmp_path / "split.csv", [by_name(DEPLOYED)])
+    by_id = {r["id"]: r for r in rows}
+    for k, image_id in enumerate(samples["split"].ids):
+        assert samples["preds"][k].shape == shapes[image_id]
+        assert by_id[image_id]["ref_pixels"] == masks[image_id].sum()
+    assert by_id["benign (1)"]["dice"] == by_id["malignant (1)"]["dice"] == 1.0
+    assert by_id["normal (1)"]["pred_pixels"] == 48 * 18 and metrics["variants"][DEPLOYED]["normal_clean"] == 0.0

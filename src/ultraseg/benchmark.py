@@ -10,6 +10,7 @@ attempt is kept, and its disturbance reported.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import platform
@@ -110,6 +111,8 @@ def measure(name: str, models_dir: Path, size: int, params: BenchmarkParams) -> 
             f"batch{params.batch}_images_per_s": round(params.batch * 1000 / batch["p50_ms"], 1),
             f"batch{params.batch}_disturbance": batch["disturbance"],
         }
+        del predict  # one model in memory at a time, so the peak RSS is one model's
+        gc.collect()
     return {"rss_before_load_mb": round(before, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
             "model_rss_mb": round(peak_rss_mb() - before, 1), **out}
 

@@ -324,8 +324,8 @@ class EvaluateParams:
     """Seed of the bootstrap."""
 
     def validate(self, prefix: str) -> None:
-        if self.threshold != "val":
-            _within(self, prefix, "threshold", 0.0, 1.0)
+        if self.threshold != "val" and not 0.0 < self.threshold < 1.0:
+            raise ParamsError(f"{prefix}.threshold: expected 'val' or a probability in (0, 1), got {self.threshold!r}")
         _within(self, prefix, "threshold_step", 0.001, 0.5)
         _positive(self, prefix, "bootstrap")
 
@@ -337,7 +337,7 @@ class BenchmarkParams:
     size: int | None = None
     """Input side at deployment (px); ``null`` uses ``preprocess.size``."""
     threads: tuple[int, ...] = (1, 0)
-    """Thread counts to measure with; 1 simulates a small edge device, 0 means every core."""
+    """Thread counts to measure with (1 is required); 1 simulates a small edge device, 0 means every core."""
     warmup: int = 10
     """Untimed calls before timing."""
     runs: int = 50
@@ -355,8 +355,9 @@ class BenchmarkParams:
     def validate(self, prefix: str) -> None:
         if self.size is not None and (self.size < 16 or self.size % 16):
             raise ParamsError(f"{prefix}.size: expected null or a multiple of 16 (>= 16), got {self.size!r}")
-        if not self.threads or any(t < 0 for t in self.threads):
-            raise ParamsError(f"{prefix}.threads: expected a non-empty list of counts >= 0, got {list(self.threads)}")
+        if 1 not in self.threads or any(t < 0 for t in self.threads):
+            raise ParamsError(f"{prefix}.threads: expected thread counts >= 0 including 1 (the edge-device setting "
+                              f"the report and trade-off plot use), got {list(self.threads)}")
         _positive(self, prefix, "runs", "batch", "batch_runs")
         for name in ("warmup", "retries"):
             _within(self, prefix, name, 0, float("inf"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ultraseg import params as params_mod
 from ultraseg.params import Params
+from ultraseg.variants import DEPLOYED
 
 
 class ReportError(RuntimeError):
@@ -116,7 +117,7 @@ teacher in PyTorch eager: {p50['teacher_eager']:.2f} ms). {kd}
 
 Pruning: MACs ×{prune['macs_ratio']}, params ×{prune['params_ratio']} of the distilled student (teacher / pruned:
 {prune['teacher_to_pruned_macs']}× MACs, {prune['teacher_to_pruned_params']}× params); val Dice
-{prune['val_dice_before']} before, {prune['val_dice_pruned_no_finetune']} pruned without fine-tuning,
+{prune['val_dice_before']} before, {prune['val_dice_pruned_no_finetune']} pruned in one step (BN re-measured, no fine-tuning),
 {prune['val_dice_after']} after {prune['finetune_epochs_total']} epochs of fine-tuning. int8: ×{quant['speedup_int8_vs_fp32']}
 faster than fp32, ×{quant['speedup_int8_vs_teacher_onnx']} than the teacher in ONNX Runtime,
 ×{quant['speedup_int8_vs_teacher_eager']} than the teacher in PyTorch; ops left in float: {floats}.
@@ -130,6 +131,12 @@ def _ci(m: dict) -> str:
 
 def _num(value, fmt: str = ".4f") -> str:
     return "–" if value is None or value != value else format(value, fmt)  # NaN: undefined (see README)
+
+
+def _threshold_note(m: dict) -> str:
+    if m["threshold_from"] == "val":
+        return "Each variant's threshold is the one of best val Dice (`evaluate.threshold: val`), never chosen on test."
+    return f"Every variant used the fixed threshold {m['threshold']} from `evaluate.threshold`."
 
 
 def evaluate_section(scores: dict) -> str:
@@ -146,7 +153,7 @@ Source: `metrics/evaluate.json`, per image `results/evaluate/cases.csv`. {scores
 ({first['n_lesion']} with a lesion, {first['n_normal']} normal), scored at each image's original resolution;
 Dice is the mean over lesion images with its bootstrap 95% CI; pooled Dice sums the pixels of all lesion images
 (what papers that pool report); HD95 in pixels of the mirror's images; *normal clean*: share of normal images
-with no predicted pixel. Each variant's threshold was chosen on val ({first['threshold_from']}), never on test.
+with no predicted pixel. {_threshold_note(first)}
 ONNX variants ran in ONNX Runtime: `pruned_int8` is scored as an edge device would run it.
 
 {_table(['variant', 'Dice [95% CI]', 'IoU', 'precision', 'recall', 'HD95 px', 'pooled Dice', 'benign',
@@ -183,9 +190,9 @@ def benchmark_section(bench: dict, scores: dict) -> str:
     lines = []
     for key in keys:
         eager, ort = speed.get(f"vs_teacher_{key}", {}), speed.get(f"vs_teacher_onnx_{key}", {})
-        if "pruned_int8" in eager:
-            lines.append(f"- {key.replace('_', ' ')}: `pruned_int8` is {eager['pruned_int8']}× faster than the "
-                         f"teacher in PyTorch eager and {ort.get('pruned_int8', '–')}× faster than the teacher in "
+        if DEPLOYED in eager:
+            lines.append(f"- {key.replace('_', ' ')}: `{DEPLOYED}` is {eager[DEPLOYED]}× faster than the "
+                         f"teacher in PyTorch eager and {ort.get(DEPLOYED, '–')}× faster than the teacher in "
                          f"ONNX Runtime fp32.")
     return f"""## Speed, size and memory
 
@@ -208,7 +215,7 @@ variants were timed in one run: compare them by ratio, not with another run's ab
 
 
 def published_section(scores: dict) -> str:
-    teacher, deployed = scores["variants"]["teacher"], scores["variants"]["pruned_int8"]
+    teacher, deployed = scores["variants"]["teacher"], scores["variants"][DEPLOYED]
     return f"""## Compared with published BUSI results
 
 Our headline is the teacher's test Dice {teacher['dice']:.4f} (pooled {teacher['dice_pooled']:.4f}) and the int8
@@ -217,8 +224,7 @@ comparable, and most are optimistic relative to this protocol:
 
 - **Duplicates.** BUSI holds many near-duplicate scans of one lesion (see *Dataset*); a random image-level
   split puts copies of a test lesion into training. Our groups never cross splits. Studies that control for
-  this (strict protocols) report U-Net Dice of roughly 0.71–0.74; image-level random splits often report
-  0.80 and above.
+  this (strict protocols) report U-Net Dice of roughly 0.71–0.74; random image-level splits report more.
 - **Held-out test.** Model and threshold selection used val only; the test split was scored once per run.
 - **Normals.** Many papers drop the normal images; we train on them and report them separately (*normal
   clean*), since a deployed model sees normal scans too. Our Dice means cover lesion images only.
@@ -227,28 +233,35 @@ comparable, and most are optimistic relative to this protocol:
 """
 
 
+def _pruning_note(prune: dict) -> str:
+    if prune["macs_ratio"] >= 1:
+        return "Pruning was off in this run (`prune.ratio: 0`)."
+    return (f"Removing channels from the trained student took val Dice from {prune['val_dice_before']} to "
+            f"{prune['val_dice_pruned_no_finetune']} in one step with the BatchNorm statistics re-measured and no "
+            f"fine-tuning, and to {prune['val_dice_after']} after {prune['finetune_epochs_total']} epochs of "
+            "fine-tuning with the distillation loss in steps (`metrics/prune.json`).")
+
+
 def challenges_section(split: dict, distill: dict, prune: dict, quant: dict, scores: dict) -> str:
     v = scores["variants"]
-    teacher, deployed = v["teacher"], v["pruned_int8"]
+    teacher, deployed = v["teacher"], v[DEPLOYED]
     gain = distill.get("kd_gain_val_dice")
     kd = ("distillation was not measured against a baseline (`distill.baseline: false`)" if gain is None else
           f"distillation changed the student's val Dice by {gain:+.4f} against the same student trained on the "
           f"masks alone (`metrics/distill.json`); "
           + ("at this budget the teacher's soft targets help" if gain > 0 else
              "at this budget they do not help, and the report says so rather than assuming a gain"))
-    floats = ", ".join(quant["float_ops"]) or "none"
+    floats = ", ".join(f"{op} ×{n}" for op, n in quant["float_ops"].items()) or "none"
     return f"""## Challenges and what would improve the results
 
 - **Duplicates.** {split['images_in_duplicate_groups']} of {split['images']} images sit in
   {split['duplicate_groups']} groups of copies of one scan, {split['cross_class_groups']} of them filed under more
   than one class. A random split would leak them into test; grouping them costs nothing at training time.
 - **Distillation.** {kd[0].upper() + kd[1:]}.
-- **Pruning.** Removing channels from the trained student took val Dice from {prune['val_dice_before']} to
-  {prune['val_dice_pruned_no_finetune']} before fine-tuning and {prune['val_dice_after']} after
-  {prune['finetune_epochs_total']} epochs of it with the distillation loss (`metrics/prune.json`).
+- **Pruning.** {_pruning_note(prune)}
 - **int8.** Val Dice fp32 {quant['val_dice_fp32']} → int8 {quant['val_dice_int8']}; ops left in float: {floats}.
 - **Normal images.** On test, the teacher leaves {teacher['normal_clean']:.0%} of normal images clean and the int8
-  model {deployed['normal_clean']:.0%}: both predict small spurious lesions. A minimum-area rule chosen on val, or
+  model {deployed['normal_clean']:.0%}; the rest get spurious lesion pixels. A minimum-area rule chosen on val, or
   a higher loss weight on normal images, would trade a little lesion Dice for fewer false alarms.
 - **Transfer to other scanners.** Augmentation (gain, contrast, gamma, speckle, acoustic shadows) stands in for
   other machines' settings; BUSI's burned-in calipers and text remain in the images, and a model may still learn
