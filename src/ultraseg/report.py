@@ -29,12 +29,12 @@ def _commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+                               text=True, check=True).stdout  # not stripped: " M path" has a meaningful space
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     # dvc repro has just rewritten the tracked metrics and dvc.lock, so only changes to code and params count
     code_dirty = [line for line in dirty.splitlines()
-                  if not line[3:].startswith(("metrics/", "dvc.lock", "dvclive/", "plots/", "REPORT.md"))]
+                  if line and not line[3:].startswith(("metrics/", "dvc.lock", "dvclive/", "plots/", "REPORT.md"))]
     return head.stdout.strip() + (" with uncommitted code or params changes" if code_dirty else "")
 
 
