@@ -197,6 +197,7 @@ def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
         ax.annotate(row["variant"], (row["latency_ms"], row["test_dice"]), textcoords="offset points",
                     xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("batch-1 latency p50 (ms, log scale)")
     ax.set_ylabel("test Dice (lesion images)")
     ax.set_title(title, fontsize=9)
@@ -204,6 +205,14 @@ def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def _plain_log_ticks(axis) -> None:
+    """Plain numbers on a log axis, and no minor labels (matplotlib's 3x10^0 style ones overlap)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
 
 
 def bars_figure(bench: dict, path: Path) -> None:
@@ -224,6 +233,7 @@ def bars_figure(bench: dict, path: Path) -> None:
     right.set_xticks(range(len(names)), names)
     right.set_ylabel("batch-1 latency p50 (ms)")
     right.set_yscale("log")
+    _plain_log_ticks(right.yaxis)
     right.legend(fontsize=8)
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=25)
