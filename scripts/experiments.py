@@ -64,9 +64,14 @@ def collect(epochs: int) -> dict:
             f"--run --collect --epochs {epochs}", "experiments": rows}
 
 
+COUNTS = ("params", "best_epoch", "epochs_run")
+
+
 def _metric(exp: dict, path: str, key: str):
-    """exp_show flattens metrics to their key, prefixed with the file where two files share a key."""
-    return exp.get(f"{path}:{key}", exp.get(key))
+    """exp_show flattens metrics to their key, prefixed with the file where two files share a key; it reads
+    integers back as floats."""
+    value = exp.get(f"{path}:{key}", exp.get(key))
+    return int(value) if key in COUNTS and value is not None else value
 
 
 def main(argv: list[str] | None = None) -> None:
