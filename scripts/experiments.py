@@ -32,6 +32,8 @@ METRICS = {"metrics/train.json": ("val_dice", "val_iou", "val_normal_clean", "be
                                     "train_minutes", "params", "gmacs"),
            "metrics/preprocess.json": ("enl_ratio", "edge_preservation")}
 OUT = Path("experiments/comparison.json")
+COMMITS = 20
+"""How many commits back to look for experiments: the grid takes long enough that commits land meanwhile."""
 
 
 def run(names: list[str], epochs: int, source: Path) -> None:
@@ -47,21 +49,34 @@ def run(names: list[str], epochs: int, source: Path) -> None:
 def collect(epochs: int) -> dict:
     import dvc.api
 
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-    rows = {}
-    for exp in dvc.api.exp_show():
+    rows, commits, baseline = {}, [], None
+    # exp_show lists each commit, then the experiments derived from it; later commits come first, so the newest
+    # run of an experiment wins
+    for exp in dvc.api.exp_show(num=COMMITS):
         name = exp.get("Experiment") or ""
-        base = name.removesuffix(f"-e{epochs}")
-        if base not in GRID or not name.endswith(f"-e{epochs}"):
+        if not name:
+            baseline = _short_sha(exp.get("rev"))
             continue
-        rows[base] = {"experiment": name, "rev": exp.get("rev"), "changed": GRID[base],
+        base = name.removesuffix(f"-e{epochs}")
+        if base not in GRID or not name.endswith(f"-e{epochs}") or base in rows:
+            continue
+        commits += [baseline] if baseline not in commits else []
+        rows[base] = {"experiment": name, "rev": exp.get("rev"), "derived_from": baseline, "changed": GRID[base],
                       "filter": exp.get("preprocess.filter"), "model": exp.get("train.model.name"),
                       **{key: _metric(exp, path, key) for path, keys in METRICS.items() for key in keys}}
     missing = [name for name in GRID if name not in rows or rows[name]["val_dice"] is None]
     if missing:
         sys.exit(f"error: no finished experiment for {', '.join(missing)} at {epochs} epochs; run them first (--run)")
-    return {"derived_from_commit": head.stdout.strip(), "epochs": epochs, "command": "python scripts/experiments.py "
+    return {"derived_from_commit": ", ".join(commits), "epochs": epochs, "command": "python scripts/experiments.py "
             f"--run --collect --epochs {epochs}", "experiments": rows}
+
+
+def _short_sha(rev: str | None) -> str | None:
+    """exp_show names HEAD by its branch; the report wants a commit."""
+    if rev in (None, "workspace"):
+        return None
+    out = subprocess.run(["git", "rev-parse", "--short", rev], capture_output=True, text=True)
+    return out.stdout.strip() or rev
 
 
 COUNTS = ("params", "best_epoch", "epochs_run")
@@ -69,9 +84,11 @@ COUNTS = ("params", "best_epoch", "epochs_run")
 
 def _metric(exp: dict, path: str, key: str):
     """exp_show flattens metrics to their key, prefixed with the file where two files share a key; it reads
-    integers back as floats."""
+    integers back as floats; anything not a number (unfinished experiment) is None."""
     value = exp.get(f"{path}:{key}", exp.get(key))
-    return int(value) if key in COUNTS and value is not None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None  # a running or failed experiment shows "!" or "-"
+    return int(value) if key in COUNTS else value
 
 
 def main(argv: list[str] | None = None) -> None:
