@@ -63,4 +63,4 @@ def test_experiment_table_quotes_the_comparison_file_or_says_how_to_make_it() ->
                 "edge_preservation": 0.847}}}
     text = report.experiments_section(comp)
     assert "| filter-lee | lee | unet | 1,940,000 | 0.753 | 3.47 | 0.847 | 0.7812 | 0.6800 | 0.50 | 9 | 6.1 |" in text
-    assert "commit abc1234" in text and "for 10 epochs" in text
+    assert "commit(s) abc1234" in text and "for 10 epochs" in text

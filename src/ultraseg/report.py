@@ -283,7 +283,7 @@ writes `experiments/comparison.json`, which this section renders.
     return f"""## Experiments: filters and architectures
 
 Source: `experiments/comparison.json`, written by `{comp['command']}` from `dvc exp run` experiments derived
-from commit {comp['derived_from_commit']}: each changes one thing from the default params and trains the teacher
+from commit(s) {comp['derived_from_commit']}: each changes one thing from the default params and trains the teacher
 for {comp['epochs']} epochs (not the default's budget, so compare rows with each other, not with the tables
 above). Val Dice on lesion images; ENL ratio and edge preservation β of the experiment's filter as in
 *Preprocessing*.
