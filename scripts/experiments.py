@@ -65,9 +65,12 @@ def collect(epochs: int) -> dict:
                       "filter": exp.get("preprocess.filter"), "model": exp.get("train.model.name"),
                       **{key: _metric(exp, path, key) for path, keys in METRICS.items() for key in keys}}
     missing = [name for name in GRID if name not in rows or rows[name]["val_dice"] is None]
+    rows = {name: rows[name] for name in GRID if name not in missing}  # the grid's order
+    if not rows:
+        sys.exit(f"error: no finished experiment at {epochs} epochs; run them first (--run)")
     if missing:
-        sys.exit(f"error: no finished experiment for {', '.join(missing)} at {epochs} epochs; run them first (--run)")
-    return {"derived_from_commit": ", ".join(commits), "epochs": epochs, "command": "python scripts/experiments.py "
+        print(f"experiments: not finished at {epochs} epochs, left out: {', '.join(missing)}", file=sys.stderr)
+    return {"derived_from_commit": ", ".join(c for c in commits if c), "epochs": epochs, "missing": missing, "command": "python scripts/experiments.py "
             f"--run --collect --epochs {epochs}", "experiments": rows}
 
 

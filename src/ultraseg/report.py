@@ -290,7 +290,12 @@ above). Val Dice on lesion images; ENL ratio and edge preservation β of the exp
 
 {_table(['experiment', 'filter', 'model', 'params', 'GMAC', 'ENL ratio', 'edge β', 'val Dice', 'val IoU',
          'normal clean', 'best epoch', 'minutes'], rows)}
-"""
+{_missing_note(comp)}"""
+
+
+def _missing_note(comp: dict) -> str:
+    missing = comp.get("missing") or []
+    return f"\nNot run to the end in this comparison: {', '.join(missing)}.\n" if missing else ""
 
 
 def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Path | None = None) -> str:
