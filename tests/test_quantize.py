@@ -64,7 +64,7 @@ def calibration():
 @pytest.fixture(scope="module")
 def int8(fp32, calibration, tmp_path_factory):
     path = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
-    return path, quantize(fp32[1], path, calibration, QuantizeParams())
+    return path, quantize(fp32[1], path, calibration, QuantizeParams(min_channels=0))
 
 
 def predict(path, images: np.ndarray) -> np.ndarray:
@@ -106,24 +106,34 @@ def test_report(fp32, int8):
 
 def test_excluded_op_type_is_reported_float(fp32, calibration, tmp_path):
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32[1])).graph.node)
-    report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(exclude_op_types="Conv, Resize"))
+    report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(min_channels=0, exclude_op_types="Conv, Resize"))
     assert report["float_ops"]["Conv"] == convs
     assert "QLinearConv" not in report["int8_ops"] and report["excluded_but_int8"] == []
 
 
 def test_excluded_nodes_float_or_requantized_by_ort(fp32, calibration, tmp_path):
     stem, second = [n.name for n in onnx.load(str(fp32[1])).graph.node if n.op_type == "Conv"][:2]
-    report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(exclude_nodes=stem))
+    report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(min_channels=0, exclude_nodes=stem))
     assert report["float_ops"]["Conv"] == 1 and report["excluded_but_int8"] == []
     # the second Conv reads a DequantizeLinear and feeds a QuantizeLinear: ORT quantises its weights on load
     with pytest.warns(UserWarning, match="WeightBiasQuantization"):
-        report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(exclude_nodes=second))
+        report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(min_channels=0, exclude_nodes=second))
     assert "Conv" not in report["float_ops"] and report["excluded_but_int8"] == [second]
+
+
+def test_narrow_convs_stay_float(fp32, calibration, tmp_path):
+    weights = {init.name: init.dims for init in onnx.load(str(fp32[1])).graph.initializer}
+    outs = [weights[n.input[1]][0] for n in onnx.load(str(fp32[1])).graph.node if n.op_type == "Conv"]
+    narrow = sum(c < 16 for c in outs)
+    assert 0 < narrow < len(outs)  # the fixture has 8- and 1-channel convs and wider ones
+    report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(min_channels=16))
+    assert report["narrow_convs_float"] == narrow and report["excluded_but_int8"] == []
+    assert report["float_ops"]["Conv"] == narrow and report["int8_ops"]["QLinearConv"] == len(outs) - narrow
 
 
 def test_qoperator_runs_pad_and_resize_in_uint8(fp32, calibration, tmp_path):
     path = tmp_path / "q.onnx"
-    report = quantize(fp32[1], path, calibration, QuantizeParams(format="qoperator", per_channel=False))
+    report = quantize(fp32[1], path, calibration, QuantizeParams(min_channels=0, format="qoperator", per_channel=False))
     assert report["float_ops"] == {}
     assert report["conversions"] == {"DequantizeLinear": 1, "QuantizeLinear": 1}
     images = discs(3, 48, 48, seed=3)[0]
@@ -133,7 +143,7 @@ def test_qoperator_runs_pad_and_resize_in_uint8(fp32, calibration, tmp_path):
 def test_unknown_node_name_fails_and_writes_nothing(fp32, calibration, tmp_path):
     path = tmp_path / "q.onnx"
     with pytest.raises(ValueError, match=r"quantize\.exclude_nodes: no node 'nope'"):
-        quantize(fp32[1], path, calibration, QuantizeParams(exclude_nodes="nope"))
+        quantize(fp32[1], path, calibration, QuantizeParams(min_channels=0, exclude_nodes="nope"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -164,6 +174,7 @@ def test_latency_helper(int8):
         ({"format": "qlinear"}, "quantize.format"),
         ({"activation_type": "int16"}, "quantize.activation_type"),
         ({"activation_type": "int8", "weight_type": "uint8"}, "quantize.weight_type: ONNX Runtime has no kernels"),
+        ({"min_channels": -1}, "quantize.min_channels"),
         ({"exclude_op_types": "Conv;Resize"}, "quantize.exclude_op_types: 'Conv;Resize'"),
     ],
 )

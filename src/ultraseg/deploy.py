@@ -74,6 +74,7 @@ def quantize_deployable(params: Params, onnx_dir: Path, models_dir: Path, data_d
         "calibration_images": report["calibration_images"],
         "calibration_seconds": round(report["calibration_seconds"], 2),
         "float_ops": report["float_ops"], "int8_ops": report["int8_ops"],
+        "narrow_convs_float": report["narrow_convs_float"],
         "input_size": size, "latency_p50_ms_1thread": p50,
         "speedup_int8_vs_fp32": round(p50["fp32"] / p50["int8"], 2),
         "speedup_int8_vs_teacher_onnx": round(p50["teacher_onnx_fp32"] / p50["int8"], 2),
