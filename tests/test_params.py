@@ -128,6 +128,7 @@ def test_every_literal_value_is_accepted():
         ({"preprocess": {"quality_sample": 0}}, r"^preprocess\.quality_sample: expected a positive number"),
         ({"split": {"duplicates": {"min_ncc": 1.5}}}, r"^split\.duplicates\.min_ncc: expected a value in \[-1\.0, 1\.0\]"),
         ({"split": {"duplicates": {"min_overlap": -0.1}}}, r"^split\.duplicates\.min_overlap: "),
+        ({"distill": {"baseline": False}}, r"^distill\.keep: 'best' compares with the baseline"),
     ],
 )
 def test_validate_rejects_bad_values(data, pattern):

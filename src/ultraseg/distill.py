@@ -74,9 +74,13 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
 
     summary = {"teacher_val_dice": meta["val"]["dice"], "temperature": cfg.temperature,
                "kd_weight": cfg.kd_weight, "student": student_run(cfg.kd_weight, out, live_dir, "student")}
+    summary["kept"] = "distilled"
     if cfg.baseline:
-        scratch = resume_dir / "baseline_model.pt"  # the baseline is scored, not kept
+        scratch = resume_dir / "baseline_model.pt"
         summary["baseline"] = student_run(0.0, scratch, baseline_live_dir, "baseline")
-        scratch.unlink(missing_ok=True)
         summary["kd_gain_val_dice"] = round(summary["student"]["val_dice"] - summary["baseline"]["val_dice"], 4)
+        if cfg.keep == "best" and summary["kd_gain_val_dice"] < 0:
+            scratch.replace(out)  # same folder tree, so an atomic rename: out is never half-written
+            summary["kept"] = "baseline"
+        scratch.unlink(missing_ok=True)
     return summary

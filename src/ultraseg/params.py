@@ -250,7 +250,7 @@ class TrainParams:
     """CPU threads for PyTorch; 0 uses every core."""
     workers: int = 0
     """DataLoader worker processes; augmentation costs well under 1% of a CPU step, so 0 is fastest on 2 cores."""
-    epochs: int = 60
+    epochs: int = 40
     batch_size: int = 16
     lr: float = 0.003
     weight_decay: float = 0.0001
@@ -293,10 +293,13 @@ class DistillParams:
     """Weight of the distillation term; 0 trains the student on the masks alone."""
     task_weight: float = 1.0
     """Weight of the task loss (``train.loss``) on the masks."""
-    epochs: int = 30
+    epochs: int = 20
     lr: float = 0.003
     baseline: bool = True
     """Also train the same student without distillation (same budget and seed) to measure what it gains."""
+    keep: Literal["distilled", "best"] = "best"
+    """The student handed to pruning: the distilled one, or whichever of it and the baseline scores higher on val
+    (the baseline costs nothing extra: it is trained anyway to measure the gain)."""
 
     def validate(self, prefix: str) -> None:
         _positive(self, prefix, "temperature", "epochs", "lr")
@@ -304,6 +307,9 @@ class DistillParams:
             _within(self, prefix, name, 0.0, 100.0)
         if self.kd_weight + self.task_weight <= 0:
             raise ParamsError(f"{prefix}: kd_weight and task_weight cannot both be 0")
+        if self.keep == "best" and not self.baseline:
+            raise ParamsError(f"{prefix}.keep: 'best' compares with the baseline; set {prefix}.baseline: true "
+                              "or keep: distilled")
 
     def budget(self, train: TrainParams) -> TrainParams:
         """The training settings of the student: ``train``'s, with this section's model, epochs and lr."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 PER_CLASS = 8
@@ -148,6 +149,11 @@ def test_pipeline_end_to_end(pipeline):
     assert distilled["kd_gain_val_dice"] == pytest.approx(
         distilled["student"]["val_dice"] - distilled["baseline"]["val_dice"], abs=1e-4)
     assert (repo / "models/student.pt").is_file() and not (repo / "models/.resume/distill/baseline_model.pt").exists()
+    # keep: best hands pruning the better of the two on val, and the checkpoint says which it is
+    better = "baseline" if distilled["kd_gain_val_dice"] < 0 else "distilled"
+    assert distilled["kept"] == better
+    assert torch.load(repo / "models/student.pt", weights_only=True)["meta"]["kind"] == (
+        "baseline" if better == "baseline" else "student")
     pruned = json.loads((repo / "metrics/prune.json").read_text())
     assert pruned["macs_after"] < 0.4 * pruned["macs_before"] and pruned["params_after"] < pruned["params_before"]
     assert pruned["bytes_after"] < pruned["bytes_before"]
