@@ -56,7 +56,7 @@ class PruneParams:
 
     ratio: float = 0.55
     """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
-    steps: int = 4
+    steps: int = 3
     """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""
     importance: ImportanceName = "bn_scale"
     """Channel ranking: ``l1``/``l2`` weight norms, ``bn_scale`` norm-layer scales, ``taylor`` |weight x gradient|.
