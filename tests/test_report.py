@@ -64,3 +64,22 @@ def test_experiment_table_quotes_the_comparison_file_or_says_how_to_make_it() ->
     text = report.experiments_section(comp)
     assert "| filter-lee | lee | unet | 1,940,000 | 0.753 | 3.47 | 0.847 | 0.7812 | 0.6800 | 0.50 | 9 | 6.1 |" in text
     assert "commit(s) abc1234" in text and "for 10 epochs" in text
+
+
+@pytest.mark.parametrize(("kept", "label", "dice"), [("distilled", "student (distilled)", "0.7100"),
+                                                    ("baseline", "student (no distillation)", "0.7300")])
+def test_optimisation_table_names_the_student_pruning_started_from(kept, label, dice) -> None:
+    model = {"params": 1000, "gmacs": 0.1, "bytes": 4000}
+    export = {"teacher": model, "student": model, "pruned": model}
+    distill = {"kept": kept, "student": {"val_dice": 0.71}, "baseline": {"val_dice": 0.73}, "kd_gain_val_dice": -0.02}
+    prune = {"macs_ratio": 0.2, "params_ratio": 0.2, "teacher_to_pruned_macs": 20.0, "teacher_to_pruned_params": 20.0,
+             "val_dice_before": 0.73, "val_dice_pruned_no_finetune": 0.3, "val_dice_after": 0.72,
+             "finetune_epochs_total": 12}
+    p50 = {"teacher_onnx_fp32": 20.0, "teacher_eager": 40.0, "fp32": 2.0, "int8": 3.0}
+    quant = {"latency_p50_ms_1thread": p50, "val_dice_fp32": 0.72, "val_dice_int8": 0.71, "int8_bytes": 2000,
+             "input_size": 128, "speedup_int8_vs_fp32": 0.67, "speedup_int8_vs_teacher_onnx": 6.67,
+             "speedup_int8_vs_teacher_eager": 13.3, "float_ops": {"Conv": 3}}
+    text = report.optimisation_section({"val_dice": 0.8}, distill, prune, export, quant)
+    assert f"| {label} | 1,000 | 0.1 | 0.00 | {dice} | – |" in text
+    started = "distilled student" if kept == "distilled" else "student trained without it"
+    assert f"pruning starts from the {started}" in text
