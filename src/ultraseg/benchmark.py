@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ultraseg import figures
 from ultraseg.bench import time_call
 from ultraseg.params import BenchmarkParams, Params
 from ultraseg.variants import DEPLOYED, VARIANTS, Variant, by_name, predictor
@@ -187,9 +188,8 @@ def tradeoff_rows(bench: dict, evaluate: dict, key: str = "threads_1") -> list[d
 
 
 def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
-    from ultraseg.evaluate import _pyplot, _save
 
-    plt = _pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for row in rows:
         marker = "*" if row["variant"] == DEPLOYED else "o"
@@ -203,8 +203,7 @@ def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    figures.save(fig, path)
 
 
 def _plain_log_ticks(axis) -> None:
@@ -217,9 +216,8 @@ def _plain_log_ticks(axis) -> None:
 
 def bars_figure(bench: dict, path: Path) -> None:
     """File size and batch-1 p50 per variant and thread setting, side by side."""
-    from ultraseg.evaluate import _pyplot, _save
 
-    plt = _pyplot()
+    plt = figures.pyplot()
     names = list(bench["variants"])
     keys = [k for k in bench["variants"][names[0]] if k.startswith("threads_")]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
@@ -238,5 +236,4 @@ def bars_figure(bench: dict, path: Path) -> None:
     for ax in (left, right):
         ax.tick_params(axis="x", rotation=25)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    figures.save(fig, path)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ultraseg import bench, checkpoint, metrics, onnx_io, params as params_mod, quantize
 from ultraseg.data.dataset import load_split
 from ultraseg.models.registry import count_macs, count_parameters
 from ultraseg.params import Params
+from ultraseg.variants import onnx_predictor, probabilities
 
 VARIANTS = {"teacher": "teacher.pt", "student": "student.pt", "pruned": "pruned.pt"}
 DEPLOYABLE = "pruned"
@@ -40,14 +40,6 @@ def export_all(params: Params, models_dir: Path, out_dir: Path) -> dict:
             "atol": params.export.atol, **summary}
 
 
-def onnx_predict(path: Path, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Lesion probabilities (N, H, W) from an ONNX file for normalised images (N, H, W)."""
-    sess = onnx_io.session(path)
-    out = [sess.run(None, {onnx_io.INPUT: images[s:s + batch_size, None]})[0][:, 0]
-           for s in range(0, len(images), batch_size)]
-    return 1.0 / (1.0 + np.exp(-np.concatenate(out)))
-
-
 def quantize_deployable(params: Params, onnx_dir: Path, models_dir: Path, data_dir: Path, split_csv: Path,
                         out: Path) -> dict:
     """Calibrate on train images, quantize, score fp32 vs int8 on val, and time both against the teacher."""
@@ -57,7 +49,7 @@ def quantize_deployable(params: Params, onnx_dir: Path, models_dir: Path, data_d
     report = quantize.quantize(fp32, out, calibration, params.quantize)
     threshold = onnx_io.read_metadata(fp32)["threshold"]
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
-    dice = {name: metrics.summarize(onnx_predict(path, val_x) > threshold, val_y > 0)["dice"]
+    dice = {name: metrics.summarize(probabilities(onnx_predictor(path), val_x) > threshold, val_y > 0)["dice"]
             for name, path in (("fp32", fp32), ("int8", out))}
     shape = (1, 1, size, size)
     teacher, _ = checkpoint.load(models_dir / VARIANTS["teacher"])

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import evaluation
+from ultraseg import evaluation, figures
 from ultraseg.data.busi import load_raw
 from ultraseg.data.dataset import load_split
-from ultraseg.io import atomic_path, read_csv
+from ultraseg.io import read_csv
 from ultraseg.params import EvaluateParams, Params
 from ultraseg.variants import DEPLOYED, VARIANTS, Variant, predictor, probabilities
 
@@ -103,23 +103,9 @@ def curve_rows(curves: dict[str, list[dict]]) -> list[dict]:
             for j, point in enumerate(curves[names[0]])]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-
-
 def dice_figure(rows: Sequence[dict], path: Path) -> None:
     """Box plot with every lesion image's test Dice, one column per variant."""
-    plt = _pyplot()
+    plt = figures.pyplot()
     names = list(dict.fromkeys(row["variant"] for row in rows))
     data = [[r["dice"] for r in rows if r["variant"] == n and r["ref_pixels"] > 0] for n in names]
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 4))
@@ -131,12 +117,11 @@ def dice_figure(rows: Sequence[dict], path: Path) -> None:
     ax.set_ylabel("test Dice per lesion image")
     ax.set_title("Test Dice distribution (triangle: mean)")
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    figures.save(fig, path)
 
 
 def threshold_figure(curves: dict[str, list[dict]], chosen: dict[str, float], path: Path) -> None:
-    plt = _pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         line, = ax.plot([p["threshold"] for p in curve], [p["dice"] for p in curve], label=name)
@@ -146,13 +131,12 @@ def threshold_figure(curves: dict[str, list[dict]], chosen: dict[str, float], pa
     ax.set_title("Threshold chosen on val (dotted)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    figures.save(fig, path)
 
 
 def sample_figure(split: Split, preds: Sequence[np.ndarray], rows: Sequence[dict], title: str, path: Path) -> None:
     """Original, reference, prediction and overlay of the best, median and worst lesion cases by Dice."""
-    plt = _pyplot()
+    plt = figures.pyplot()
     lesion = [k for k, row in enumerate(rows) if row["ref_pixels"] > 0]
     if not lesion:
         raise ValueError("the test split has no lesion image to show")
@@ -174,5 +158,4 @@ def sample_figure(split: Split, preds: Sequence[np.ndarray], rows: Sequence[dict
         axes[r, 0].set_ylabel(f"{label}: {split.ids[k]}\nDice {rows[k]['dice']:.3f}", fontsize=8)
     fig.suptitle(title + "  (overlay: green hit, red false positive, blue missed)", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    figures.save(fig, path)

@@ -61,10 +61,7 @@ def predictor(variant: Variant, models_dir: Path, threads: int | None = None) ->
     if not path.exists():
         raise FileNotFoundError(f"{path}: model file of variant {variant.name!r} missing; run dvc repro")
     if variant.runtime == "onnxruntime":
-        from ultraseg.onnx_io import INPUT, session
-
-        sess = session(path, threads)
-        return lambda images: sess.run(None, {INPUT: np.ascontiguousarray(images, dtype=np.float32)})[0]
+        return onnx_predictor(path, threads)
     import torch
 
     from ultraseg import checkpoint
@@ -78,6 +75,14 @@ def predictor(variant: Variant, models_dir: Path, threads: int | None = None) ->
             return model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
 
     return predict
+
+
+def onnx_predictor(path: Path, threads: int | None = None) -> Predict:
+    """The logits function of any ONNX file (fp32 or int8) in ONNX Runtime on the CPU."""
+    from ultraseg.onnx_io import INPUT, session
+
+    sess = session(path, threads)
+    return lambda images: sess.run(None, {INPUT: np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
 def probabilities(predict: Predict, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
