@@ -70,8 +70,8 @@ def collect(epochs: int) -> dict:
         sys.exit(f"error: no finished experiment at {epochs} epochs; run them first (--run)")
     if missing:
         print(f"experiments: not finished at {epochs} epochs, left out: {', '.join(missing)}", file=sys.stderr)
-    return {"derived_from_commit": ", ".join(c for c in commits if c), "epochs": epochs, "missing": missing, "command": "python scripts/experiments.py "
-            f"--run --collect --epochs {epochs}", "experiments": rows}
+    return {"derived_from_commit": ", ".join(c for c in commits if c), "epochs": epochs, "missing": missing,
+            "command": f"python scripts/experiments.py --run --collect --epochs {epochs}", "experiments": rows}
 
 
 def _short_sha(rev: str | None) -> str | None:

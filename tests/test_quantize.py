@@ -106,7 +106,8 @@ def test_report(fp32, int8):
 
 def test_excluded_op_type_is_reported_float(fp32, calibration, tmp_path):
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32[1])).graph.node)
-    report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(min_channels=0, exclude_op_types="Conv, Resize"))
+    report = quantize(fp32[1], tmp_path / "q.onnx", calibration,
+                      QuantizeParams(min_channels=0, exclude_op_types="Conv, Resize"))
     assert report["float_ops"]["Conv"] == convs
     assert "QLinearConv" not in report["int8_ops"] and report["excluded_but_int8"] == []
 
@@ -117,7 +118,8 @@ def test_excluded_nodes_float_or_requantized_by_ort(fp32, calibration, tmp_path)
     assert report["float_ops"]["Conv"] == 1 and report["excluded_but_int8"] == []
     # the second Conv reads a DequantizeLinear and feeds a QuantizeLinear: ORT quantises its weights on load
     with pytest.warns(UserWarning, match="WeightBiasQuantization"):
-        report = quantize(fp32[1], tmp_path / "q.onnx", calibration, QuantizeParams(min_channels=0, exclude_nodes=second))
+        report = quantize(fp32[1], tmp_path / "q.onnx", calibration,
+                          QuantizeParams(min_channels=0, exclude_nodes=second))
     assert "Conv" not in report["float_ops"] and report["excluded_but_int8"] == [second]
 
 

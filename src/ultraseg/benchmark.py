@@ -188,7 +188,6 @@ def tradeoff_rows(bench: dict, evaluate: dict, key: str = "threads_1") -> list[d
 
 
 def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
-
     plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for row in rows:
@@ -216,7 +215,6 @@ def _plain_log_ticks(axis) -> None:
 
 def bars_figure(bench: dict, path: Path) -> None:
     """File size and batch-1 p50 per variant and thread setting, side by side."""
-
     plt = figures.pyplot()
     names = list(bench["variants"])
     keys = [k for k in bench["variants"][names[0]] if k.startswith("threads_")]

@@ -165,6 +165,7 @@ def quantize(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarr
             raise ValueError(f"quantize.exclude_nodes: no node {missing[0]!r} in {fp32_path}; compute nodes "
                              f"include {some}")
         narrow = narrow_convs(graph, params.min_channels)
+        skipped = sorted(set(params.excluded_nodes()) | set(narrow))
         # ORT's own default when no op types are given: every op either format knows how to quantise
         quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
         excluded = set(params.excluded_op_types())
@@ -178,7 +179,7 @@ def quantize(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarr
                 reduce_range=params.reduce_range,
                 activation_type=TYPES[params.activation_type],
                 weight_type=TYPES[params.weight_type],
-                nodes_to_exclude=sorted(set(params.excluded_nodes()) | set(narrow)) or None,
+                nodes_to_exclude=skipped or None,
                 calibrate_method=METHODS[params.method],
                 calibration_providers=["CPUExecutionProvider"],
             )
@@ -194,7 +195,7 @@ def quantize(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarr
             onnx.save_model(int8, str(target), save_as_external_data=False)
             onnx.checker.check_model(str(target), full_check=True)
             analysis = runtime_ops(target)
-    asked = set(params.excluded_nodes()) | set(narrow) | {node.name for node in graph.node if node.op_type in excluded}
+    asked = set(skipped) | {node.name for node in graph.node if node.op_type in excluded}
     requantized = sorted(asked & set(analysis["int8_nodes"]))
     if requantized:
         warnings.warn(

@@ -93,13 +93,13 @@ Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Mode
 
 def optimisation_section(train: dict, distill: dict, prune: dict, export: dict, quant: dict) -> str:
     p50 = quant["latency_p50_ms_1thread"]
-    kept = distill.get("kept", "distilled")
+    distilled = distill.get("kept", "distilled") == "distilled"
+    student_dice = distill["student" if distilled else "baseline"]["val_dice"]
     rows = [
         ["teacher", f"{export['teacher']['params']:,}", export["teacher"]["gmacs"],
          f"{export['teacher']['bytes'] / 1e6:.2f}", f"{train['val_dice']:.4f}", f"{p50['teacher_onnx_fp32']:.2f}"],
-        [f"student ({'distilled' if kept == 'distilled' else 'no distillation'})", f"{export['student']['params']:,}",
-         export["student"]["gmacs"], f"{export['student']['bytes'] / 1e6:.2f}",
-         f"{distill['student' if kept == 'distilled' else 'baseline']['val_dice']:.4f}", "–"],
+        [f"student ({'distilled' if distilled else 'no distillation'})", f"{export['student']['params']:,}",
+         export["student"]["gmacs"], f"{export['student']['bytes'] / 1e6:.2f}", f"{student_dice:.4f}", "–"],
         ["pruned student, fp32", f"{export['pruned']['params']:,}", export["pruned"]["gmacs"],
          f"{export['pruned']['bytes'] / 1e6:.2f}", f"{quant['val_dice_fp32']:.4f}", f"{p50['fp32']:.2f}"],
         ["pruned student, int8", f"{export['pruned']['params']:,}", export["pruned"]["gmacs"],
@@ -108,7 +108,7 @@ def optimisation_section(train: dict, distill: dict, prune: dict, export: dict, 
     baseline = distill.get("baseline")
     kd = (f"Without distillation the same student reaches val Dice {baseline['val_dice']:.4f} on the same budget "
           f"({distill['kd_gain_val_dice']:+.4f} from distillation); pruning starts from the "
-          f"{'distilled student' if kept == 'distilled' else 'student trained without it'} (`distill.keep`)."
+          f"{'distilled student' if distilled else 'student trained without it'} (`distill.keep`)."
           if baseline else "")
     floats = ", ".join(f"{op} ×{n}" for op, n in quant["float_ops"].items()) or "none"
     return f"""## Optimisation: distill → prune → export → int8
@@ -122,10 +122,10 @@ teacher in PyTorch eager: {p50['teacher_eager']:.2f} ms). {kd}
 Pruning: MACs ×{prune['macs_ratio']}, params ×{prune['params_ratio']} of the student (teacher / pruned:
 {prune['teacher_to_pruned_macs']}× MACs, {prune['teacher_to_pruned_params']}× params); val Dice
 {prune['val_dice_before']} before, {prune['val_dice_pruned_no_finetune']} pruned in one step (BN re-measured, no fine-tuning),
-{prune['val_dice_after']} after {prune['finetune_epochs_total']} epochs of fine-tuning. int8 speed-up (above 1: int8 is faster)
-over the pruned fp32 ONNX file ×{quant['speedup_int8_vs_fp32']}, over the teacher in ONNX Runtime
-×{quant['speedup_int8_vs_teacher_onnx']}, over the teacher in PyTorch ×{quant['speedup_int8_vs_teacher_eager']}; ops left
-in float: {floats}.
+{prune['val_dice_after']} after {prune['finetune_epochs_total']} epochs of fine-tuning. int8 speed-up
+(above 1: int8 is faster) over the pruned fp32 ONNX file ×{quant['speedup_int8_vs_fp32']}, over the teacher in
+ONNX Runtime ×{quant['speedup_int8_vs_teacher_onnx']}, over the teacher in PyTorch
+×{quant['speedup_int8_vs_teacher_eager']}; ops left in float: {floats}.
 """
 
 
