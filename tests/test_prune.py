@@ -31,6 +31,7 @@ VARIANTS = {
     "unet_pp": ({"name": "unet_pp"}, 0.30, 0.30),  # 0.251, 0.252
     "attention_separable_nearest": (  # 0.343, 0.307
         {"name": "attention_unet", "block": "separable", "up": "nearest", "dropout": 0.1}, 0.40, 0.36),
+    "stem_stride_nearest": ({"name": "unet", "stem_stride": 2, "up": "nearest"}, 0.30, 0.30),  # 0.252, 0.253
 }
 
 
@@ -38,10 +39,15 @@ def tiny(config: dict) -> dict:
     return {**config, "widths": WIDTHS}
 
 
+def head_conv(model: nn.Module) -> nn.Conv2d:
+    """The convolution that writes the logits (before the pixel shuffle of a ``stem_stride`` network)."""
+    return model.head if isinstance(model.head, nn.Conv2d) else model.head.conv
+
+
 def head_inputs(model: nn.Module) -> set[str]:
     """Names of the convolutions whose channels the head reads: they keep them all."""
     names = {m: n for n, m in model.named_modules()}
-    readers = {names[m] for m in _head_inputs(model, EXAMPLE, model.head)}
+    readers = {names[m] for m in _head_inputs(model, EXAMPLE, head_conv(model))}
     assert readers and all(not n.startswith("head") for n in readers)
     return readers
 
@@ -74,7 +80,7 @@ def test_prune_variant(config, max_macs, max_params, tmp_path):
     for name, width in widths.items():
         assert width == (widths_before[name] if name in kept else expected_width(widths_before[name], 0.5, 4)), name
         assert width % 4 == 0 or width == widths_before[name] < 4, name
-    assert model.head.out_channels == 1
+    assert head_conv(model).out_channels == model.stem_stride**2
     assert next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels == 1
 
     stats = summary(before, model, 32)
@@ -224,7 +230,7 @@ def test_validate_names_the_field(field, value):
 def test_defaults_are_valid_and_frozen():
     params = PruneParams()
     params.validate("prune")
-    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.55, 3, "bn_scale", 4)
+    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.5, 3, "bn_scale", 4)
     assert (params.calibration_batches, params.finetune_lr) == (8, 0.003)
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.ratio = 0.1

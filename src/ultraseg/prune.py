@@ -54,7 +54,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 class PruneParams:
     """How far and how to prune; the prune-finetune stage reads ``finetune_epochs``."""
 
-    ratio: float = 0.55
+    ratio: float = 0.5
     """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
     steps: int = 3
     """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""
@@ -155,7 +155,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, params: PruneParams, fi
 
 
 def _boundary_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
-    """Layers whose output channels must stay: the convolutions that write the network's output and those its head
+    """Layers whose output channels must stay: the head (the convolution that writes the logits) and those it
     reads, depthwise convolutions that read its input (their outputs are the input channels), and attention gates'
     ``psi``."""
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
@@ -177,9 +177,10 @@ def _boundary_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.M
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    head = [m for m, o in writes.items() if o is out]
+    # the head is the last convolution run: it writes the output, directly or through a pixel shuffle and padding
+    head = [m for m, o in writes.items() if o is out] or list(writes)[-1:]
     if not head:
-        raise ValueError(f"{type(model).__name__}: the output is not written by a convolution; cannot find its head")
+        raise ValueError(f"{type(model).__name__} has no convolution; cannot find its head")
     gates = [m.psi for m in model.modules() if isinstance(m, AttentionGate)]
     return head + _head_inputs(model, example_input, head[0]) + reads_input + gates
 

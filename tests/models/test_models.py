@@ -24,6 +24,8 @@ VARIANTS = {
     **{f"act_{act}": {"name": "unet", "act": act} for act in ACTS},
     **{f"down_{down}": {"name": "unet", "down": down} for down in DOWNS},
     **{f"up_{up}": {"name": "unet", "up": up} for up in UPS},
+    "stem_stride_4": {"name": "unet", "stem_stride": 4, "up": "nearest"},
+    "unet_pp_stem_stride_2": {"name": "unet_pp", "stem_stride": 2},
 }
 SIZES = [(33, 47), (64, 64), (17, 30)]
 
@@ -89,6 +91,8 @@ def test_build_model_errors():
         build_model({"name": "unet", "block": "dense"})
     with pytest.raises(ValueError, match="widths"):
         build_model({"name": "unet", "widths": [8]})
+    with pytest.raises(ValueError, match="stem_stride"):
+        build_model({"name": "unet", "stem_stride": 0})
 
 
 def test_named_variants_set_their_defaults():
@@ -96,6 +100,27 @@ def test_named_variants_set_their_defaults():
     assert not any(isinstance(m, AttentionGate) for m in build_model({"name": "unet"}).modules())
     res = build_model({"name": "res_unet", "widths": TINY})
     assert type(res.stem).__name__ == "ResidualBlock"
+
+
+def test_stem_stride_runs_every_layer_below_full_resolution():
+    model = build_model({"name": "unet", "widths": TINY, "stem_stride": 4})
+    sides = {}
+
+    def record(module: nn.Module, _: tuple, out: torch.Tensor) -> None:
+        sides[module] = out.shape[-1]
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    logits = model(torch.zeros(1, 1, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    assert logits.shape == (1, 1, 64, 64)
+    assert max(sides.values()) == 16  # the stem, the last decoder level and the head's 16 sub-pixel logits
+    assert model.head.conv.out_channels == 16
+    # a full 3x3 convolution costs stride**2 less at 1/stride resolution
+    classic = build_model({"name": "unet", "widths": TINY})
+    assert count_macs(model, 64) < count_macs(classic, 64) / 10
+    # the classic network is unchanged: no patchify layer, a 1x1 convolution head
+    assert isinstance(classic.head, nn.Conv2d) and type(classic.stem).__name__ == "DoubleConv"
 
 
 def test_group_norm_groups_divide_channels():

@@ -242,6 +242,20 @@ def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (0, dw, 0, dh), mode="replicate")
 
 
+class PixelShuffleHead(nn.Sequential):
+    """1×1 convolution to ``out_channels * scale**2`` logits, rearranged into ``scale``× larger maps (sub-pixel
+    convolution, Shi et al., 2016, arXiv:1609.05158): the head of a network whose stem down-sampled its input.
+
+    It lets a network predict full-resolution logits without full-resolution layers; in ONNX the rearrangement is
+    one ``DepthToSpace``, which int8 runs without re-quantising.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels * scale**2, 1)
+        self.shuffle = nn.PixelShuffle(scale)
+
+
 class Up(nn.Module):
     """Double H and W, pad to the skip's size, optionally gate the skip, concatenate ``[skip, up]``, apply a block.
 
