@@ -21,6 +21,7 @@ VARIANTS = {
     "attention_unet": {"name": "attention_unet"},
     "separable_bilinear": {"name": "unet", "block": "separable", "up": "bilinear"},
     "res_unet": {"name": "res_unet"},
+    "stem_stride_nearest": {"name": "unet", "stem_stride": 2, "up": "nearest"},
 }
 METADATA = {
     "kind": "student",

@@ -189,3 +189,17 @@ def test_defaults_are_valid():
     params = QuantizeParams(exclude_op_types=" ConvTranspose , Resize,", exclude_nodes="")
     params.validate("quantize")
     assert params.excluded_op_types() == ["ConvTranspose", "Resize"] and params.excluded_nodes() == []
+
+
+def test_stem_stride_student_runs_every_conv_in_int8(calibration, tmp_path):
+    """The default student's layout (1/4 resolution, >= 16 channels everywhere) leaves no convolution float."""
+    torch.manual_seed(0)
+    config = {"name": "unet", "widths": [16, 32], "up": "nearest", "stem_stride": 4}
+    fp32_path, int8_path = tmp_path / "s.onnx", tmp_path / "s.int8.onnx"
+    onnx_io.export(build_model(config).eval(), fp32_path, ExportParams(), METADATA | {"model": config})
+    report = quantize(fp32_path, int8_path, calibration, QuantizeParams(min_channels=16))
+    assert report["narrow_convs_float"] == 0
+    assert report["float_ops"] == {"Pad": 2}  # padding the up-sampled map to its skip, and the logits to the input
+    assert report["int8_ops"]["QLinearConv"] == sum(n.op_type == "Conv" for n in onnx.load(str(fp32_path)).graph.node)
+    images = discs(2, 41, 57, seed=3)[0]  # sides that are not multiples of the stride: the output is padded back
+    assert onnx_io.session(int8_path).run(["logits"], {"input": images[:, None]})[0].shape == (2, 1, 41, 57)
