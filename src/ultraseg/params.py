@@ -297,7 +297,7 @@ class DistillParams:
     """Weight of the distillation term; 0 trains the student on the masks alone."""
     task_weight: float = 1.0
     """Weight of the task loss (``train.loss``) on the masks."""
-    epochs: int = 40
+    epochs: int = 80
     lr: float = 0.003
     baseline: bool = True
     """Also train the same student without distillation (same budget and seed) to measure what it gains."""

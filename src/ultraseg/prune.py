@@ -56,14 +56,14 @@ class PruneParams:
 
     ratio: float = 0.5
     """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
-    steps: int = 3
+    steps: int = 4
     """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""
     importance: ImportanceName = "bn_scale"
     """Channel ranking: ``l1``/``l2`` weight norms, ``bn_scale`` norm-layer scales, ``taylor`` |weight x gradient|.
     Weight norms mean little when a BatchNorm follows every convolution (it undoes the weights' scale)."""
     round_to: int = 4
     """Channel counts are rounded down to multiples of this (SIMD and int8 kernels like multiples of 4 or 8)."""
-    finetune_epochs: int = 4
+    finetune_epochs: int = 6
     """Epochs of fine-tuning after each pruning step."""
     finetune_lr: float = 0.003
     """Peak learning rate of each fine-tuning round (cosine, no warm-up). As high as training's: a step removes whole
