@@ -160,25 +160,25 @@ def _boundary_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.M
     ``psi``."""
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     reads_input: list[nn.Module] = []
-    writes: dict[nn.Module, torch.Tensor] = {}
+    ran: list[nn.Module] = []
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if inputs[0] is example_input and module.groups > 1:
             reads_input.append(module)
-        writes[module] = output
+        ran.append(module)
 
     handles = [m.register_forward_hook(hook) for m in convs]
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            out = model(example_input)
+            model(example_input)
     finally:
         model.train(was_training)
         for handle in handles:
             handle.remove()
     # the head is the last convolution run: it writes the output, directly or through a pixel shuffle and padding
-    head = [m for m, o in writes.items() if o is out] or list(writes)[-1:]
+    head = ran[-1:]
     if not head:
         raise ValueError(f"{type(model).__name__} has no convolution; cannot find its head")
     gates = [m.psi for m in model.modules() if isinstance(m, AttentionGate)]
