@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ultraseg.distill import DistillLoss, kd_loss
+from ultraseg.distill import DistillLoss, cached_logits, kd_loss
 from ultraseg.losses import build_loss
 
 
@@ -73,3 +73,48 @@ def test_kd_weight_zero_is_the_task_loss_alone_and_needs_no_teacher() -> None:
     assert plain.item() == pytest.approx(task(logits, masks).item())
     with pytest.raises(ValueError, match="teacher"):
         DistillLoss(task, None, 2.0, 1.0, 1.0)
+
+
+class Refusing(nn.Module):
+    """A teacher that must not be run: cached logits stand in for it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the teacher ran although its logits were given")
+
+
+def test_given_teacher_logits_replace_the_teachers_pass() -> None:
+    task = build_loss({"bce": 1.0, "dice": 1.0})
+    images = torch.randn(2, 1, 6, 6)
+    masks = (torch.rand(2, 1, 6, 6) > 0.5).float()
+    logits = torch.randn(2, 1, 6, 6)
+    live = DistillLoss(task, Constant(), 2.0, 1.0, 1.0)(logits, images, masks)
+    cached = DistillLoss(task, Refusing(), 2.0, 1.0, 1.0)(logits, images, masks, 2.0 * images)
+    assert cached.item() == pytest.approx(live.item(), rel=1e-6)
+
+
+def test_cached_logits_are_the_teachers_on_the_plain_images() -> None:
+    images = torch.randn(5, 7, 9).numpy()
+    logits = cached_logits(Constant().eval(), images, torch.device("cpu"))
+    assert logits.shape == images.shape and logits.dtype == images.dtype
+    torch.testing.assert_close(torch.from_numpy(logits), 2.0 * torch.from_numpy(images))
+
+
+class Counting(Constant):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_teacher_runs_once_for_a_batch_seen_again() -> None:
+    teacher, task = Counting(), build_loss({"bce": 1.0})
+    loss = DistillLoss(task, teacher, 2.0, 1.0, 1.0)
+    images, masks = torch.randn(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)
+    first = loss(torch.zeros(3, 1, 4, 4), images, masks)
+    again = loss(torch.zeros(3, 1, 4, 4), images.clone(), masks)  # the val set, next epoch
+    assert teacher.calls == 1 and again.item() == first.item()
+    loss(torch.zeros(3, 1, 4, 4), images + 1, masks)
+    assert teacher.calls == 2

@@ -117,3 +117,31 @@ def test_cuda_request_without_cuda_fails_clearly() -> None:
     with pytest.raises(ParamsError, match="train.device"):
         engine.select_device("cuda")
     assert engine.select_device("auto").type == "cpu"
+
+
+def test_soft_maps_reach_the_loss_warped_with_their_batch(tmp_path) -> None:
+    """With soft maps the loss gets a fourth argument each training step: the maps warped like the images (here the
+    soft map is the mask itself, so it must match the warped mask wherever the bilinear warp leaves it 0 or 1)."""
+    x, y = discs(8)
+    seen = []
+
+    def loss(logits, _images, masks, *soft):
+        if soft:
+            seen.append((masks, soft[0]))
+        return logits.mean() * 0 + masks.mean()
+
+    cfg = replace(CFG, epochs=1, augment=AugmentParams(affine_p=1.0, intensity_p=1.0, speckle_p=0.0))
+    train_set = SegmentationSet(x, y, Augment(cfg.augment), cfg.seed, soft=y.astype(np.float32))
+    engine.fit(build_model(cfg.model.config()), train_set, x[:2], y[:2], cfg, loss, torch.device("cpu"),
+               RecordingLive(), tmp_path / "resume.pt", "soft", desc="test")
+    assert len(seen) == len(x) // cfg.batch_size
+    for masks, soft in seen:
+        assert soft.shape == masks.shape
+        crisp = (soft == 0) | (soft == 1)
+        assert crisp.float().mean() > 0.8 and torch.equal(soft[crisp], masks[crisp])
+
+
+def test_soft_maps_of_another_shape_are_refused() -> None:
+    x, y = discs(4)
+    with pytest.raises(ValueError, match="soft maps"):
+        SegmentationSet(x, y, soft=x[:3])

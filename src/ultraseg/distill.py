@@ -3,18 +3,28 @@ Neural Network"), for per-pixel binary segmentation.
 
 The student learns from the masks (the task loss of ``train.loss``) and from the teacher's temperature-softened
 lesion probabilities: the binary KL divergence ``KL(sigmoid(t/T) || sigmoid(s/T))`` per pixel, scaled by ``T**2``
-so its gradients keep their size as ``T`` changes. The teacher sees exactly the student's augmented batch.
+so its gradients keep their size as ``T`` changes.
+
+Where the teacher's logits come from is ``distill.teacher_logits``:
+
+- ``cached``: the teacher runs once over the unaugmented training images; each sample's logits then get that
+  sample's geometric augmentation (flip, affine, elastic) with the image, while the gain, speckle and shadow changes
+  reach the student only. The student so learns to see through those changes what the teacher sees on the clean
+  scan, and the teacher, which costs three student steps per batch on a CPU, is run once instead of every epoch.
+- ``live``: the teacher runs on every augmented batch and sees exactly what the student sees.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ultraseg import checkpoint, engine, params as params_mod
+from ultraseg.data.dataset import load_split
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model
 from ultraseg.params import Params
@@ -41,16 +51,40 @@ class DistillLoss(nn.Module):
             raise ValueError("a positive kd_weight needs a teacher")
         self.task, self.teacher = task, teacher
         self.temperature, self.task_weight, self.kd_weight = temperature, task_weight, kd_weight
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
-    def forward(self, logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, images: torch.Tensor, masks: torch.Tensor,
+                teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """``teacher_logits`` (cached ones, warped with the batch) spare the teacher's pass over ``images``."""
         loss = self.task_weight * self.task(logits, masks) if self.task_weight > 0 else logits.new_zeros(())
         if self.kd_weight > 0:
-            with torch.no_grad():
-                teacher_logits = self.teacher(images).float()
+            if teacher_logits is None:
+                teacher_logits = self._teacher_logits(images)
             loss = loss + self.kd_weight * kd_loss(logits, teacher_logits, self.temperature)
         return loss
+
+    @torch.no_grad()
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        # Validation shows the same images every epoch: the frozen teacher's answer for the last batch is kept.
+        if self._last is None or not torch.equal(self._last[0], images):
+            self._last = (images.clone(), self.teacher(images).float())
+        return self._last[1]
+
+
+def cached_logits(teacher: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """The teacher's logits (N, S, S) for normalised, unaugmented images (N, S, S), for ``teacher_logits: cached``."""
+    return engine.predict_logits(teacher, images, device)[:, 0].numpy()
+
+
+def teacher_targets(params: Params, teacher: nn.Module, data_dir: Path, split_csv: Path,
+                    device: torch.device) -> np.ndarray | None:
+    """The cached teacher logits of the train split, or None when ``distill.teacher_logits`` is ``live``."""
+    if params.distill.teacher_logits != "cached":
+        return None
+    train_x, _, _ = load_split(data_dir, split_csv, "train", params.preprocess.normalize)
+    return cached_logits(teacher, train_x, device)
 
 
 def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out: Path, live_dir: Path,
@@ -64,13 +98,15 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
         teacher = teacher.to(memory_format=torch.channels_last)
     task = build_loss(params_mod.to_dict(params.train.loss))
     data_rid = run_id(params, split_csv, *data_files(data_dir), teacher_path) + params_mod.digest(cfg)
+    soft = teacher_targets(params, teacher, data_dir, split_csv, device) if cfg.kd_weight > 0 else None
 
     def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
         engine.seed_everything(budget.seed)  # both runs start from the same initial weights
         model = build_model(budget.model.config())
         loss = DistillLoss(task, teacher if kd_weight > 0 else None, cfg.temperature, cfg.task_weight, kd_weight)
         return fit_and_save(params, budget, model, loss, data_dir, split_csv, target, live,
-                            resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}", name)
+                            resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}", name,
+                            soft=soft if kd_weight > 0 else None)
 
     summary = {"teacher_val_dice": meta["val"]["dice"], "temperature": cfg.temperature,
                "kd_weight": cfg.kd_weight, "student": student_run(cfg.kd_weight, out, live_dir, "student")}

@@ -29,8 +29,9 @@ from ultraseg.data.dataset import SegmentationSet
 from ultraseg.io import atomic_path
 from ultraseg.params import ParamsError, TrainParams
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss(logits, images, masks)``: images are passed so a distillation loss can query its teacher."""
+LossFn = Callable[..., torch.Tensor]
+"""``loss(logits, images, masks, *extra)``: images are passed so a distillation loss can query its teacher; extra
+holds what else the training set yields per sample (a teacher's cached logits), and nothing at validation."""
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
@@ -155,12 +156,12 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         model.train()
         losses = []
         bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
-        for images, masks in bar:
-            images, masks = images.to(device), masks.to(device)
+        for images, masks, *extra in bar:
+            images, masks, extra = images.to(device), masks.to(device), [e.to(device) for e in extra]
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(images).float(), images, masks)
+                loss = loss_fn(model(images).float(), images, masks, *extra)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:

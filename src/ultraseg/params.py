@@ -297,6 +297,9 @@ class DistillParams:
     """Weight of the distillation term; 0 trains the student on the masks alone."""
     task_weight: float = 1.0
     """Weight of the task loss (``train.loss``) on the masks."""
+    teacher_logits: Literal["cached", "live"] = "cached"
+    """``cached``: the teacher runs once on the unaugmented train images and its logits follow each sample's
+    geometric augmentation; ``live``: it runs on every augmented batch (see :mod:`ultraseg.distill`)."""
     epochs: int = 80
     lr: float = 0.003
     baseline: bool = True

@@ -15,7 +15,7 @@ from dvclive import Live
 from ultraseg import checkpoint, engine, params as params_mod
 from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet, load_split
-from ultraseg.distill import DistillLoss
+from ultraseg.distill import DistillLoss, teacher_targets
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import count_macs, count_parameters
 from ultraseg.params import Params
@@ -38,7 +38,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     d = params.distill
     loss = DistillLoss(build_loss(params_mod.to_dict(params.train.loss)), teacher, d.temperature, d.task_weight,
                        d.kd_weight)
-    train_set = SegmentationSet(train_x, train_y, Augment(budget.augment), budget.seed)
+    soft = teacher_targets(params, teacher, data_dir, split_csv, device) if d.kd_weight > 0 else None
+    train_set = SegmentationSet(train_x, train_y, Augment(budget.augment), budget.seed, soft)
     example = torch.from_numpy(val_x[:1, None]).to(device)
 
     def val_dice(model) -> float:

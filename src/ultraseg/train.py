@@ -10,6 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 from dvclive import Live
 from torch import nn
 
@@ -43,8 +44,11 @@ def model_meta(params: Params, config: dict, kind: str, rid: str) -> dict:
 
 
 def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: engine.LossFn, data_dir: Path,
-                 split_csv: Path, out: Path, live_dir: Path, resume: Path, rid: str, kind: str) -> dict:
-    """Train ``model`` on the train split under ``cfg``, keep the best val epoch, save it; return a summary."""
+                 split_csv: Path, out: Path, live_dir: Path, resume: Path, rid: str, kind: str,
+                 soft: np.ndarray | None = None) -> dict:
+    """Train ``model`` on the train split under ``cfg``, keep the best val epoch, save it; return a summary.
+
+    ``soft``: per-image maps of the train split that the loss gets with each batch (cached teacher logits)."""
     device = engine.select_device(cfg.device)
     threads = engine.configure_cpu(cfg.threads)
     mode = params.preprocess.normalize
@@ -55,8 +59,8 @@ def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: en
           f"{len(train_x)} train / {len(val_x)} val images at {params.preprocess.size}px")
 
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        result = engine.fit(model, SegmentationSet(train_x, train_y, Augment(cfg.augment), cfg.seed), val_x, val_y,
-                            cfg, loss_fn, device, live, resume, rid, desc=kind)
+        train_set = SegmentationSet(train_x, train_y, Augment(cfg.augment), cfg.seed, soft)
+        result = engine.fit(model, train_set, val_x, val_y, cfg, loss_fn, device, live, resume, rid, desc=kind)
 
     meta = model_meta(params, config, kind, rid) | {"epoch": result.best_epoch, "val": result.best}
     checkpoint.save(out, model.cpu(), meta)

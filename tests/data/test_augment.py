@@ -219,6 +219,35 @@ def test_mismatched_shapes_are_rejected() -> None:
     image, mask = lesion_pair()
     with pytest.raises(ValueError, match="shape"):
         Augment(AugmentParams())(image, mask[:, :-1], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="shape"):
+        Augment(AugmentParams())(image, mask, np.random.default_rng(0), soft=image[:-1])
+
+
+# ---------------------------------------------------------------------------------------------------- soft maps
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_soft_map_gets_the_geometry_and_nothing_else(seed: int) -> None:
+    image, mask = lesion_pair(seed=seed)
+    soft = np.where(mask > 0, 4.0, -6.0).astype(np.float32) + image  # logit-like, with detail to warp
+    geometry = dataclasses.replace(ALL_ON, intensity_p=0.0, speckle_p=0.0, shadow_p=0.0)
+    image_out, mask_out, soft_out = Augment(ALL_ON)(image, mask, np.random.default_rng(seed), soft=soft)
+    plain_image, plain_mask = Augment(ALL_ON)(image, mask, np.random.default_rng(seed))
+    warped_soft, warped_mask = Augment(geometry)(soft, mask, np.random.default_rng(seed))
+    # the soft map changes nothing else, and is warped exactly as an image without the echo and gain changes
+    np.testing.assert_array_equal(image_out, plain_image)
+    np.testing.assert_array_equal(mask_out, plain_mask)
+    np.testing.assert_array_equal(soft_out, warped_soft)
+    assert soft_out.dtype == np.float32 and soft_out.shape == soft.shape
+    assert not np.array_equal(soft_out, soft) and soft_out.min() == soft.min()  # filled with its minimum
+
+
+def test_soft_map_is_copied_when_augmentation_is_off() -> None:
+    image, mask = lesion_pair()
+    soft = image * 3
+    _, _, soft_out = Augment(dataclasses.replace(ALL_ON, enabled=False))(image, mask, np.random.default_rng(0), soft)
+    np.testing.assert_array_equal(soft_out, soft)
+    assert not np.shares_memory(soft_out, soft)
 
 
 # ---------------------------------------------------------------------------------------------------- intensity

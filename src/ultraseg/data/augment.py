@@ -6,6 +6,8 @@
    translation, isotropic scale); optional elastic deformation (Simard et al., "Best practices for convolutional
    neural networks applied to visual document analysis", ICDAR 2003). Image: bilinear, fill = image minimum
    (the background of a scan is black). Mask: nearest neighbour, fill 0 -- never interpolated and thresholded.
+   An optional ``soft`` map (a teacher's logits for the unaugmented image) gets the same geometry, bilinear, with
+   its minimum (the teacher's surest background) as fill.
 2. an acoustic shadow and multiplicative speckle, on the image only;
 3. brightness, contrast and gamma, on the image only.
 
@@ -152,26 +154,29 @@ def elastic_field(shape: tuple[int, int], alpha: float, sigma: float, rng: np.ra
     return field
 
 
-def warp_pair(
-    image: np.ndarray, mask: np.ndarray, matrix: np.ndarray | None, field: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the affine ``matrix`` then the displacement ``field`` (either may be None) to image and mask alike."""
-    h, w = image.shape
-    fill = float(image.min())
+def warp(array: np.ndarray, matrix: np.ndarray | None, field: np.ndarray | None, nearest: bool = False) -> np.ndarray:
+    """Apply the affine ``matrix`` then the displacement ``field`` (either may be None) to one (h, w) map:
+    bilinear with the map's minimum as fill, or, for masks, ``nearest`` neighbour with fill 0."""
+    if matrix is None and field is None:
+        return array
+    h, w = array.shape
+    flags, fill = (cv2.INTER_NEAREST, 0) if nearest else (cv2.INTER_LINEAR, float(array.min()))
     if field is None:
-        if matrix is None:
-            return image, mask
-        constant = cv2.BORDER_CONSTANT
-        warped = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=constant, borderValue=fill)
-        return warped, cv2.warpAffine(mask, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=constant, borderValue=0)
+        return cv2.warpAffine(array, matrix, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
     # With a field, the affine is folded into the same sampling maps: one interpolation blurs less than two.
     map_x = np.arange(w, dtype=np.float32)[None, :] + field[..., 0]
     map_y = np.arange(h, dtype=np.float32)[:, None] + field[..., 1]
     if matrix is not None:
         (a, b, c), (d, e, f) = cv2.invertAffineTransform(matrix).astype(np.float32)
         map_x, map_y = a * map_x + b * map_y + c, d * map_x + e * map_y + f
-    warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
-    return warped, cv2.remap(mask, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.remap(array, map_x, map_y, flags, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+
+
+def warp_pair(
+    image: np.ndarray, mask: np.ndarray, matrix: np.ndarray | None, field: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`warp` an image (bilinear) and its mask (nearest) alike."""
+    return warp(image, matrix, field), warp(mask, matrix, field, nearest=True)
 
 
 def speckle(image: np.ndarray, cv: float, rng: np.random.Generator) -> np.ndarray:
@@ -277,30 +282,40 @@ class Augment:
         self.params = params
 
     def __call__(
-        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return a new float32 image and uint8 mask of the input shape; the inputs are not modified."""
-        if image.ndim != 2 or image.shape != mask.shape:
-            raise ValueError(f"expected 2-D image and mask of one shape, got {image.shape} and {mask.shape}")
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, soft: np.ndarray | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Return a new float32 image and uint8 mask of the input shape, plus the warped float32 ``soft`` map when
+        one is given; the inputs are not modified. ``soft`` follows the geometry only: it stands for what the
+        scan shows, which gain, noise or a shadow do not change."""
+        if image.ndim != 2 or image.shape != mask.shape or (soft is not None and soft.shape != image.shape):
+            shapes = " and ".join(str(a.shape) for a in (image, mask, soft) if a is not None)
+            raise ValueError(f"expected 2-D image, mask and soft map of one shape, got {shapes}")
         image = image.astype(np.float32)  # astype copies: later steps may work in place
         mask = mask.astype(np.uint8)
-        if not self.params.enabled:
-            return image, mask
+        if self.params.enabled:
+            image, mask, soft = self._augment(image, mask, soft, rng)
+        return (image, mask) if soft is None else (image, mask, soft.astype(np.float32))
+
+    def _augment(
+        self, image: np.ndarray, mask: np.ndarray, soft: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         plan = self._draw(rng, image.shape)
         if plan.flip:
             image, mask = cv2.flip(image, 1), cv2.flip(mask, 1)
+            soft = None if soft is None else cv2.flip(soft, 1)
         field = None
         if plan.elastic_seed is not None:
             p, field_rng = self.params, np.random.default_rng(plan.elastic_seed)
             field = elastic_field(image.shape, p.elastic_alpha, p.elastic_sigma, field_rng)
         image, mask = warp_pair(image, mask, plan.matrix, field)
+        soft = None if soft is None else warp(soft, plan.matrix, field)
         if plan.shadow is not None:
             image = shadow(image, plan.shadow)
         if plan.speckle_seed is not None:
             image = speckle(image, self.params.speckle, np.random.default_rng(plan.speckle_seed))
         if plan.levels is not None:
             image = levels(image, *plan.levels)
-        return image, mask
+        return image, mask, soft
 
     def _draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> _Plan:
         # Each part takes the same number of draws whether it fires or not, and the noise fields come from seeds

@@ -30,10 +30,17 @@ def load_split(folder: Path, split_csv: Path, split: str, mode: str) -> tuple[np
 
 
 class SegmentationSet(Dataset):
-    """(image, mask) tensors of shape (1, S, S); augmented with a generator fixed by (seed, epoch, index)."""
+    """(image, mask) tensors of shape (1, S, S); augmented with a generator fixed by (seed, epoch, index).
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Augment | None = None, seed: int = 0):
-        self.images, self.masks, self.augment, self.seed = images, masks, augment, seed
+    With ``soft`` maps (N, S, S), e.g. a teacher's logits for the unaugmented images, each sample is
+    (image, mask, soft), the soft map warped with the image's geometry (:class:`~ultraseg.data.augment.Augment`).
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Augment | None = None, seed: int = 0,
+                 soft: np.ndarray | None = None):
+        if soft is not None and soft.shape != images.shape:
+            raise ValueError(f"soft maps {soft.shape} do not match the images {images.shape}")
+        self.images, self.masks, self.augment, self.seed, self.soft = images, masks, augment, seed, soft
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -42,8 +49,8 @@ class SegmentationSet(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.images[index], self.masks[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        arrays = (self.images[index], self.masks[index]) + (() if self.soft is None else (self.soft[index],))
         if self.augment is not None:
-            image, mask = self.augment(image, mask, worker_seed(self.seed, self.epoch, index))
-        return torch.from_numpy(np.ascontiguousarray(image)[None]), torch.from_numpy(mask[None].astype(np.float32))
+            arrays = self.augment(*arrays[:2], worker_seed(self.seed, self.epoch, index), *arrays[2:])
+        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)[None]) for a in arrays)
