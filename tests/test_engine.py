@@ -70,13 +70,15 @@ def test_same_params_same_result(tmp_path) -> None:
     assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path) -> None:
-    reference = run(tmp_path / "ref")
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, ema: float) -> None:
+    cfg = replace(CFG, ema=ema)
+    reference = run(tmp_path / "ref", cfg)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", live=RecordingLive(interrupt_at=2))  # dies while logging epoch 2
+        run(tmp_path / "cut", cfg, live=RecordingLive(interrupt_at=2))  # dies while logging epoch 2
     assert (tmp_path / "cut" / "resume.pt").exists()
     live = RecordingLive()
-    resumed = run(tmp_path / "cut", live=live)
+    resumed = run(tmp_path / "cut", cfg, live=live)
     assert len(live.rows) - 1 == 3  # epoch 1 replayed from the resume file, epochs 2 and 3 trained
     assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in reference.history])
     assert all(torch.allclose(resumed.best_state[k].float(), reference.best_state[k].float())
@@ -89,6 +91,20 @@ def test_resume_file_of_other_params_is_ignored(tmp_path) -> None:
     live = RecordingLive()
     run(tmp_path, live=live, run_id="other")
     assert len(live.rows) - 1 == 3 and "train/loss" in live.rows[0]  # trained from epoch 1, nothing replayed
+
+
+def test_ema_keeps_and_validates_the_weight_average(tmp_path) -> None:
+    """With a decay near 1 the average stays near the weights after the first step (where it starts), however far
+    training moves them."""
+    torch.manual_seed(0)
+    initial = build_model(CFG.model.config()).state_dict()
+    slow = run(tmp_path / "slow", replace(CFG, ema=0.9999, epochs=4))
+    plain = run(tmp_path / "plain", replace(CFG, epochs=4))
+    weights = [k for k, v in initial.items() if v.is_floating_point() and "running" not in k]
+    drift = max((slow.best_state[k] - initial[k]).abs().max().item() for k in weights)
+    moved = max((plain.best_state[k] - initial[k]).abs().max().item() for k in weights)
+    assert moved > 1e-2 and drift < moved / 5
+    assert slow.history[0]["val_dice"] != plain.history[0]["val_dice"]  # validated on the average
 
 
 def test_early_stopping_stops_after_patience(tmp_path) -> None:

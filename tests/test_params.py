@@ -129,6 +129,9 @@ def test_every_literal_value_is_accepted():
         ({"split": {"duplicates": {"min_ncc": 1.5}}}, r"^split\.duplicates\.min_ncc: expected a value in \[-1\.0, 1\.0\]"),
         ({"split": {"duplicates": {"min_overlap": -0.1}}}, r"^split\.duplicates\.min_overlap: "),
         ({"distill": {"baseline": False}}, r"^distill\.keep: 'best' compares with the baseline"),
+        ({"train": {"ema": 1.0}}, r"^train\.ema: expected a value in \[0\.0, 0\.9999\], got 1\.0$"),
+        ({"distill": {"ema": -0.5}}, r"^distill\.ema: expected a value in \[0\.0, 0\.9999\]"),
+        ({"distill": {"teacher_logits": "stale"}}, r"^distill\.teacher_logits: expected one of 'cached', 'live'"),
     ],
 )
 def test_validate_rejects_bad_values(data, pattern):

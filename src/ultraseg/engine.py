@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -132,12 +133,17 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    # the weight average is what gets validated and kept: it smooths the epoch-to-epoch swings of a small val set
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    evaluated = ema.module if ema else model
 
     result = FitResult(copy.deepcopy(model.state_dict()), 0, {"dice": float("nan")}, 0)
     best_score = -math.inf
     start_epoch, elapsed = 0, 0.0
     if (resumed := _load_resume(resume_path, run_id)) is not None:
         model.load_state_dict(resumed["model"])
+        if ema:
+            ema.load_state_dict(resumed["ema"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         torch.set_rng_state(resumed["torch_rng"])
@@ -171,10 +177,12 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
             scaler.update()
             if cfg.scheduler != "plateau":
                 scheduler.step()
+            if ema:
+                ema.update_parameters(model)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
 
-        val = validate(model, val_images, val_masks, loss_fn, device, cfg.threshold)
+        val = validate(evaluated, val_images, val_masks, loss_fn, device, cfg.threshold)
         if cfg.scheduler == "plateau":
             scheduler.step(val["dice"])
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
@@ -185,12 +193,12 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         if _score(val) > best_score:
             best_score = _score(val)
             result.best, result.best_epoch = val, epoch + 1
-            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            result.best_state = {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}
         result.epochs_run, result.seconds = epoch + 1, row["seconds"]
         tqdm.write(f"{desc} epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
                    f"val dice {val['dice']:.4f}  iou {val['iou']:.4f}  best {result.best['dice']:.4f} "
                    f"(epoch {result.best_epoch})  {row['seconds'] / 60:.1f} min")
-        _save_resume(resume_path, run_id, model, optimizer, scheduler, result, epoch)
+        _save_resume(resume_path, run_id, model, ema, optimizer, scheduler, result, epoch)
         if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
             tqdm.write(f"{desc}: no better val Dice for {cfg.patience} epochs, stopping early")
             break
@@ -216,9 +224,10 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _save_resume(path: Path, run_id: str, model, optimizer, scheduler, result: FitResult, epoch: int) -> None:
+def _save_resume(path: Path, run_id: str, model, ema, optimizer, scheduler, result: FitResult, epoch: int) -> None:
     state = {"run_id": run_id, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "result": result}
+             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "result": result,
+             "ema": ema.state_dict() if ema else None}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

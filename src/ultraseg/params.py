@@ -263,6 +263,9 @@ class TrainParams:
     """Early stopping: epochs without a better val Dice before training stops; 0 never stops early."""
     grad_clip: float = 1.0
     """Largest gradient norm; 0 disables clipping."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights (and BatchNorm statistics), updated every step;
+    validation and the saved model use the average. 0 = off."""
     threshold: float = 0.5
     """Probability above which a pixel is lesion, for val Dice/IoU."""
     amp: bool = True
@@ -276,6 +279,7 @@ class TrainParams:
         for name in ("threads", "workers", "warmup_epochs", "patience", "weight_decay", "grad_clip"):
             _within(self, prefix, name, 0, float("inf"))
         _within(self, prefix, "threshold", 0.0, 1.0)
+        _within(self, prefix, "ema", 0.0, 0.9999)  # a decay of 1 would never move the average from the start
 
 
 def _default_student() -> ModelParams:
@@ -302,6 +306,8 @@ class DistillParams:
     geometric augmentation; ``live``: it runs on every augmented batch (see :mod:`ultraseg.distill`)."""
     epochs: int = 80
     lr: float = 0.003
+    ema: float = 0.0
+    """As ``train.ema``, for the student and its fine-tuning after each pruning step."""
     baseline: bool = True
     """Also train the same student without distillation (same budget and seed) to measure what it gains."""
     keep: Literal["distilled", "best"] = "best"
@@ -314,13 +320,14 @@ class DistillParams:
             _within(self, prefix, name, 0.0, 100.0)
         if self.kd_weight + self.task_weight <= 0:
             raise ParamsError(f"{prefix}: kd_weight and task_weight cannot both be 0")
+        _within(self, prefix, "ema", 0.0, 0.9999)
         if self.keep == "best" and not self.baseline:
             raise ParamsError(f"{prefix}.keep: 'best' compares with the baseline; set {prefix}.baseline: true "
                               "or keep: distilled")
 
     def budget(self, train: TrainParams) -> TrainParams:
-        """The training settings of the student: ``train``'s, with this section's model, epochs and lr."""
-        return dataclasses.replace(train, model=self.student, epochs=self.epochs, lr=self.lr)
+        """The training settings of the student: ``train``'s, with this section's model, epochs, lr and ema."""
+        return dataclasses.replace(train, model=self.student, epochs=self.epochs, lr=self.lr, ema=self.ema)
 
 
 @dataclass(frozen=True)
