@@ -230,8 +230,8 @@ def test_validate_names_the_field(field, value):
 def test_defaults_are_valid_and_frozen():
     params = PruneParams()
     params.validate("prune")
-    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.5, 4, "bn_scale", 4)
-    assert (params.calibration_batches, params.finetune_lr) == (8, 0.003)
+    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.5, 2, "bn_scale", 4)
+    assert (params.calibration_batches, params.finetune_lr, params.finetune_epochs) == (8, 0.003, 30)
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.ratio = 0.1
 
