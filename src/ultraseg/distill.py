@@ -73,18 +73,12 @@ class DistillLoss(nn.Module):
         return self._last[1]
 
 
-def cached_logits(teacher: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
-    """The teacher's logits (N, S, S) for normalised, unaugmented images (N, S, S), for ``teacher_logits: cached``."""
-    return engine.predict_logits(teacher, images, device)[:, 0].numpy()
-
-
-def teacher_targets(params: Params, teacher: nn.Module, data_dir: Path, split_csv: Path,
-                    device: torch.device) -> np.ndarray | None:
-    """The cached teacher logits of the train split, or None when ``distill.teacher_logits`` is ``live``."""
-    if params.distill.teacher_logits != "cached":
+def teacher_targets(params: Params, teacher: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray | None:
+    """The teacher's logits (N, S, S) for normalised, unaugmented train images (N, S, S), computed once; None when
+    the teacher runs live or distillation is off."""
+    if params.distill.teacher_logits != "cached" or params.distill.kd_weight == 0:
         return None
-    train_x, _, _ = load_split(data_dir, split_csv, "train", params.preprocess.normalize)
-    return cached_logits(teacher, train_x, device)
+    return engine.predict_logits(teacher, images, device)[:, 0].numpy()
 
 
 def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out: Path, live_dir: Path,
@@ -98,7 +92,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
         teacher = teacher.to(memory_format=torch.channels_last)
     task = build_loss(params_mod.to_dict(params.train.loss))
     data_rid = run_id(params, split_csv, *data_files(data_dir), teacher_path) + params_mod.digest(cfg)
-    soft = teacher_targets(params, teacher, data_dir, split_csv, device) if cfg.kd_weight > 0 else None
+    train_x, _, _ = load_split(data_dir, split_csv, "train", params.preprocess.normalize)
+    soft = teacher_targets(params, teacher, train_x, device)
 
     def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
         engine.seed_everything(budget.seed)  # both runs start from the same initial weights

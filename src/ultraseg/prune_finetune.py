@@ -38,8 +38,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     d = params.distill
     loss = DistillLoss(build_loss(params_mod.to_dict(params.train.loss)), teacher, d.temperature, d.task_weight,
                        d.kd_weight)
-    soft = teacher_targets(params, teacher, data_dir, split_csv, device) if d.kd_weight > 0 else None
-    train_set = SegmentationSet(train_x, train_y, Augment(budget.augment), budget.seed, soft)
+    train_set = SegmentationSet(train_x, train_y, Augment(budget.augment), budget.seed,
+                                teacher_targets(params, teacher, train_x, device))
     example = torch.from_numpy(val_x[:1, None]).to(device)
 
     def val_dice(model) -> float:
