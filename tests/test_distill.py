@@ -117,12 +117,24 @@ class Counting(Constant):
         return super().forward(x)
 
 
-def test_teacher_runs_once_for_a_batch_seen_again() -> None:
+def test_teacher_runs_once_for_a_val_batch_seen_again() -> None:
+    teacher, task = Counting(), build_loss({"bce": 1.0})
+    loss = DistillLoss(task, teacher, 2.0, 1.0, 1.0)
+    images, masks, logits = torch.randn(3, 1, 4, 4), torch.zeros(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)
+    with torch.no_grad():  # as in validation
+        first = loss(logits, images, masks)
+        again = loss(logits, images.clone(), masks)  # the val set, next epoch
+        assert teacher.calls == 1 and again.item() == first.item()
+        images.add_(1.0)  # changed in place: the kept answer must not be reused
+        changed = loss(logits, images, masks)
+    assert teacher.calls == 2 and changed.item() != first.item()
+
+
+def test_teacher_runs_on_every_training_batch() -> None:
     teacher, task = Counting(), build_loss({"bce": 1.0})
     loss = DistillLoss(task, teacher, 2.0, 1.0, 1.0)
     images, masks = torch.randn(3, 1, 4, 4), torch.zeros(3, 1, 4, 4)
-    first = loss(torch.zeros(3, 1, 4, 4), images, masks)
-    again = loss(torch.zeros(3, 1, 4, 4), images.clone(), masks)  # the val set, next epoch
-    assert teacher.calls == 1 and again.item() == first.item()
-    loss(torch.zeros(3, 1, 4, 4), images + 1, masks)
-    assert teacher.calls == 2
+    logits = torch.zeros(3, 1, 4, 4, requires_grad=True)
+    for _ in range(2):
+        loss(logits, images, masks).backward()
+    assert teacher.calls == 2 and loss._last is None  # nothing kept from training batches

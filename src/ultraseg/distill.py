@@ -65,12 +65,15 @@ class DistillLoss(nn.Module):
             loss = loss + self.kd_weight * kd_loss(logits, teacher_logits, self.temperature)
         return loss
 
-    @torch.no_grad()
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
-        # Validation shows the same images every epoch: the frozen teacher's answer for the last batch is kept.
-        if self._last is None or not torch.equal(self._last[0], images):
-            self._last = (images.clone(), self.teacher(images).float())
-        return self._last[1]
+        training = torch.is_grad_enabled()
+        with torch.no_grad():
+            if training:  # a new augmented batch every step: nothing to reuse
+                return self.teacher(images).float()
+            # validation (under no_grad) shows the same images every epoch: the answer for the last batch is kept
+            if self._last is None or not torch.equal(self._last[0], images):
+                self._last = (images.clone(), self.teacher(images).float())
+            return self._last[1]
 
 
 def teacher_targets(params: Params, teacher: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray | None:

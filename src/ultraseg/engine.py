@@ -1,7 +1,7 @@
 """The training loop (after nanoGPT's ``train.py``: one loop, read top to bottom) and its small helpers.
 
-:func:`fit` trains any segmentation model with any loss of ``(logits, images, masks)``, so the teacher and the
-distilled student share it. Every epoch it validates, logs to dvclive, keeps the best weights by val Dice and writes
+:func:`fit` trains any segmentation model with any loss of ``(logits, images, masks, *extra)`` (:data:`LossFn`), so
+the teacher and the distilled student share it. Every epoch it validates, logs to dvclive, keeps the best weights by val Dice and writes
 a resume file; an interrupted run started again with the same params continues from its last finished epoch.
 """
 
@@ -135,14 +135,14 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     # the weight average is what gets validated and kept: it smooths the epoch-to-epoch swings of a small val set
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
-    evaluated = ema.module if ema else model
+    evaluated = model if ema is None else ema.module
 
     result = FitResult(copy.deepcopy(model.state_dict()), 0, {"dice": float("nan")}, 0)
     best_score = -math.inf
     start_epoch, elapsed = 0, 0.0
     if (resumed := _load_resume(resume_path, run_id)) is not None:
         model.load_state_dict(resumed["model"])
-        if ema:
+        if ema is not None:
             ema.load_state_dict(resumed["ema"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
@@ -177,7 +177,7 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
             scaler.update()
             if cfg.scheduler != "plateau":
                 scheduler.step()
-            if ema:
+            if ema is not None:
                 ema.update_parameters(model)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -227,7 +227,7 @@ def _worker_init(_: int) -> None:
 def _save_resume(path: Path, run_id: str, model, ema, optimizer, scheduler, result: FitResult, epoch: int) -> None:
     state = {"run_id": run_id, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "result": result,
-             "ema": ema.state_dict() if ema else None}
+             "ema": None if ema is None else ema.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

@@ -63,9 +63,10 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
         pruned = prune(student.train(), example, cfg, finetune=finetune, example_batch=batch, loss_fn=loss,
                        calibration=calibration)
 
+    after = val_dice(pruned)  # on `device`, where the teacher in the loss is
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = model_meta(params, student_meta["model"], "pruned_student", rid) | {
-        "pruned_widths": pruned_widths(pruned), "prune": params_mod.to_dict(cfg), "val_dice": val_dice(pruned)}
+        "pruned_widths": pruned_widths(pruned), "prune": params_mod.to_dict(cfg), "val_dice": after}
     checkpoint.save(out, pruned, meta)
     _check_reload(out, pruned, example.cpu())
     sizes = summary(before.cpu(), pruned, size)

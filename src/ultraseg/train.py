@@ -1,7 +1,8 @@
 """The train stage's work: fit the teacher on the train split, select on val, leave test alone.
 
 :func:`fit_and_save` is shared with distillation: it trains any model under a ``TrainParams`` budget with any
-loss of ``(logits, images, masks)``, logs to dvclive and writes a rebuildable checkpoint.
+loss of ``(logits, images, masks, *extra)`` (:data:`ultraseg.engine.LossFn`), logs to dvclive and writes a rebuildable
+checkpoint.
 """
 
 from __future__ import annotations
