@@ -9,7 +9,8 @@ Each variant runs in a fresh process; compare variants within one run, never acr
 
 from pathlib import Path
 
-from ultraseg import benchmark, io
+from ultraseg import io
+from ultraseg.pipeline import benchmark
 from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.variants import DEPLOYED
 

@@ -8,7 +8,8 @@ dvclive/distill (and dvclive/distill_baseline).
 
 from pathlib import Path
 
-from ultraseg import distill, io
+from ultraseg import io
+from ultraseg.pipeline import distill
 from ultraseg.cli import fail_cleanly, parse, parser
 
 

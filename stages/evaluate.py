@@ -10,7 +10,8 @@ the deployed int8 model).
 
 from pathlib import Path
 
-from ultraseg import evaluate, io
+from ultraseg import io
+from ultraseg.pipeline import evaluate
 from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.variants import DEPLOYED, by_name
 

@@ -8,7 +8,8 @@ if a file's output differs from its model's on an input of another size than the
 
 from pathlib import Path
 
-from ultraseg import deploy, io
+from ultraseg import io
+from ultraseg.pipeline import export
 from ultraseg.cli import fail_cleanly, parse, parser
 
 
@@ -21,7 +22,7 @@ def main(argv=None) -> None:
     args, params = parse(ap, argv)
     with io.atomic_path(args.out) as tmp:
         tmp.mkdir()
-        summary = deploy.export_all(params, args.models, tmp)
+        summary = export.export_all(params, args.models, tmp)
     io.write_json(args.metrics, summary)
 
 

@@ -7,7 +7,7 @@ data/raw/manifest.csv (id,class,file,width,height,mask_files,sha256). Downloads 
 from pathlib import Path
 
 from ultraseg.cli import fail_cleanly, parse, parser
-from ultraseg.data import busi
+from ultraseg.pipeline import fetch
 
 
 @fail_cleanly
@@ -16,7 +16,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("data/raw"))
     ap.add_argument("--cache", type=Path, default=Path("data/downloads"))
     args, params = parse(ap, argv)
-    rows = busi.fetch(params.fetch.source, args.out, args.cache, params.fetch.sha256)
+    rows = fetch.run(params.fetch, args.out, args.cache)
     print(f"fetch: {len(rows)} images from {params.fetch.source} -> {args.out}")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ultraseg import io
 from ultraseg.cli import fail_cleanly, parse, parser
-from ultraseg.data import preprocess
+from ultraseg.pipeline import preprocess
 from ultraseg.data.dataset import split_ids
 
 

@@ -8,7 +8,8 @@ and dvclive curves in dvclive/prune.
 
 from pathlib import Path
 
-from ultraseg import io, prune_finetune
+from ultraseg import io
+from ultraseg.pipeline import prune_finetune
 from ultraseg.cli import fail_cleanly, parse, parser
 
 

@@ -8,7 +8,8 @@ stay float, and batch-1 latency (1 thread) of the int8 model against the fp32 on
 
 from pathlib import Path
 
-from ultraseg import deploy, io
+from ultraseg import io
+from ultraseg.pipeline import quantize
 from ultraseg.cli import fail_cleanly, parse, parser
 
 
@@ -22,7 +23,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=Path("models/pruned.int8.onnx"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/quantize.json"))
     args, params = parse(ap, argv)
-    summary = deploy.quantize_deployable(params, args.onnx, args.models, args.data, args.split, args.out)
+    summary = quantize.quantize_deployable(params, args.onnx, args.models, args.data, args.split, args.out)
     io.write_json(args.metrics, summary)
     print(f"quantize: val Dice fp32 {summary['val_dice_fp32']} int8 {summary['val_dice_int8']}; int8 "
           f"x{summary['speedup_int8_vs_fp32']} vs fp32, x{summary['speedup_int8_vs_teacher_eager']} vs teacher eager")

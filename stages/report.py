@@ -6,7 +6,8 @@ Writes REPORT.md.
 
 from pathlib import Path
 
-from ultraseg import io, report
+from ultraseg import io
+from ultraseg.pipeline import report
 from ultraseg.cli import fail_cleanly, parse, parser
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ultraseg import io
 from ultraseg.cli import fail_cleanly, parse, parser
-from ultraseg.data import split
+from ultraseg.pipeline import split
 
 
 @fail_cleanly

@@ -8,7 +8,8 @@ models/.resume/train.pt when started again with the same params and data.
 
 from pathlib import Path
 
-from ultraseg import io, train
+from ultraseg import io
+from ultraseg.pipeline import train
 from ultraseg.cli import fail_cleanly, parse, parser
 
 

@@ -7,11 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR = REPO_ROOT.parent / "shared" / "data" / "busi"
 CLASSES = ("benign", "malignant", "normal")
+TINY = [4, 8, 16]
+"""Channel widths small enough that every model variant builds and runs in milliseconds."""
+STAGES = tuple(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
+"""The pipeline's stages, in dvc.yaml's order (which is the order they run in)."""
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +30,29 @@ def busi_mirror() -> Path:
     if not all((MIRROR / cls).is_dir() for cls in CLASSES):
         pytest.skip(f"BUSI mirror not found at {MIRROR}")
     return MIRROR
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_params(path: Path, overrides: dict | None = None) -> Path:
+    """The project's params.yaml with ``overrides`` merged in (mappings merge, other values replace), written to
+    ``path``: a params file must set every key, so tests change keys of the real one."""
+    data = _merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), overrides or {})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def params_file():
+    """Factory: ``params_file(path, overrides=None) -> path``, a complete params file (:func:`write_params`)."""
+    return write_params
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -203,11 +231,12 @@ def zoo(tmp_path_factory) -> Zoo:
     saved as every variant: teacher/student/pruned checkpoints, their ONNX files and an int8 file."""
     import torch
 
-    from ultraseg import checkpoint, onnx_io, quantize
+    from ultraseg import checkpoint, onnx_io, quantization
     from ultraseg.data import preprocess
     from ultraseg.io import write_csv
     from ultraseg.models import build_model
-    from ultraseg.params import PreprocessParams
+    from ultraseg.params import ExportParams, PreprocessParams, QuantizeParams
+    from ultraseg.pipeline import preprocess as preprocess_stage
 
     size = 32
     root = tmp_path_factory.mktemp("zoo")
@@ -221,7 +250,7 @@ def zoo(tmp_path_factory) -> Zoo:
             split.append({"id": image_id, "class": cls, "split": "val" if k < n_val else "test"})
     write_raw(root / "raw", images, masks)
     write_csv(root / "split.csv", split, ["id", "class", "split"])
-    preprocess.run(root / "raw", root / "data", PreprocessParams(size=size))
+    preprocess_stage.run(root / "raw", root / "data", PreprocessParams(size=size))
     models = root / "models"
     (models / "onnx").mkdir(parents=True)
     torch.manual_seed(0)
@@ -230,8 +259,8 @@ def zoo(tmp_path_factory) -> Zoo:
         meta = {"kind": network, "model": config, "size": size, "threshold": 0.5, "normalize": "zscore"}
         model = build_model(config).eval()
         checkpoint.save(models / f"{network}.pt", model, meta)
-        onnx_io.export(model, models / "onnx" / f"{network}.onnx", onnx_io.ExportParams(), meta)
+        onnx_io.export(model, models / "onnx" / f"{network}.onnx", ExportParams(), meta)
     calibration = preprocess.normalize(np.stack(list(images.values())), "zscore")
-    quantize.quantize(models / "onnx" / "pruned.onnx", models / "pruned.int8.onnx", calibration,
-                      quantize.QuantizeParams(calibration_images=8))
+    quantization.quantize(models / "onnx" / "pruned.onnx", models / "pruned.int8.onnx", calibration,
+                          QuantizeParams(calibration_images=8))
     return Zoo(root, root / "raw", root / "data", root / "split.csv", models, masks, size)

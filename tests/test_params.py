@@ -169,19 +169,34 @@ def test_load_file_errors_name_the_file(tmp_path):
         P.load(listed)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    assert P.load(empty) == P.Params()
+    with pytest.raises(ParamsError, match=rf"^{re.escape(str(empty))}: empty params file$"):
+        P.load(empty)
 
 
-def test_load_reads_values(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("preprocess:\n  size: 64\n  filter: lee\n  filters: {lee: {window: 5}}\nsplit: {seed: 7}\n")
+def test_a_cut_short_params_file_is_refused(tmp_path, repo_root):
+    """A file truncated at any line boundary leaves a key out, and is refused naming the first missing key."""
+    lines = (repo_root / "params.yaml").read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.yaml"
+    cut.write_text("".join(lines[: len(lines) - 2]))
+    with pytest.raises(ParamsError, match=rf"^{re.escape(str(cut))}: missing key benchmark\.max_disturbance; "):
+        P.load(cut)
+    only = tmp_path / "only.yaml"
+    only.write_text("fetch: {source: x, sha256: null}\n")
+    with pytest.raises(ParamsError, match=r"missing key preprocess;"):
+        P.load(only)
+
+
+def test_load_reads_values(tmp_path, params_file):
+    path = params_file(tmp_path / "params.yaml", {"preprocess": {"size": 64, "filter": "lee",
+                                                                 "filters": {"lee": {"window": 5}}},
+                                                  "split": {"seed": 7}})
     params = P.load(path)
     assert params.preprocess.size == 64
     assert params.preprocess.filter == "lee"
     assert params.preprocess.filters.kwargs("lee") == {"window": 5}
     assert params.preprocess.filters.kwargs("none") == {}
     assert params.split.seed == 7
-    assert params.preprocess.clahe == P.ClaheParams()  # untouched sections keep their defaults
+    assert params.preprocess.clahe == P.ClaheParams()  # the project's file sets the defaults
 
 
 def test_params_error_is_a_value_error():
@@ -227,3 +242,22 @@ def test_val_split_cannot_be_empty():
 def test_bad_filter_parameter_names_its_dotted_key(section, value, key):
     with pytest.raises(P.ParamsError, match="^" + key.replace(".", r"\.") + ":"):
         P.from_dict({"preprocess": {"filters": {section: value}}})
+
+
+def test_params_is_a_leaf_that_loads_nothing_heavy():
+    """The torch-free runtime and the light stages read params: importing it loads no framework and no other
+    ultraseg module."""
+    code = ("import sys, ultraseg.params; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'torch', 'onnx', 'onnxruntime', 'torch_pruning', 'numpy', 'cv2', 'scipy', 'ultraseg'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['ultraseg', 'ultraseg.params']"
+
+
+def test_directly_built_sections_get_the_file_checks():
+    """validate() re-checks every field's type, so a dataclass made in code is held to the params file's rules."""
+    with pytest.raises(ParamsError, match=r"^prune\.importance: expected one of 'l1', 'l2', 'bn_scale', 'taylor', "
+                                          r"got 'random'$"):
+        P.PruneParams(importance="random").validate("prune")
+    with pytest.raises(ParamsError, match=r"^train\.model\.widths\[1\]: expected int, got 2\.5$"):
+        P.TrainParams(model=P.ModelParams(widths=(1, 2.5))).validate("train")

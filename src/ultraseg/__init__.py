@@ -1,3 +1,1 @@
 """ultraseg: breast-ultrasound lesion segmentation, from the BUSI archive to an int8 edge model."""
-
-__version__ = "0.1.0"

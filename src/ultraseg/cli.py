@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ultraseg import params as params_mod
-from ultraseg.data.busi import DataError
+from ultraseg.errors import DataError
 
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def parse(ap: argparse.ArgumentParser, argv: Sequence[str] | None = None):
     try:
         return args, params_mod.load(args.params)
     except params_mod.ParamsError as err:
-        sys.exit(f"error: {args.params}: {err}")
+        sys.exit(f"error: {err}")
 
 
 def fail_cleanly(main):

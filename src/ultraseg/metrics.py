@@ -2,15 +2,44 @@
 
 Conventions, used everywhere a number is reported:
 
-- Dice and IoU are computed per image from the binary prediction. When both the prediction and the reference are
-  empty the score is undefined: it is NaN, never 1.0, and such cases are reported apart.
-- The headline aggregate is the mean over *lesion images* (reference not empty: benign and malignant). Normal
-  images (empty reference) are scored by ``normal_clean``: the fraction of them with no predicted lesion pixel.
+- Every case is scored at the image's ORIGINAL resolution. Network probabilities are resized there with bilinear
+  interpolation (:func:`resize_probabilities`) and only then thresholded, as ``prob > threshold``.
+- A *lesion image* has a non-empty reference (benign, malignant); a *normal image* has an empty one.
+- Undefined scores are NaN, never 1.0:
+
+  ==========================  =====  =====  =========  ======  =====
+  case                        dice   iou    precision  recall  hd95
+  ==========================  =====  =====  =========  ======  =====
+  both empty                  NaN    NaN    NaN        NaN     NaN
+  reference empty, pred not   0      0      0          NaN     NaN
+  prediction empty, ref not   0      0      NaN        0       NaN
+  ==========================  =====  =====  =========  ======  =====
+
+  HD95 is undefined when either mask is empty; those cases already count as failures (Dice 0) in the Dice mean.
+- HD95, in pixels times ``spacing``: boundaries are ``mask XOR binary_erosion(mask)`` with the 4-connected cross
+  (scipy's default structure, as medpy with ``connectivity=1`` and MONAI's ``get_mask_edges`` do; the boundary is
+  an 8-connected contour, and mask pixels on the image border are boundary pixels). The distance is
+  ``max(p95 d(pred boundary -> ref boundary), p95 d(ref boundary -> pred boundary))`` with numpy's linear
+  percentile: MONAI's ``compute_hausdorff_distance(percentile=95)``. medpy's ``hd95`` instead takes the 95th
+  percentile of both directions pooled, which is never larger; the two agree on symmetric configurations.
+- Aggregates (:func:`aggregate`): the headline ``dice`` is the mean over lesion images. Normal images are scored
+  only by ``normal_clean``, the fraction with no predicted pixel; cases with NaN Dice (both empty) are counted
+  in ``both_empty`` and are in no mean.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import cv2
 import numpy as np
+from scipy import ndimage
+
+CROSS = ndimage.generate_binary_structure(2, 1)
+LESION_CLASSES = ("benign", "malignant")
+
+
+# ---------------------------------------------------------------------------------------------------- pixel counts
 
 
 def confusion(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,12 +77,167 @@ def recall(tp, fp, fn) -> np.ndarray:
     return _ratio(tp, np.asarray(tp) + fn)
 
 
+def normal_clean(fp: np.ndarray, lesion: np.ndarray) -> float:
+    """The fraction of normal images (``lesion`` False) with no predicted pixel (``fp`` 0); NaN if there are none."""
+    return _mean((np.asarray(fp)[~np.asarray(lesion, bool)] == 0).astype(np.float64))
+
+
 def summarize(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """Lesion-image mean Dice and IoU, and the fraction of normal images predicted clean (NaN if none)."""
     tp, fp, fn = confusion(pred, target)
     lesion = (tp + fn) > 0
+    return {"dice": _mean(dice(tp, fp, fn)[lesion]), "iou": _mean(iou(tp, fp, fn)[lesion]),
+            "normal_clean": normal_clean(fp, lesion)}
+
+
+def _mask(array: np.ndarray, name: str) -> np.ndarray:
+    """A 2-D boolean mask from a bool or integer (0/1, 0/255) array; floats are refused as unthresholded."""
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D mask, got shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} has dtype {array.dtype}: threshold probabilities into a boolean mask first")
+    return array != 0
+
+
+# ---------------------------------------------------------------------------------------------------- per case
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a boolean mask: the mask minus its erosion by the 4-connected cross (border is outside)."""
+    return mask & ~ndimage.binary_erosion(mask, structure=CROSS, border_value=0)
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: float = 1.0) -> float:
+    """Symmetric 95th-percentile Hausdorff distance between the boundaries of two boolean masks; NaN if one is empty.
+
+    Computed in the bounding box of ``pred | ref``, which holds every boundary pixel and leaves the erosion
+    unchanged (a mask pixel on the box's edge has its outer neighbour outside both masks).
+    """
+    pred, ref = _mask(pred, "prediction"), _mask(ref, "reference")
+    if not pred.any() or not ref.any():
+        return float("nan")
+    union = pred | ref
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    pred_edge, ref_edge = boundary(pred[box]), boundary(ref[box])
+    to_ref = ndimage.distance_transform_edt(~ref_edge, sampling=spacing)[pred_edge]
+    to_pred = ndimage.distance_transform_edt(~pred_edge, sampling=spacing)[ref_edge]
+    return float(max(np.percentile(to_ref, 95), np.percentile(to_pred, 95)))
+
+
+def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: float = 1.0) -> dict[str, float]:
+    """Scores of one 2-D prediction against its reference at original resolution (NaN conventions: module doc).
+
+    Returns ``dice, iou, precision, recall, hd95`` and the pixel counts ``tp, fp, fn, pred_pixels, ref_pixels``.
+    """
+    pred, ref = _mask(pred, "prediction"), _mask(ref, "reference")
+    tp, fp, fn = confusion(pred[None], ref[None])
+    scores = {name: float(score(tp, fp, fn)[0]) for name, score in (
+        ("dice", dice), ("iou", iou), ("precision", precision), ("recall", recall))}
+    tp, fp, fn = int(tp[0]), int(fp[0]), int(fn[0])
+    return {**scores, "hd95": hd95(pred, ref, spacing), "tp": tp, "fp": fp, "fn": fn,
+            "pred_pixels": tp + fp, "ref_pixels": tp + fn}
+
+
+def evaluate_cases(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], ids: Sequence[str],
+                   classes: Sequence[str], spacing: float = 1.0) -> list[dict]:
+    """One row ``{id, class, **case_metrics}`` per case; all four sequences have one entry per case."""
+    if not len(preds) == len(refs) == len(ids) == len(classes):
+        raise ValueError(f"{len(preds)} predictions, {len(refs)} references, {len(ids)} ids, {len(classes)} classes")
+    return [{"id": i, "class": c, **case_metrics(p, r, spacing)} for p, r, i, c in zip(preds, refs, ids, classes)]
+
+
+# ---------------------------------------------------------------------------------------------------- aggregates
+
+
+def _mean(values: np.ndarray) -> float:
+    """Mean of the non-NaN values; NaN (without a warning) if there are none."""
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap 95% CI of the mean: ``n_boot`` resamples with replacement, drawn as one index matrix."""
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    idx = np.random.default_rng(seed).integers(0, values.size, size=(n_boot, values.size))
+    low, high = np.percentile(values[idx].mean(axis=1), [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """Headline and secondary aggregates of :func:`evaluate_cases` rows.
+
+    ``dice`` (the headline), ``iou``, ``precision``, ``recall`` and ``hd95`` are means over lesion images, NaNs left
+    out (precision: images with an empty prediction; ``hd95_nan`` counts the lesion images without an HD95);
+    ``dice_ci95`` is the percentile bootstrap 95% CI of the headline over lesion images; ``dice_pooled`` is the
+    micro Dice of the TP/FP/FN pixels summed over lesion images (what some papers report); ``by_class`` has the
+    lesion-image means per lesion class; ``normal_clean`` is the fraction of normal images with no predicted pixel;
+    ``both_empty`` counts the cases with NaN Dice.
+    """
+    col = {key: np.array([row[key] for row in rows], dtype=np.float64)
+           for key in ("dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn", "pred_pixels", "ref_pixels")}
+    cls = np.array([row["class"] for row in rows], dtype=object)
+    lesion, normal = col["ref_pixels"] > 0, col["ref_pixels"] == 0
+    tp, fp, fn = (col[key][lesion].sum() for key in ("tp", "fp", "fn"))
+    by_class = {}
+    for name in LESION_CLASSES:
+        sel = lesion & (cls == name)
+        by_class[name] = {"n": int(sel.sum()), **{key: _mean(col[key][sel]) for key in ("dice", "iou", "hd95")}}
     return {
-        "dice": float(np.mean(dice(tp, fp, fn)[lesion])) if lesion.any() else float("nan"),
-        "iou": float(np.mean(iou(tp, fp, fn)[lesion])) if lesion.any() else float("nan"),
-        "normal_clean": float(np.mean(fp[~lesion] == 0)) if (~lesion).any() else float("nan"),
+        "n_lesion": int(lesion.sum()),
+        "n_normal": int(normal.sum()),
+        "dice": _mean(col["dice"][lesion]),
+        "dice_ci95": bootstrap_ci(col["dice"][lesion], n_boot, seed),
+        **{key: _mean(col[key][lesion]) for key in ("iou", "precision", "recall", "hd95")},
+        "hd95_nan": int(np.isnan(col["hd95"][lesion]).sum()),
+        "dice_pooled": float(dice(tp, fp, fn)),
+        "by_class": by_class,
+        "normal_clean": normal_clean(col["pred_pixels"], lesion),
+        "both_empty": int(np.isnan(col["dice"]).sum()),
     }
+
+
+# ---------------------------------------------------------------------------------------------------- probabilities
+
+
+def resize_probabilities(prob: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Float32 probabilities (H, W) at network size, bilinearly resized (cv2 INTER_LINEAR, half-pixel centres as
+    torch's ``align_corners=False``) to ``size_hw`` = (height, width) of the original image, to threshold there."""
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 2:
+        raise ValueError(f"expected 2-D probabilities, got shape {prob.shape}")
+    height, width = size_hw
+    return cv2.resize(prob, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+
+
+def threshold_curve(probs: Sequence[np.ndarray], refs: Sequence[np.ndarray], thresholds: np.ndarray) -> list[dict]:
+    """Lesion-image mean Dice and ``normal_clean`` of ``prob > t`` for every threshold ``t`` (VAL split only).
+
+    Per image, the probabilities of reference and background pixels are sorted once, so the TP and FP counts at all
+    thresholds come from one ``searchsorted`` each. Probabilities must already be at the references' resolution.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    tp, fp, fn = (np.zeros((len(refs), thresholds.size), np.int64) for _ in range(3))
+    for i, (prob, ref) in enumerate(zip(probs, refs, strict=True)):
+        ref = _mask(ref, "reference")
+        if np.shape(prob) != ref.shape:
+            raise ValueError(f"case {i}: probabilities {np.shape(prob)} differ from reference {ref.shape}")
+        lesion_p, background_p = np.sort(prob[ref]), np.sort(prob[~ref])
+        tp[i] = lesion_p.size - np.searchsorted(lesion_p, thresholds, side="right")
+        fp[i] = background_p.size - np.searchsorted(background_p, thresholds, side="right")
+        fn[i] = lesion_p.size - tp[i]
+    lesion = (tp + fn)[:, 0] > 0
+    scores = dice(tp, fp, fn)
+    return [{"threshold": float(t), "dice": _mean(scores[lesion, j]), "normal_clean": normal_clean(fp[:, j], lesion)}
+            for j, t in enumerate(thresholds)]
+
+
+def choose_threshold(curve: Sequence[dict]) -> float:
+    """The threshold of maximal lesion-mean Dice; ties go to the one closest to 0.5, then to the lower one."""
+    dice = np.array([point["dice"] for point in curve], dtype=np.float64)
+    if dice.size == 0 or np.isnan(dice).all():
+        raise ValueError("no threshold has a lesion-mean Dice (no lesion images in the curve)")
+    best = [p["threshold"] for p, d in zip(curve, dice) if d >= np.nanmax(dice) - 1e-12]
+    return float(min(best, key=lambda t: (abs(t - 0.5), t)))

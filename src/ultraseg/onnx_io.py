@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
@@ -33,14 +31,12 @@ import torch
 from torch import nn
 
 from ultraseg.io import atomic_path
+from ultraseg.params import ExportParams
 
 INPUT = "input"
 OUTPUT = "logits"
 DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
 """Axis -> ``dim_param`` of the input and output."""
-OPSETS = {"dynamo": (18, 23), "torchscript": (17, 20)}
-"""Default-domain opsets each exporter writes (inclusive): dynamo has no translations below 18, the TorchScript
-exporter none above 20; ONNX Runtime 1.32 runs all of them."""
 EXAMPLE_SIZE = 64
 """Side of the example input traced at export when the metadata has no ``size``; any size works."""
 PARITY_SEED = 0
@@ -48,37 +44,6 @@ PARITY_SEED = 0
 
 class ParityError(RuntimeError):
     """The ONNX file's output differs from the PyTorch model's by more than the tolerance."""
-
-
-@dataclass(frozen=True)
-class ExportParams:
-    opset: int = 18
-    """ONNX default-domain opset of the exported graph."""
-    parity_height: int = 97
-    parity_width: int = 133
-    """Size of the parity-check input: odd, and different from the training size, so a graph that froze the
-    export size or mishandles odd sizes fails."""
-    rtol: float = 1e-3
-    atol: float = 1e-4
-    """Parity passes when every logit satisfies ``|onnx - torch| <= atol + rtol * |torch|`` (numpy.allclose)."""
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
-
-    def validate(self, prefix: str) -> None:
-        """Raise ``ValueError`` naming the dotted key of the first invalid value."""
-        key = f"{prefix}." if prefix else ""
-        if self.exporter not in OPSETS:
-            raise ValueError(f"{key}exporter: expected one of {', '.join(OPSETS)}, got {self.exporter!r}")
-        low, high = OPSETS[self.exporter]
-        if not low <= self.opset <= high:
-            raise ValueError(f"{key}opset: the {self.exporter} exporter writes opsets {low}-{high}, got {self.opset!r}")
-        for name in ("parity_height", "parity_width"):
-            if not getattr(self, name) >= 1:
-                raise ValueError(f"{key}{name}: expected a positive size, got {getattr(self, name)!r}")
-        for name in ("rtol", "atol"):
-            if not 0 <= getattr(self, name) < math.inf:
-                raise ValueError(f"{key}{name}: expected a finite value >= 0, got {getattr(self, name)!r}")
-        if self.rtol == 0 and self.atol == 0:
-            raise ValueError(f"{key}atol: rtol and atol cannot both be 0 (float kernels never agree bit for bit)")
 
 
 # ---------------------------------------------------------------------------------------------------- export

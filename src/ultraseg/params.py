@@ -1,9 +1,15 @@
 """Load ``params.yaml`` once into typed, validated dataclasses.
 
-Every section of ``params.yaml`` has a dataclass here. Loading walks the YAML tree against the dataclass fields
-(a key left out takes the dataclass default): an unknown key or a value of the wrong type raises
-:class:`ParamsError` naming the dotted key, so
-``dvc exp run -S train.lr=abc`` fails at once with ``train.lr: expected float, got 'abc'``.
+Every section of ``params.yaml`` has a dataclass here, and this module imports nothing heavy and nothing else from
+``ultraseg``: a stage that only copies files, the report, and the torch-free runtime all read their params without
+loading PyTorch or ONNX Runtime.
+
+Loading walks the YAML tree against the dataclass fields: a key the schema does not know, a key the file leaves out,
+or a value of the wrong type raises :class:`ParamsError` naming the dotted key, so
+``dvc exp run -S train.lr=abc`` fails at once with ``train.lr: expected float, got 'abc'``. Every section is then
+checked the same way: :meth:`Section.validate` re-checks each field against its annotation (so a dataclass built in
+code gets the same checks as one read from a file) and then runs the section's own range rules, ``check``, which
+report through :func:`_require`.
 """
 
 from __future__ import annotations
@@ -11,19 +17,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
-
-from ultraseg.data.augment import AugmentParams
-from ultraseg.onnx_io import ExportParams
-from ultraseg.prune import PruneParams
-from ultraseg.quantize import QuantizeParams
 
 
 class ParamsError(ValueError):
@@ -33,22 +36,57 @@ class ParamsError(ValueError):
 # ---------------------------------------------------------------------------------------------------- checks
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _require(obj: Any, prefix: str, name: str, ok: Callable[[Any], bool], expected: str) -> None:
+    """The one way a rule reports: ``prefix.name: expected <expected>, got <value>`` unless ``ok(value)``.
+
+    Rules are written as comparisons that NaN fails."""
+    value = getattr(obj, name)
+    if not ok(value):
+        raise ParamsError(f"{_join(prefix, name)}: expected {expected}, got {value!r}")
+
+
 def _positive(obj: Any, prefix: str, *names: str) -> None:
     for name in names:
-        if not getattr(obj, name) > 0:
-            raise ParamsError(f"{prefix}.{name}: expected a positive number, got {getattr(obj, name)!r}")
+        _require(obj, prefix, name, lambda v: 0 < v < math.inf, "a positive number")
 
 
-def _within(obj: Any, prefix: str, name: str, low: float, high: float) -> None:
-    if not low <= getattr(obj, name) <= high:
-        raise ParamsError(f"{prefix}.{name}: expected a value in [{low}, {high}], got {getattr(obj, name)!r}")
+def _within(obj: Any, prefix: str, name: str, low: float, high: float, *, open_high: bool = False) -> None:
+    if open_high:
+        _require(obj, prefix, name, lambda v: low <= v < high, f"a value in [{low}, {high})")
+    else:
+        _require(obj, prefix, name, lambda v: low <= v <= high, f"a value in [{low}, {high}]")
 
 
+def _odd_window(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        _require(obj, prefix, name, lambda v: v >= 3 and v % 2 == 1, "an odd window >= 3")
+
+
+class Section:
+    """Base of every params dataclass: one validation for all of them."""
+
+    def validate(self, prefix: str = "") -> None:
+        """Check every field against its annotation (nested sections recursively), then the section's rules."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Section):
+                value.validate(_join(prefix, f.name))
+            else:
+                _convert(value, hints[f.name], _join(prefix, f.name))
+        self.check(prefix)
+
+    def check(self, prefix: str) -> None:
+        """The section's range and cross-field rules (none by default)."""
 # ---------------------------------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)
-class FetchParams:
+class FetchParams(Section):
     source: str = "../shared/data/busi"
     """A directory (mirror or original ``Dataset_BUSI_with_GT`` layout), a ``.zip`` of either, or an http(s) URL."""
     sha256: str | None = None
@@ -56,53 +94,84 @@ class FetchParams:
 
 
 @dataclass(frozen=True)
-class GaussianParams:
+class GaussianParams(Section):
     sigma: float = 1.0
 
+    def check(self, prefix: str) -> None:
+        _positive(self, prefix, "sigma")
+
 
 @dataclass(frozen=True)
-class MedianParams:
+class MedianParams(Section):
     window: int = 5
 
+    def check(self, prefix: str) -> None:
+        _odd_window(self, prefix, "window")
+
 
 @dataclass(frozen=True)
-class BilateralParams:
+class BilateralParams(Section):
     diameter: int = 7
     sigma_color: float = 25.0
     sigma_space: float = 5.0
 
+    def check(self, prefix: str) -> None:
+        _positive(self, prefix, "diameter", "sigma_color", "sigma_space")
+
 
 @dataclass(frozen=True)
-class NlmParams:
+class NlmParams(Section):
     h: float = 10.0
     template_window: int = 7
     search_window: int = 21
 
+    def check(self, prefix: str) -> None:
+        _positive(self, prefix, "h")
+        _odd_window(self, prefix, "template_window", "search_window")
+
 
 @dataclass(frozen=True)
-class LeeParams:
+class LeeParams(Section):
     window: int = 7
 
+    def check(self, prefix: str) -> None:
+        _odd_window(self, prefix, "window")
+
 
 @dataclass(frozen=True)
-class FrostParams:
+class FrostParams(Section):
     window: int = 7
     damping: float = 2.0
 
+    def check(self, prefix: str) -> None:
+        _odd_window(self, prefix, "window")
+        _positive(self, prefix, "damping")
+
 
 @dataclass(frozen=True)
-class KuanParams:
+class KuanParams(Section):
     window: int = 7
 
+    def check(self, prefix: str) -> None:
+        _odd_window(self, prefix, "window")
+
 
 @dataclass(frozen=True)
-class SradParams:
+class SradParams(Section):
     iterations: int = 20
     step: float = 0.05
+    """Diffusion step; the explicit scheme is stable up to 1."""
+
+    def check(self, prefix: str) -> None:
+        _within(self, prefix, "iterations", 0, math.inf, open_high=True)
+        _require(self, prefix, "step", lambda v: 0 < v <= 1, "a value in (0, 1]")
+
+
+FilterName = Literal["none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"]
 
 
 @dataclass(frozen=True)
-class FilterParams:
+class FilterParams(Section):
     """Each filter's own parameters; only the one named by ``preprocess.filter`` is applied."""
 
     gaussian: GaussianParams = field(default_factory=GaussianParams)
@@ -114,36 +183,23 @@ class FilterParams:
     kuan: KuanParams = field(default_factory=KuanParams)
     srad: SradParams = field(default_factory=SradParams)
 
-    def validate(self, prefix: str) -> None:
-        from ultraseg.data import filters  # the filters own their parameter checks
-
-        probe = np.full((8, 8), 100.0, np.float32)
-        for name in filters.FILTERS:
-            try:
-                filters.apply_filter(probe, name, **self.kwargs(name))
-            except ValueError as err:
-                raise ParamsError(f"{prefix}.{name}.{err}") from None
-
     def kwargs(self, name: str) -> dict[str, Any]:
         """Keyword arguments of filter ``name`` (empty for ``none``)."""
         return {} if name == "none" else dataclasses.asdict(getattr(self, name))
 
 
-FilterName = Literal["none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"]
-
-
 @dataclass(frozen=True)
-class ClaheParams:
+class ClaheParams(Section):
     enabled: bool = True
     clip: float = 2.0
     tiles: int = 8
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(self, prefix, "clip", "tiles")
 
 
 @dataclass(frozen=True)
-class PreprocessParams:
+class PreprocessParams(Section):
     size: int = 128
     """Side of the square network input, in pixels (images are resized, not cropped)."""
     filter: FilterName = "none"
@@ -154,14 +210,14 @@ class PreprocessParams:
     quality_sample: int = 40
     """Images used to compare every filter's speckle suppression and edge preservation."""
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(self, prefix, "quality_sample")
-        if self.size < 16 or self.size % 16:
-            raise ParamsError(f"{prefix}.size: expected a multiple of 16 (four 2x down-samplings), got {self.size}")
+        _require(self, prefix, "size", lambda v: v >= 16 and v % 16 == 0,
+                 "a multiple of 16 (four 2x down-samplings)")
 
 
 @dataclass(frozen=True)
-class DuplicateParams:
+class DuplicateParams(Section):
     max_features: int = 150
     """SIFT keypoints per image used to match near-duplicate scans."""
     min_matches: int = 10
@@ -171,19 +227,19 @@ class DuplicateParams:
     min_overlap: float = 0.2
     """Shared tissue, as a fraction of the smaller image, needed to confirm a match."""
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(self, prefix, "max_features", "min_matches")
         _within(self, prefix, "min_ncc", -1.0, 1.0)
         _within(self, prefix, "min_overlap", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
-class SplitFractions:
+class SplitFractions(Section):
     train: float = 0.7
     val: float = 0.1
     test: float = 0.2
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         for name in ("train", "val", "test"):
             _within(self, prefix, name, 0.0, 1.0)
         if min(self.train, self.val, self.test) <= 0 or abs(self.train + self.val + self.test - 1.0) > 1e-6:
@@ -191,14 +247,14 @@ class SplitFractions:
 
 
 @dataclass(frozen=True)
-class SplitParams:
+class SplitParams(Section):
     seed: int = 42
     fractions: SplitFractions = field(default_factory=SplitFractions)
     duplicates: DuplicateParams = field(default_factory=DuplicateParams)
 
 
 @dataclass(frozen=True)
-class ModelParams:
+class ModelParams(Section):
     """Arguments of :func:`ultraseg.models.registry.build_model`; ``null`` keeps the variant's own default."""
 
     name: Literal["unet", "attention_unet", "res_unet", "unet_pp"] = "unet"
@@ -214,9 +270,9 @@ class ModelParams:
     stem_stride: int = 1
     """Work at 1/stem_stride of the input's resolution: a patchify stem and a pixel-shuffle head; 1 = classic."""
 
-    def validate(self, prefix: str) -> None:
-        if len(self.widths) < 2 or min(self.widths) < 1:
-            raise ParamsError(f"{prefix}.widths: expected at least two positive channel counts, got {self.widths}")
+    def check(self, prefix: str) -> None:
+        _require(self, prefix, "widths", lambda v: len(v) >= 2 and min(v) >= 1,
+                 "at least two positive channel counts")
         _within(self, prefix, "dropout", 0.0, 0.9)
         _within(self, prefix, "stem_stride", 1, 16)
 
@@ -226,7 +282,7 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class LossParams:
+class LossParams(Section):
     """Term weights (0 leaves a term out) and options, as :func:`ultraseg.losses.build_loss` takes them."""
 
     bce: float = 1.0
@@ -237,7 +293,7 @@ class LossParams:
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         for name in ("bce", "dice", "focal", "tversky"):
             _within(self, prefix, name, 0.0, 100.0)
         if self.bce + self.dice + self.focal + self.tversky <= 0:
@@ -245,14 +301,67 @@ class LossParams:
 
 
 @dataclass(frozen=True)
-class TrainParams:
+class AugmentParams(Section):
+    """Which augmentations run and how strongly; a probability of 0 or a magnitude of 0 switches a part off."""
+
+    enabled: bool = True
+    """Master switch; ``False`` returns copies of the inputs."""
+    hflip: float = 0.5
+    """Probability of a horizontal flip."""
+    rotate: float = 10.0
+    """Largest rotation in degrees, drawn uniformly in [-rotate, rotate]."""
+    translate: float = 0.06
+    """Largest shift as a fraction of the image size, drawn uniformly in [-translate, translate] per axis."""
+    scale: float = 0.15
+    """Isotropic scale factor drawn uniformly in [1 - scale, 1 + scale]."""
+    affine_p: float = 0.8
+    """Probability of the affine warp (rotate, translate and scale in one ``cv2.warpAffine``)."""
+    brightness: float = 0.15
+    """Largest additive shift, in units of the image's standard deviation."""
+    contrast: float = 0.2
+    """Contrast factor about the image mean, drawn uniformly in [1 - contrast, 1 + contrast]."""
+    gamma: float = 0.25
+    """Gamma drawn uniformly in [1 - gamma, 1 + gamma], applied to the image rescaled to [0, 1] and back."""
+    intensity_p: float = 0.8
+    """Probability of the brightness/contrast/gamma change."""
+    speckle: float = 0.15
+    """Coefficient of variation of the multiplicative speckle field; 0 disables."""
+    speckle_p: float = 0.3
+    """Probability of speckle noise."""
+    shadow_p: float = 0.2
+    """Probability of an acoustic shadow."""
+    shadow_strength: float = 0.6
+    """Largest fraction of intensity removed inside a shadow."""
+    elastic_p: float = 0.0
+    """Probability of an elastic deformation."""
+    elastic_alpha: float = 8.0
+    """Largest displacement of the elastic field, in pixels."""
+    elastic_sigma: float = 6.0
+    """Sigma, in pixels, of the Gaussian that smooths the elastic field."""
+
+    def check(self, prefix: str) -> None:
+        # A scale, contrast or gamma range of 1 could draw a zero factor that erases the image; a blur needs a
+        # positive sigma.
+        for name in ("hflip", "translate", "affine_p", "intensity_p", "speckle_p", "shadow_p", "shadow_strength",
+                     "elastic_p"):
+            _within(self, prefix, name, 0.0, 1.0)
+        for name in ("scale", "contrast", "gamma"):
+            _within(self, prefix, name, 0.0, 1.0, open_high=True)
+        for name in ("brightness", "speckle", "elastic_alpha"):
+            _within(self, prefix, name, 0.0, math.inf, open_high=True)
+        _within(self, prefix, "rotate", 0.0, 180.0)
+        _positive(self, prefix, "elastic_sigma")
+
+
+@dataclass(frozen=True)
+class TrainParams(Section):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto``: CUDA when present, else the CPU."""
     threads: int = 0
     """CPU threads for PyTorch; 0 uses every core."""
     workers: int = 0
-    """DataLoader worker processes; augmentation costs well under 1% of a CPU step, so 0 is fastest on 2 cores."""
+    """DataLoader worker processes; augmentation is cheap next to a training step, so 0 suits a small CPU."""
     epochs: int = 40
     batch_size: int = 16
     lr: float = 0.003
@@ -274,10 +383,10 @@ class TrainParams:
     loss: LossParams = field(default_factory=LossParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(self, prefix, "epochs", "batch_size", "lr")
         for name in ("threads", "workers", "warmup_epochs", "patience", "weight_decay", "grad_clip"):
-            _within(self, prefix, name, 0, float("inf"))
+            _within(self, prefix, name, 0, math.inf)
         _within(self, prefix, "threshold", 0.0, 1.0)
         _within(self, prefix, "ema", 0.0, 0.9999)  # a decay of 1 would never move the average from the start
 
@@ -285,12 +394,12 @@ class TrainParams:
 def _default_student() -> ModelParams:
     # at a quarter of the input's resolution, so that after pruning to 1/20 of the teacher's MACs every layer keeps
     # the 16+ channels ONNX Runtime's fast int8 convolution needs; plain convolutions and nearest up-sampling,
-    # while int8 does not speed up depthwise convolutions, ConvTranspose or bilinear Resize on this CPU
+    # because int8 does not speed up depthwise convolutions, ConvTranspose or bilinear Resize on a CPU
     return ModelParams(widths=(32, 64, 96), up="nearest", stem_stride=4)
 
 
 @dataclass(frozen=True)
-class DistillParams:
+class DistillParams(Section):
     """Knowledge distillation into a small student; batch size, augmentation, task loss, schedule and seed are
     those of ``train``."""
 
@@ -303,7 +412,7 @@ class DistillParams:
     """Weight of the task loss (``train.loss``) on the masks."""
     teacher_logits: Literal["cached", "live"] = "cached"
     """``cached``: the teacher runs once on the unaugmented train images and its logits follow each sample's
-    geometric augmentation; ``live``: it runs on every augmented batch (see :mod:`ultraseg.distill`)."""
+    geometric augmentation; ``live``: it runs on every augmented batch (see :mod:`ultraseg.distillation`)."""
     epochs: int = 80
     lr: float = 0.003
     ema: float = 0.0
@@ -314,7 +423,7 @@ class DistillParams:
     """The student handed to pruning: the distilled one, or whichever of it and the baseline scores higher on val
     (the baseline costs nothing extra: it is trained anyway to measure the gain)."""
 
-    def validate(self, prefix: str) -> None:
+    def check(self, prefix: str) -> None:
         _positive(self, prefix, "temperature", "epochs", "lr")
         for name in ("kd_weight", "task_weight"):
             _within(self, prefix, name, 0.0, 100.0)
@@ -331,7 +440,117 @@ class DistillParams:
 
 
 @dataclass(frozen=True)
-class EvaluateParams:
+class PruneParams(Section):
+    """How far and how to prune; the prune-finetune stage reads ``finetune_epochs``."""
+
+    ratio: float = 0.5
+    """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
+    steps: int = 2
+    """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""
+    importance: Literal["l1", "l2", "bn_scale", "taylor"] = "bn_scale"
+    """Channel ranking: ``l1``/``l2`` weight norms, ``bn_scale`` norm-layer scales, ``taylor`` |weight x gradient|.
+    Weight norms mean little when a BatchNorm follows every convolution (it undoes the weights' scale)."""
+    round_to: int = 4
+    """Channel counts are rounded down to multiples of this (SIMD and int8 kernels like multiples of 4 or 8)."""
+    finetune_epochs: int = 30
+    """Epochs of fine-tuning after each pruning step. The last step's network needs a long one: val Dice keeps
+    climbing until the last third of a round's cosine schedule."""
+    finetune_lr: float = 0.003
+    """Peak learning rate of each fine-tuning round (cosine, no warm-up). As high as training's: a step removes whole
+    feature detectors, which a low rate regrows too slowly."""
+    global_pruning: bool = False
+    """Rank channels across all layers (widths then differ per layer) instead of ``ratio`` in every layer."""
+    calibration_batches: int = 8
+    """Batches of training images on which the BatchNorm statistics are measured again after every pruning step
+    (see :func:`ultraseg.pruning.recalibrate_norms`); 0 keeps the old statistics."""
+
+    def check(self, prefix: str) -> None:
+        _within(self, prefix, "ratio", 0.0, 0.95)
+        _positive(self, prefix, "steps", "round_to", "finetune_lr")
+        _within(self, prefix, "finetune_epochs", 0, math.inf, open_high=True)
+        _within(self, prefix, "calibration_batches", 0, math.inf, open_high=True)
+
+
+OPSETS = {"dynamo": (18, 23), "torchscript": (17, 20)}
+"""Default-domain opsets each exporter writes (inclusive): dynamo has no translations below 18, the TorchScript
+exporter none above 20."""
+
+
+@dataclass(frozen=True)
+class ExportParams(Section):
+    opset: int = 18
+    """ONNX default-domain opset of the exported graph."""
+    parity_height: int = 97
+    parity_width: int = 133
+    """Size of the parity-check input: odd, and different from the training size, so a graph that froze the
+    export size or mishandles odd sizes fails."""
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    """Parity passes when every logit satisfies ``|onnx - torch| <= atol + rtol * |torch|`` (numpy.allclose)."""
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+
+    def check(self, prefix: str) -> None:
+        low, high = OPSETS[self.exporter]
+        _require(self, prefix, "opset", lambda v: low <= v <= high,
+                 f"an opset the {self.exporter} exporter writes ({low}-{high})")
+        _positive(self, prefix, "parity_height", "parity_width")
+        for name in ("rtol", "atol"):
+            _within(self, prefix, name, 0.0, math.inf, open_high=True)
+        if self.rtol == 0 and self.atol == 0:
+            raise ParamsError(f"{_join(prefix, 'atol')}: rtol and atol cannot both be 0 "
+                              "(float kernels never agree bit for bit)")
+
+
+_OP_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class QuantizeParams(Section):
+    calibration_images: int = 64
+    """Images the activation ranges are calibrated on, spread evenly over those given."""
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    """Calibration: observed min/max, KL-divergence-optimal range, or the 99.999th percentile of |x|."""
+    per_channel: bool = True
+    """One weight scale per output channel (per tensor otherwise)."""
+    format: Literal["qdq", "qoperator"] = "qdq"
+    """``qdq``: float ops wrapped in QuantizeLinear/DequantizeLinear, fused by ORT when the file is loaded;
+    ``qoperator``: QLinearConv and friends written into the file."""
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    exclude_op_types: str = ""
+    """Comma-separated op types left in float, e.g. ``ConvTranspose,Resize``."""
+    exclude_nodes: str = ""
+    """Comma-separated node names (of the pre-processed fp32 graph) left in float; ORT re-quantises a Conv excluded
+    between quantised neighbours when it loads the file (reported as ``excluded_but_int8``)."""
+    reduce_range: bool = False
+    """7-bit weights: avoids the u8s8 overflow of CPUs without VNNI, at some accuracy cost."""
+    min_channels: int = 16
+    """Conv nodes with fewer output channels stay float; 0 quantises every Conv. ONNX Runtime's fast x86 int8
+    convolution (MLAS ConvSym, VNNI) needs at least 16 output channels; narrower ones fall back to a generic
+    im2col kernel that is slower than their fp32 version."""
+
+    def check(self, prefix: str) -> None:
+        _positive(self, prefix, "calibration_images")
+        if self.activation_type == "int8" and self.weight_type == "uint8":
+            raise ParamsError(f"{_join(prefix, 'weight_type')}: ONNX Runtime has no kernels for int8 activations "
+                              "with uint8 weights")
+        _require(self, prefix, "exclude_op_types", lambda v: all(_OP_TYPE.fullmatch(t) for t in _names(v)),
+                 "comma-separated op type names")
+        _within(self, prefix, "min_channels", 0, math.inf, open_high=True)
+
+    def excluded_op_types(self) -> list[str]:
+        return _names(self.exclude_op_types)
+
+    def excluded_nodes(self) -> list[str]:
+        return _names(self.exclude_nodes)
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Section):
     """Test-split scoring of every model variant (the split is never used to choose anything)."""
 
     threshold: float | Literal["val"] = "val"
@@ -343,15 +562,14 @@ class EvaluateParams:
     seed: int = 0
     """Seed of the bootstrap."""
 
-    def validate(self, prefix: str) -> None:
-        if self.threshold != "val" and not 0.0 < self.threshold < 1.0:
-            raise ParamsError(f"{prefix}.threshold: expected 'val' or a probability in (0, 1), got {self.threshold!r}")
+    def check(self, prefix: str) -> None:
+        _require(self, prefix, "threshold", lambda v: v == "val" or 0.0 < v < 1.0, "'val' or a probability in (0, 1)")
         _within(self, prefix, "threshold_step", 0.001, 0.5)
         _positive(self, prefix, "bootstrap")
 
 
 @dataclass(frozen=True)
-class BenchmarkParams:
+class BenchmarkParams(Section):
     """Latency, throughput and memory of every variant, measured on this machine's CPU."""
 
     size: int | None = None
@@ -372,20 +590,19 @@ class BenchmarkParams:
     retries: int = 3
     """Repeats of a disturbed measurement; the least disturbed one is kept and its disturbance reported."""
 
-    def validate(self, prefix: str) -> None:
-        if self.size is not None and (self.size < 16 or self.size % 16):
-            raise ParamsError(f"{prefix}.size: expected null or a multiple of 16 (>= 16), got {self.size!r}")
-        if 1 not in self.threads or any(t < 0 for t in self.threads):
-            raise ParamsError(f"{prefix}.threads: expected thread counts >= 0 including 1 (the edge-device setting "
-                              f"the report and trade-off plot use), got {list(self.threads)}")
+    def check(self, prefix: str) -> None:
+        _require(self, prefix, "size", lambda v: v is None or (v >= 16 and v % 16 == 0),
+                 "null or a multiple of 16 (>= 16)")
+        _require(self, prefix, "threads", lambda v: 1 in v and min(v) >= 0,
+                 "thread counts >= 0 including 1 (the edge-device setting the report and trade-off plot use)")
         _positive(self, prefix, "runs", "batch", "batch_runs")
         for name in ("warmup", "retries"):
-            _within(self, prefix, name, 0, float("inf"))
+            _within(self, prefix, name, 0, math.inf, open_high=True)
         _within(self, prefix, "max_disturbance", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(Section):
     fetch: FetchParams = field(default_factory=FetchParams)
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -407,24 +624,24 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float, lists to tuples)."""
+def _convert(value: Any, tp: Any, key: str, complete: bool = False) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float, lists to tuples, mappings
+    build their section)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, complete)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             if option is type(None):
                 if value is None:
                     return None
                 continue
             try:
-                return _convert(value, option, key)
-            except ParamsError as err:
-                errors.append(str(err))
+                return _convert(value, option, key, complete)
+            except ParamsError:
+                pass
         expected = " or ".join(_type_name(a) for a in typing.get_args(tp))
         raise ParamsError(f"{key}: expected {expected}, got {value!r}")
     if origin is Literal:
@@ -436,11 +653,6 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected a list, got {value!r}")
         (item_tp, *_rest) = typing.get_args(tp)
         return tuple(_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"{key}: expected a mapping, got {value!r}")
-        _, val_tp = typing.get_args(tp)
-        return {k: _convert(v, val_tp, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ParamsError(f"{key}: expected float, got {value!r}")
@@ -452,37 +664,31 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} at {key}")  # a bug in this module, not in the params file
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, complete: bool) -> Any:
+    """``cls`` from ``data``; ``complete``: every key must be given (a params file), else defaults fill the gaps."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ParamsError(f"unknown key {where}{unknown[0]}; valid keys here: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        key = f"{prefix}.{name}" if prefix else name
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], key)
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        try:
-            validate(prefix)
-        except ParamsError:
-            raise
-        except ValueError as err:  # validators outside this module raise plain ValueError
-            raise ParamsError(str(err)) from None
-    return obj
+        raise ParamsError(f"unknown key {_join(prefix, unknown[0])}; valid keys here: {', '.join(names)}")
+    missing = [name for name in names if name not in data]
+    if complete and missing:
+        raise ParamsError(f"missing key {_join(prefix, missing[0])}; a params file sets every key "
+                          "(the project's params.yaml lists them all)")
+    return cls(**{name: _convert(data[name], hints[name], _join(prefix, name), complete)
+                  for name in names if name in data})
 
 
 def from_dict(data: dict[str, Any] | None, cls: type = Params) -> Any:
-    """Build ``cls`` from a nested dict; keys left out take the dataclass defaults."""
-    return _build(cls, data or {}, "")
+    """Build and validate ``cls`` from a nested dict; keys left out take the dataclass defaults."""
+    obj = _build(cls, data or {}, "", complete=False)
+    obj.validate()
+    return obj
 
 
 def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file."""
+    """Read and validate a params file, which must set every key: an empty or cut-short file is refused rather than
+    run on built-in defaults. Every error message starts with the file's path."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -490,9 +696,16 @@ def load(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(f"{path}: params file not found") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    if data is not None and not isinstance(data, dict):
+    if data is None:
+        raise ParamsError(f"{path}: empty params file")
+    if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    return from_dict(data)
+    try:
+        params = _build(Params, data, "", complete=True)
+        params.validate()
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from None
+    return params
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

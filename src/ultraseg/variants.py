@@ -22,7 +22,7 @@ Predict = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class Variant:
     name: str
-    network: Literal["teacher", "student", "pruned"]
+    network: str
     runtime: Literal["torch", "onnxruntime"]
     precision: Literal["fp32", "int8"]
     file: str
@@ -34,16 +34,36 @@ class Variant:
         return f"{self.network} ({runtime} {self.precision})"
 
 
+Network = Literal["teacher", "student", "pruned"]
+NETWORKS: tuple[Network, ...] = ("teacher", "student", "pruned")
+"""The trained networks, in the order the pipeline makes them."""
+DEPLOYABLE_NETWORK: Network = "pruned"
+"""The network that is quantized to int8 and deployed."""
+
+
+ONNX_DIR = "onnx"
+"""The export stage's folder of fp32 ONNX files, inside the models directory."""
+
+
+def checkpoint_file(network: str) -> str:
+    """A network's PyTorch checkpoint, relative to the models directory."""
+    return f"{network}.pt"
+
+
+def onnx_file(network: str) -> str:
+    """A network's fp32 ONNX file, relative to the models directory."""
+    return f"{ONNX_DIR}/{network}.onnx"
+
+
+INT8_FILE = f"{DEPLOYABLE_NETWORK}.int8.onnx"
+"""The int8 deployable model, relative to the models directory."""
+
 VARIANTS: tuple[Variant, ...] = (
-    Variant("teacher", "teacher", "torch", "fp32", "teacher.pt"),
-    Variant("teacher_onnx", "teacher", "onnxruntime", "fp32", "onnx/teacher.onnx"),
-    Variant("student", "student", "torch", "fp32", "student.pt"),
-    Variant("student_onnx", "student", "onnxruntime", "fp32", "onnx/student.onnx"),
-    Variant("pruned", "pruned", "torch", "fp32", "pruned.pt"),
-    Variant("pruned_onnx", "pruned", "onnxruntime", "fp32", "onnx/pruned.onnx"),
-    Variant("pruned_int8", "pruned", "onnxruntime", "int8", "pruned.int8.onnx"),
+    *(v for n in NETWORKS for v in (Variant(n, n, "torch", "fp32", checkpoint_file(n)),
+                                    Variant(f"{n}_onnx", n, "onnxruntime", "fp32", onnx_file(n)))),
+    Variant(f"{DEPLOYABLE_NETWORK}_int8", DEPLOYABLE_NETWORK, "onnxruntime", "int8", INT8_FILE),
 )
-DEPLOYED = "pruned_int8"
+DEPLOYED = f"{DEPLOYABLE_NETWORK}_int8"
 """The variant an edge device runs: the sample figure and the headline ratios are about it."""
 
 
@@ -64,7 +84,7 @@ def predictor(variant: Variant, models_dir: Path, threads: int | None = None) ->
         return onnx_predictor(path, threads)
     import torch
 
-    from ultraseg import checkpoint
+    from ultraseg import checkpoint  # torch: only for the PyTorch variants
 
     model, _ = checkpoint.load(path)
     if threads is not None:

@@ -11,7 +11,6 @@ import pytest
 
 from ultraseg.data.augment import (
     Augment,
-    AugmentParams,
     Shadow,
     affine_matrix,
     elastic_field,
@@ -19,6 +18,7 @@ from ultraseg.data.augment import (
     warp_pair,
     worker_seed,
 )
+from ultraseg.params import AugmentParams
 
 OFF = AugmentParams(hflip=0.0, affine_p=0.0, intensity_p=0.0, speckle_p=0.0, shadow_p=0.0, elastic_p=0.0)
 """Every part switched off by its probability; tests switch on what they check."""
@@ -377,7 +377,7 @@ def test_validate_rejects_negative_and_nan(name: str) -> None:
     ],
 )
 def test_validate_rejects_out_of_range(name: str, bad: float) -> None:
-    with pytest.raises(ValueError, match=rf"^aug\.{name}: must be in "):
+    with pytest.raises(ValueError, match=rf"^aug\.{name}: expected a "):
         dataclasses.replace(AugmentParams(), **{name: bad}).validate("aug")
 
 

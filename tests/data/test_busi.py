@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ultraseg.data import busi
-from ultraseg.data.busi import DataError
+from ultraseg.errors import DataError
 from ultraseg.io import read_csv
 
 COLUMNS = ["id", "class", "file", "width", "height", "mask_files", "sha256"]

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import TINY
 from ultraseg.losses import build_loss
 from ultraseg.models import MODELS, build_model, count_macs, count_parameters, rebuild_from_state_dict
 from ultraseg.models.blocks import ACTS, DOWNS, NORMS, UPS, AttentionGate, make_act, make_norm
 
-TINY = [4, 8, 16]
 
 VARIANTS = {
     **{name: {"name": name} for name in MODELS},
@@ -29,14 +29,6 @@ VARIANTS = {
 }
 SIZES = [(33, 47), (64, 64), (17, 30)]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run fastest on one thread; two threads on a busy 2-core machine run ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(config: dict) -> dict:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ultraseg.params import AugmentParams
+
 _SPECKLE_GRAIN = 1.0
 """Sigma, in pixels, of the Gaussian that correlates the speckle field: real speckle grains span a few pixels."""
 _SHADOW_TOP = (0.2, 0.7)
@@ -36,83 +38,6 @@ _SHADOW_SPREAD = 0.25
 """Largest widening of the shadow's half-width per pixel of depth (a fan of up to about 14 degrees)."""
 _SHADOW_ONSET = 0.04
 """Depth, as a fraction of the height, over which a shadow fades in: a hard horizontal edge would be an artefact."""
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """Which augmentations run and how strongly; a probability of 0 or a magnitude of 0 switches a part off."""
-
-    enabled: bool = True
-    """Master switch; ``False`` returns copies of the inputs."""
-    hflip: float = 0.5
-    """Probability of a horizontal flip."""
-    rotate: float = 10.0
-    """Largest rotation in degrees, drawn uniformly in [-rotate, rotate]."""
-    translate: float = 0.06
-    """Largest shift as a fraction of the image size, drawn uniformly in [-translate, translate] per axis."""
-    scale: float = 0.15
-    """Isotropic scale factor drawn uniformly in [1 - scale, 1 + scale]."""
-    affine_p: float = 0.8
-    """Probability of the affine warp (rotate, translate and scale in one ``cv2.warpAffine``)."""
-    brightness: float = 0.15
-    """Largest additive shift, in units of the image's standard deviation."""
-    contrast: float = 0.2
-    """Contrast factor about the image mean, drawn uniformly in [1 - contrast, 1 + contrast]."""
-    gamma: float = 0.25
-    """Gamma drawn uniformly in [1 - gamma, 1 + gamma], applied to the image rescaled to [0, 1] and back."""
-    intensity_p: float = 0.8
-    """Probability of the brightness/contrast/gamma change."""
-    speckle: float = 0.15
-    """Coefficient of variation of the multiplicative speckle field; 0 disables."""
-    speckle_p: float = 0.3
-    """Probability of speckle noise."""
-    shadow_p: float = 0.2
-    """Probability of an acoustic shadow."""
-    shadow_strength: float = 0.6
-    """Largest fraction of intensity removed inside a shadow."""
-    elastic_p: float = 0.0
-    """Probability of an elastic deformation."""
-    elastic_alpha: float = 8.0
-    """Largest displacement of the elastic field, in pixels."""
-    elastic_sigma: float = 6.0
-    """Sigma, in pixels, of the Gaussian that smooths the elastic field."""
-
-    def validate(self, prefix: str) -> None:
-        """Raise ``ValueError`` naming the dotted key of the first out-of-range value."""
-        for name, interval in _RANGES.items():
-            value = getattr(self, name)
-            if not _INTERVALS[interval](value):
-                key = f"{prefix}.{name}" if prefix else name
-                raise ValueError(f"{key}: must be in {interval}, got {value!r}")
-
-
-# Each test is written so that NaN fails it.
-_INTERVALS = {
-    "[0, 1]": lambda v: 0 <= v <= 1,
-    "[0, 1)": lambda v: 0 <= v < 1,
-    "[0, 180]": lambda v: 0 <= v <= 180,
-    "[0, inf)": lambda v: 0 <= v < math.inf,
-    "(0, inf)": lambda v: 0 < v < math.inf,
-}
-# Scale, contrast or gamma of 1 could draw a zero factor that erases the image; a blur needs a positive sigma.
-_RANGES = {
-    "hflip": "[0, 1]",
-    "rotate": "[0, 180]",
-    "translate": "[0, 1]",
-    "scale": "[0, 1)",
-    "affine_p": "[0, 1]",
-    "brightness": "[0, inf)",
-    "contrast": "[0, 1)",
-    "gamma": "[0, 1)",
-    "intensity_p": "[0, 1]",
-    "speckle": "[0, inf)",
-    "speckle_p": "[0, 1]",
-    "shadow_p": "[0, 1]",
-    "shadow_strength": "[0, 1]",
-    "elastic_p": "[0, 1]",
-    "elastic_alpha": "[0, inf)",
-    "elastic_sigma": "(0, inf)",
-}
 
 
 def worker_seed(base_seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.parse
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ultraseg.errors import DataError
 from ultraseg.io import atomic_path, read_csv, write_csv
 
 CLASSES = ("benign", "malignant", "normal")
@@ -38,10 +38,6 @@ IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
 MANIFEST_COLUMNS = ("id", "class", "file", "width", "height", "mask_files", "sha256")
 IGNORED_NAMES = {"__MACOSX"}
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the offending file or folder and what was expected."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""The training and validation sets: preprocessed arrays, normalised once, augmented per sample."""
+"""The preprocess stage's arrays, loaded by split, and the training set: normalised once, augmented per sample."""
 
 from __future__ import annotations
 
+import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,31 @@ import torch
 from torch.utils.data import Dataset
 
 from ultraseg.data.augment import Augment, worker_seed
-from ultraseg.data.preprocess import Preprocessed, normalize
+from ultraseg.data.preprocess import normalize
+from ultraseg.errors import DataError
 from ultraseg.io import read_csv
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """The preprocess stage's output, loaded: images (N, S, S) uint8, masks (N, S, S) uint8 in {0, 1}."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    index: list[dict]
+
+    @classmethod
+    def load(cls, folder: Path) -> Preprocessed:
+        with open(folder / "index.csv", newline="") as fh:
+            index = list(csv.DictReader(fh))
+        return cls(np.load(folder / "images.npy"), np.load(folder / "masks.npy"), index)
+
+    def rows(self, ids: list[str]) -> np.ndarray:
+        position = {row["id"]: int(row["row"]) for row in self.index}
+        missing = [i for i in ids if i not in position]
+        if missing:
+            raise DataError(f"{missing[0]!r} is in the split but not in the preprocessed set; run dvc repro")
+        return np.array([position[i] for i in ids], dtype=np.int64)
 
 
 def split_ids(split_csv: Path, split: str) -> list[str]:

@@ -21,9 +21,7 @@ with its own class and mask, and are stratified by their most severe class (mali
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -31,8 +29,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from ultraseg.data import busi
-from ultraseg.params import DuplicateParams, SplitFractions, SplitParams
+from ultraseg.params import DuplicateParams, SplitFractions
 
 SEVERITY = {"normal": 0, "benign": 1, "malignant": 2}
 SPLITS = ("train", "val", "test")
@@ -177,50 +174,3 @@ def stratified_group_split(
 
 
 # ---------------------------------------------------------------------------------------------------- the stage
-
-SPLIT_COLUMNS = ("id", "class", "split", "group", "group_size", "conflict")
-LINK_COLUMNS = ("a", "b", "kind", "inliers", "scale", "ncc")
-
-
-def run(raw_dir: Path, params: SplitParams) -> tuple[list[dict], list[dict], dict]:
-    """Split the fetch stage's images; return the split rows, the duplicate links and the stage's metrics."""
-    start = time.perf_counter()
-    manifest = busi.read_manifest(raw_dir / "manifest.csv")
-    ids = [row["id"] for row in manifest]
-    classes = [row["class"] for row in manifest]
-    images = [busi.load_raw(raw_dir, i)[0] for i in tqdm(ids, desc="split: read", unit="img")]
-    links = find_duplicates(images, params.duplicates)
-    groups = group_ids(len(ids), links)
-    splits = stratified_group_split(classes, groups, params.fractions, params.seed)
-    sizes = np.bincount(groups)
-    group_classes: dict[int, set[str]] = {}
-    for g, cls in zip(groups.tolist(), classes):
-        group_classes.setdefault(g, set()).add(cls)
-    rows = [
-        {"id": i, "class": c, "split": s, "group": g, "group_size": int(sizes[g]),
-         "conflict": int(len(group_classes[g]) > 1)}
-        for i, c, s, g in zip(ids, classes, splits, groups.tolist())
-    ]
-    link_rows = [{"a": ids[k.a], "b": ids[k.b], "kind": k.kind, "inliers": k.inliers, "scale": k.scale,
-                  "ncc": k.ncc} for k in links]
-    return rows, link_rows, _metrics(rows, links, sizes, time.perf_counter() - start)
-
-
-def _metrics(rows: list[dict], links: list[Link], sizes: np.ndarray, seconds: float) -> dict:
-    counts = {s: {c: 0 for c in SEVERITY} for s in SPLITS}
-    for row in rows:
-        counts[row["split"]][row["class"]] += 1
-    for split in SPLITS:
-        counts[split]["total"] = sum(counts[split].values())
-    conflicted = {row["group"] for row in rows if row["conflict"]}
-    return {
-        "images": len(rows),
-        "duplicate_groups": int((sizes > 1).sum()),
-        "images_in_duplicate_groups": int(sizes[sizes > 1].sum()),
-        "largest_group": int(sizes.max()),
-        "cross_class_groups": len(conflicted),
-        "exact_pairs": sum(link.kind == "exact" for link in links),
-        "near_pairs": sum(link.kind == "near" for link in links),
-        "counts": counts,
-        "seconds": round(seconds, 1),
-    }

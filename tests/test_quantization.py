@@ -12,9 +12,9 @@ from ultraseg.data.preprocess import normalize
 from ultraseg.losses import build_loss
 from ultraseg.metrics import confusion, dice
 from ultraseg.models import build_model
-from ultraseg.onnx_io import ExportParams
-from ultraseg.bench import latency
-from ultraseg.quantize import CalibrationReader, QuantizeParams, quantize
+from ultraseg.timing import latency
+from ultraseg.params import ExportParams, QuantizeParams
+from ultraseg.quantization import CalibrationReader, quantize
 
 CONFIG = {"name": "unet", "widths": [8, 16, 32], "up": "bilinear"}
 METADATA = {"kind": "student", "size": 48, "threshold": 0.5, "normalize": "zscore", "model": CONFIG}
@@ -177,7 +177,7 @@ def test_latency_helper(int8):
         ({"activation_type": "int16"}, "quantize.activation_type"),
         ({"activation_type": "int8", "weight_type": "uint8"}, "quantize.weight_type: ONNX Runtime has no kernels"),
         ({"min_channels": -1}, "quantize.min_channels"),
-        ({"exclude_op_types": "Conv;Resize"}, "quantize.exclude_op_types: 'Conv;Resize'"),
+        ({"exclude_op_types": "Conv;Resize"}, "quantize.exclude_op_types: expected comma-separated op type names, got 'Conv;Resize'"),
     ],
 )
 def test_validate_names_the_key(changes, message):

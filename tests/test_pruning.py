@@ -12,7 +12,8 @@ from torch import nn
 from ultraseg import checkpoint
 from ultraseg.losses import build_loss
 from ultraseg.models import build_model, count_macs, count_parameters, rebuild_from_state_dict
-from ultraseg.prune import PruneParams, _head_inputs, prune, pruned_widths, recalibrate_norms, summary
+from ultraseg.params import PruneParams
+from ultraseg.pruning import _head_inputs, prune, pruned_widths, recalibrate_norms, summary
 
 WIDTHS = [8, 16, 32, 64]
 EXAMPLE = torch.zeros(1, 1, 32, 32)
@@ -284,7 +285,7 @@ def test_pruned_and_finetuned_model_still_segments():
     before = copy.deepcopy(model)
 
     def finetune(m: nn.Module, step: int) -> None:
-        m.to(memory_format=torch.channels_last)  # as engine.fit does on the CPU; the next step prunes NHWC weights
+        m.to(memory_format=torch.channels_last)  # as training.fit does on the CPU; the next step prunes NHWC weights
         train(m, image, mask, 30)
 
     prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=2), finetune=finetune)

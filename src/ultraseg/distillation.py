@@ -10,25 +10,19 @@ Where the teacher's logits come from is ``distill.teacher_logits``:
 - ``cached``: the teacher runs once over the unaugmented training images; each sample's logits then get that
   sample's geometric augmentation (flip, affine, elastic) with the image, while the gain, speckle and shadow changes
   reach the student only. The student so learns to see through those changes what the teacher sees on the clean
-  scan, and the teacher, which costs three student steps per batch on a CPU, is run once instead of every epoch.
+  scan, and the teacher, whose forward pass costs several student steps on a CPU, runs once instead of every epoch.
 - ``live``: the teacher runs on every augmented batch and sees exactly what the student sees.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ultraseg import checkpoint, engine, params as params_mod
-from ultraseg.data.dataset import load_split
-from ultraseg.losses import build_loss
-from ultraseg.models.registry import build_model
+from ultraseg import training
 from ultraseg.params import Params
-from ultraseg.train import data_files, fit_and_save, run_id
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -81,40 +75,4 @@ def teacher_targets(params: Params, teacher: nn.Module, images: np.ndarray, devi
     the teacher runs live or distillation is off."""
     if params.distill.teacher_logits != "cached" or params.distill.kd_weight == 0:
         return None
-    return engine.predict_logits(teacher, images, device)[:, 0].numpy()
-
-
-def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out: Path, live_dir: Path,
-        baseline_live_dir: Path, resume_dir: Path) -> dict:
-    """Distil the teacher into the student; with ``distill.baseline`` also train the student without it."""
-    cfg = params.distill
-    budget = cfg.budget(params.train)
-    device = engine.select_device(budget.device)
-    teacher, meta = checkpoint.load(teacher_path, device)
-    if device.type == "cpu":
-        teacher = teacher.to(memory_format=torch.channels_last)
-    task = build_loss(params_mod.to_dict(params.train.loss))
-    data_rid = run_id(params, split_csv, *data_files(data_dir), teacher_path) + params_mod.digest(cfg)
-    train_x, _, _ = load_split(data_dir, split_csv, "train", params.preprocess.normalize)
-    soft = teacher_targets(params, teacher, train_x, device)
-
-    def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
-        engine.seed_everything(budget.seed)  # both runs start from the same initial weights
-        model = build_model(budget.model.config())
-        loss = DistillLoss(task, teacher if kd_weight > 0 else None, cfg.temperature, cfg.task_weight, kd_weight)
-        return fit_and_save(params, budget, model, loss, data_dir, split_csv, target, live,
-                            resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}", name,
-                            soft=soft if kd_weight > 0 else None)
-
-    summary = {"teacher_val_dice": meta["val"]["dice"], "temperature": cfg.temperature,
-               "kd_weight": cfg.kd_weight, "student": student_run(cfg.kd_weight, out, live_dir, "student")}
-    summary["kept"] = "distilled"
-    if cfg.baseline:
-        scratch = resume_dir / "baseline_model.pt"
-        summary["baseline"] = student_run(0.0, scratch, baseline_live_dir, "baseline")
-        summary["kd_gain_val_dice"] = round(summary["student"]["val_dice"] - summary["baseline"]["val_dice"], 4)
-        if cfg.keep == "best" and summary["kd_gain_val_dice"] < 0:
-            scratch.replace(out)  # same folder tree, so an atomic rename: out is never half-written
-            summary["kept"] = "baseline"
-        scratch.unlink(missing_ok=True)
-    return summary
+    return training.predict_logits(teacher, images, device)[:, 0].numpy()

@@ -8,19 +8,18 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from dvclive import Live
 
-from ultraseg import checkpoint, engine, params as params_mod
+from ultraseg import checkpoint, params as params_mod, training
 from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet, load_split
-from ultraseg.distill import DistillLoss, teacher_targets
+from ultraseg.distillation import DistillLoss, teacher_targets
 from ultraseg.losses import build_loss
+from ultraseg.metadata import data_files, model_meta, run_id
 from ultraseg.models.registry import count_macs, count_parameters
 from ultraseg.params import Params
-from ultraseg.prune import prune, pruned_widths, summary
-from ultraseg.train import data_files, model_meta, run_id
+from ultraseg.pruning import calibration_batches, prune, pruned_widths, summary
 
 
 def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, student_path: Path, out: Path,
@@ -28,8 +27,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     cfg = params.prune
     budget = dataclasses.replace(params.distill.budget(params.train), epochs=cfg.finetune_epochs,
                                  lr=cfg.finetune_lr, warmup_epochs=0, patience=0)
-    device = engine.select_device(budget.device)
-    engine.configure_cpu(budget.threads)
+    device = training.select_device(budget.device)
+    training.configure_cpu(budget.threads)
     teacher, teacher_meta = checkpoint.load(teacher_path, device)
     student, student_meta = checkpoint.load(student_path, device)
     mode, size = params.preprocess.normalize, params.preprocess.size
@@ -43,7 +42,7 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     example = torch.from_numpy(val_x[:1, None]).to(device)
 
     def val_dice(model) -> float:
-        return round(engine.validate(model, val_x, val_y, loss, device, budget.threshold)["dice"], 4)
+        return round(training.validate(model, val_x, val_y, loss, device, budget.threshold)["dice"], 4)
 
     calibration = calibration_batches(train_x, cfg.calibration_batches, budget.batch_size, device)
     before = copy.deepcopy(student)
@@ -56,10 +55,10 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
             tempfile.TemporaryDirectory() as scratch:
 
         def finetune(model, step: int) -> None:
-            engine.fit(model, train_set, val_x, val_y, budget, loss, device, live, Path(scratch) / f"{step}.pt",
+            training.fit(model, train_set, val_x, val_y, budget, loss, device, live, Path(scratch) / f"{step}.pt",
                        f"{rid}-{step}", desc=f"prune step {step + 1}/{cfg.steps}")
 
-        engine.seed_everything(budget.seed)
+        training.seed_everything(budget.seed)
         pruned = prune(student.train(), example, cfg, finetune=finetune, example_batch=batch, loss_fn=loss,
                        calibration=calibration)
 
@@ -80,14 +79,6 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
         "teacher_to_pruned_params": round(count_parameters(teacher) / count_parameters(pruned), 2),
         "finetune_epochs_total": cfg.steps * cfg.finetune_epochs,
     }
-
-
-def calibration_batches(images: np.ndarray, count: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
-    """``count`` batches of ``batch_size`` training images, evenly spaced over the set (not augmented: they stand for
-    what the network sees at inference), on which the norm layers are recalibrated after every pruning step."""
-    total = min(count * batch_size, len(images))
-    rows = np.linspace(0, len(images) - 1, total).round().astype(int) if total else np.zeros(0, dtype=int)
-    return [torch.from_numpy(images[rows[i:i + batch_size], None]).to(device) for i in range(0, total, batch_size)]
 
 
 def _check_reload(path: Path, model: torch.nn.Module, example: torch.Tensor) -> None:

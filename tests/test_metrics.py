@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ultraseg.evaluation import (
+from ultraseg.metrics import (
     aggregate,
     boundary,
     case_metrics,

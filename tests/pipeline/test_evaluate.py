@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from ultraseg import evaluate, params as params_mod
+from ultraseg import params as params_mod
+from ultraseg.pipeline import evaluate
 from ultraseg.params import EvaluateParams, Params
 from ultraseg.variants import DEPLOYED, VARIANTS, by_name
 
@@ -112,9 +113,8 @@ def test_a_missing_model_file_is_named(zoo, tmp_path):
         evaluate.run(params_for(zoo), tmp_path, zoo.data, zoo.raw, zoo.split, [by_name("student")])
 
 
-def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text(f"preprocess: {{size: {zoo.size}}}\nevaluate: {{bootstrap: 20}}\n")
+def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path, params_file):
+    params = params_file(tmp_path / "params.yaml", {"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}})
     out = subprocess.run(
         [sys.executable, str(repo_root / "stages" / "evaluate.py"), "--params", str(params), "--models",
          str(zoo.models), "--data", str(zoo.data), "--raw", str(zoo.raw), "--split", str(zoo.split),
@@ -133,9 +133,8 @@ def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path):
 def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, monkeypatch):
     """Raw images of 40x56 and 48x36 under a 32 px network: a prediction covering the left half of the network's
     input must come back as the left half of each original image, and references are the original masks."""
-    from conftest import speckle_image, write_raw
-
-    from ultraseg.data import preprocess
+    from tests.conftest import speckle_image, write_raw
+    from ultraseg.pipeline import preprocess
     from ultraseg.io import write_csv
     from ultraseg.params import PreprocessParams
 

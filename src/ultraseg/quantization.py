@@ -24,14 +24,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,66 +39,13 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ultraseg.io import atomic_path
-from ultraseg.onnx_io import INPUT, session
+from ultraseg.onnx_io import INPUT
+from ultraseg.params import QuantizeParams
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
 FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
 TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-_OP_TYPE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-@dataclass(frozen=True)
-class QuantizeParams:
-    calibration_images: int = 64
-    """Images the activation ranges are calibrated on, spread evenly over those given."""
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    """Calibration: observed min/max, KL-divergence-optimal range, or the 99.999th percentile of |x|."""
-    per_channel: bool = True
-    """One weight scale per output channel (per tensor otherwise)."""
-    format: Literal["qdq", "qoperator"] = "qdq"
-    """``qdq``: float ops wrapped in QuantizeLinear/DequantizeLinear, fused by ORT when the file is loaded;
-    ``qoperator``: QLinearConv and friends written into the file."""
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["int8", "uint8"] = "int8"
-    exclude_op_types: str = ""
-    """Comma-separated op types left in float, e.g. ``ConvTranspose,Resize``."""
-    exclude_nodes: str = ""
-    """Comma-separated node names (of the pre-processed fp32 graph) left in float; ORT re-quantises a Conv excluded
-    between quantised neighbours when it loads the file (reported as ``excluded_but_int8``)."""
-    reduce_range: bool = False
-    """7-bit weights: avoids the u8s8 overflow of CPUs without VNNI, at some accuracy cost."""
-    min_channels: int = 16
-    """Conv nodes with fewer output channels stay float; 0 quantises every Conv. ONNX Runtime's fast x86 int8
-    convolution (MLAS ConvSym, VNNI) needs at least 16 output channels; narrower ones fall back to a generic
-    im2col kernel that ran 2-6x slower than their fp32 version here (1-thread profile of the pruned student)."""
-
-    def validate(self, prefix: str) -> None:
-        """Raise ``ValueError`` naming the dotted key of the first invalid value."""
-        key = f"{prefix}." if prefix else ""
-        if not self.calibration_images >= 1:
-            raise ValueError(f"{key}calibration_images: expected a positive count, got {self.calibration_images!r}")
-        for name, valid in (("method", METHODS), ("format", FORMATS), ("activation_type", TYPES),
-                            ("weight_type", TYPES)):
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{key}{name}: expected one of {', '.join(valid)}, got {getattr(self, name)!r}")
-        if self.activation_type == "int8" and self.weight_type == "uint8":
-            raise ValueError(f"{key}weight_type: ONNX Runtime has no kernels for int8 activations with uint8 weights")
-        bad = [t for t in self.excluded_op_types() if not _OP_TYPE.fullmatch(t)]
-        if bad:
-            raise ValueError(f"{key}exclude_op_types: {bad[0]!r} is not an op type name")
-        if type(self.min_channels) is not int or self.min_channels < 0:
-            raise ValueError(f"{key}min_channels: expected a channel count >= 0, got {self.min_channels!r}")
-
-    def excluded_op_types(self) -> list[str]:
-        return _split(self.exclude_op_types)
-
-    def excluded_nodes(self) -> list[str]:
-        return _split(self.exclude_nodes)
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class CalibrationReader(CalibrationDataReader):

@@ -1,7 +1,7 @@
 """The benchmark stage's work: size, compute, latency, throughput and memory of every variant on this CPU.
 
 Each variant is measured in a fresh process (so its peak resident memory is its own) with every thread count of
-``benchmark.threads``: batch-1 latency p50/p95 after warm-up (:func:`ultraseg.bench.time_call`) and batch-``batch``
+``benchmark.threads``: batch-1 latency p50/p95 after warm-up (:func:`ultraseg.timing.time_call`) and batch-``batch``
 throughput, on a fixed seeded input built outside the timed loop. The machine is shared, so every timed block
 records the CPU time other processes used while it ran (from ``/proc/stat``, less this process's own time) as a
 fraction of all cores' time, and a block disturbed beyond ``max_disturbance`` is repeated; the least disturbed
@@ -25,9 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ultraseg import figures
-from ultraseg.bench import time_call
+from ultraseg.timing import time_call
 from ultraseg.params import BenchmarkParams, Params
-from ultraseg.variants import DEPLOYED, VARIANTS, Variant, by_name, predictor
+from ultraseg.variants import DEPLOYED, VARIANTS, Variant, by_name, checkpoint_file, predictor
 
 
 # ---------------------------------------------------------------------------------------------------- disturbance
@@ -123,7 +123,7 @@ def static(variant: Variant, models_dir: Path, size: int) -> dict[str, Any]:
     from ultraseg import checkpoint
     from ultraseg.models.registry import count_macs, count_parameters
 
-    model, _ = checkpoint.load(Path(models_dir) / f"{variant.network}.pt")
+    model, _ = checkpoint.load(Path(models_dir) / checkpoint_file(variant.network))
     return {"runtime": variant.runtime, "precision": variant.precision, "file": variant.file,
             "file_mb": round((Path(models_dir) / variant.file).stat().st_size / 1e6, 3),
             "params": count_parameters(model), "gmacs": round(count_macs(model, size) / 1e9, 4)}

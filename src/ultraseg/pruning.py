@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
@@ -39,66 +37,15 @@ from torch import nn
 
 from ultraseg.models.blocks import AttentionGate, group_count
 from ultraseg.models.registry import count_macs, count_parameters
+from ultraseg.params import PruneParams
 
-ImportanceName = Literal["l1", "l2", "bn_scale", "taylor"]
 IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor")
 _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 Finetune = Callable[[nn.Module, int], None]
 """``finetune(model, step_index)``: trains the freshly pruned model in place (a new optimiser every step: the
 pruned layers hold new parameter tensors)."""
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss(logits, images, masks)``, the signature :func:`ultraseg.engine.fit` trains with."""
-
-
-@dataclass(frozen=True)
-class PruneParams:
-    """How far and how to prune; the prune-finetune stage reads ``finetune_epochs``."""
-
-    ratio: float = 0.5
-    """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
-    steps: int = 2
-    """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""
-    importance: ImportanceName = "bn_scale"
-    """Channel ranking: ``l1``/``l2`` weight norms, ``bn_scale`` norm-layer scales, ``taylor`` |weight x gradient|.
-    Weight norms mean little when a BatchNorm follows every convolution (it undoes the weights' scale)."""
-    round_to: int = 4
-    """Channel counts are rounded down to multiples of this (SIMD and int8 kernels like multiples of 4 or 8)."""
-    finetune_epochs: int = 30
-    """Epochs of fine-tuning after each pruning step. The last step's network needs a long one: on the BUSI student
-    (ratio 0.5, 2026-11-29, mean val Dice over 3 seeds) 2 x 30 epochs gave 0.803 and 4 x 15 0.791; within a round,
-    val Dice keeps climbing until the cosine schedule's last third."""
-    finetune_lr: float = 0.003
-    """Peak learning rate of each fine-tuning round (cosine, no warm-up). As high as training's: a step removes whole
-    feature detectors, which 1e-3 regrows too slowly (BUSI student, ratio 0.55, 4 x 4 epochs: val Dice 0.745 at
-    1e-3, 0.770 at 3e-3, from 0.789 unpruned; a student trained 28 epochs on the task loss, 2026-11-23)."""
-    global_pruning: bool = False
-    """Rank channels across all layers (widths then differ per layer) instead of ``ratio`` in every layer."""
-    calibration_batches: int = 8
-    """Batches of training images on which the BatchNorm statistics are measured again after every pruning step
-    (see :func:`recalibrate_norms`); 0 keeps the old statistics."""
-
-    def validate(self, prefix: str) -> None:
-        """Raise ``ValueError`` naming the dotted key of the first invalid value."""
-        checks = {
-            "ratio": (0 <= self.ratio <= 0.95, "must be in [0, 0.95]"),
-            "steps": (_is_int(self.steps) and self.steps >= 1, "must be an integer >= 1"),
-            "importance": (self.importance in IMPORTANCES, f"must be one of {', '.join(IMPORTANCES)}"),
-            "round_to": (_is_int(self.round_to) and self.round_to >= 1, "must be an integer >= 1"),
-            "finetune_epochs": (_is_int(self.finetune_epochs) and self.finetune_epochs >= 0,
-                                "must be an integer >= 0"),
-            "finetune_lr": (self.finetune_lr > 0, "must be > 0"),
-            "global_pruning": (isinstance(self.global_pruning, bool), "must be true or false"),
-            "calibration_batches": (_is_int(self.calibration_batches) and self.calibration_batches >= 0,
-                                    "must be an integer >= 0"),
-        }
-        for name, (ok, rule) in checks.items():  # each rule is written so that NaN fails it
-            if not ok:
-                key = f"{prefix}.{name}" if prefix else name
-                raise ValueError(f"{key}: {rule}, got {getattr(self, name)!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+"""``loss(logits, images, masks)``, the signature :func:`ultraseg.training.fit` trains with."""
 
 
 # ---------------------------------------------------------------------------------------------------- pruning
@@ -192,9 +139,8 @@ def _head_inputs(model: nn.Module, example_input: torch.Tensor, head: nn.Module)
 
     They are the narrowest full-resolution layer and not redundant: a trained U-Net splits its last few channels
     into lesion and background detectors, and the lesion ones (active on ~5% of the pixels) have the smallest
-    weights, scales and activations. On the BUSI student (8 channels, cut to 4 at any ratio with ``round_to`` 4)
-    every criterion removed all three lesion channels, so no logit could turn positive (val Dice 0), and two
-    epochs of fine-tuning (lr 1e-3 or 3e-3) did not grow them back. Keeping them costs ~8% more MACs at ratio 0.55.
+    weights, scales and activations. Every importance criterion tends to remove exactly those, after which no logit
+    can turn positive and fine-tuning does not grow them back; keeping them costs a few per cent of the MACs.
     """
     was_training = model.training
     graph = tp.DependencyGraph().build_dependency(model, example_input, forward_fn=_trace_forward)
@@ -282,9 +228,8 @@ def recalibrate_norms(model: nn.Module, batches: Sequence[torch.Tensor]) -> None
     Pruning changes what reaches each BatchNorm: its inputs lose the removed channels' share of mean and variance
     (after ReLU every channel has a positive mean). Statistics kept from before then mis-normalise layer after
     layer; a few forward passes measure them again (Li et al., "EagleEye", ECCV 2020, arXiv:2007.02491, repairs
-    pruned networks this way). On the BUSI student at ratio 0.15 it lifts val Dice from 0 to ~0.48 before any
-    fine-tuning; folding the removed channels' means into the next layer's bias or running mean instead (tried)
-    left it at 0, as it cannot restore the variance.
+    pruned networks this way). Folding the removed channels' means into the next layer's bias or running mean
+    instead cannot restore the variance.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or not batches:
@@ -393,3 +338,11 @@ def summary(before: nn.Module, after: nn.Module, size: int | tuple[int, int]) ->
         out[f"{key}_before"], out[f"{key}_after"] = b, a
         out[f"{key}_ratio"] = a / b if b else math.nan
     return out
+
+
+def calibration_batches(images: np.ndarray, count: int, batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """``count`` batches of ``batch_size`` training images, evenly spaced over the set (not augmented: they stand for
+    what the network sees at inference), on which the norm layers are recalibrated after every pruning step."""
+    total = min(count * batch_size, len(images))
+    rows = np.linspace(0, len(images) - 1, total).round().astype(int) if total else np.zeros(0, dtype=int)
+    return [torch.from_numpy(images[rows[i:i + batch_size], None]).to(device) for i in range(0, total, batch_size)]

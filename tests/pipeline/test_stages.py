@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-STAGES = ("fetch", "preprocess", "split", "train", "distill", "prune_finetune", "export", "quantize", "evaluate",
-          "benchmark", "report")
+from tests.conftest import STAGES
+
 
 
 def run_stage(repo_root, stage: str, *args: str, cwd) -> subprocess.CompletedProcess:
@@ -35,8 +35,8 @@ def test_help_shows_docstring_summary(repo_root, tmp_path, stage):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_unknown_param_key_fails_with_one_line(repo_root, tmp_path, stage):
-    (tmp_path / "params.yaml").write_text("preprocess:\n  clahe: {clipp: 2.0}\n")
+def test_unknown_param_key_fails_with_one_line(repo_root, tmp_path, stage, params_file):
+    params_file(tmp_path / "params.yaml", {"preprocess": {"clahe": {"clipp": 2.0}}})
     result = run_stage(repo_root, stage, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -44,8 +44,8 @@ def test_unknown_param_key_fails_with_one_line(repo_root, tmp_path, stage):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
-def test_wrong_type_via_params_option(repo_root, tmp_path):
-    (tmp_path / "p.yaml").write_text("split:\n  fractions: {train: abc}\n")
+def test_wrong_type_via_params_option(repo_root, tmp_path, params_file):
+    params_file(tmp_path / "p.yaml", {"split": {"fractions": {"train": "abc"}}})
     result = run_stage(repo_root, "split", "--params", "p.yaml", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: p.yaml: split.fractions.train: expected float, got 'abc'"
@@ -54,11 +54,11 @@ def test_wrong_type_via_params_option(repo_root, tmp_path):
 def test_missing_params_file(repo_root, tmp_path):
     result = run_stage(repo_root, "fetch", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: params.yaml: params.yaml: params file not found"
+    assert result.stderr.strip() == "error: params.yaml: params file not found"
 
 
-def test_data_error_fails_with_one_line(repo_root, tmp_path):
-    (tmp_path / "params.yaml").write_text("fetch: {source: no/such/folder}\n")
+def test_data_error_fails_with_one_line(repo_root, tmp_path, params_file):
+    params_file(tmp_path / "params.yaml", {"fetch": {"source": "no/such/folder"}})
     result = run_stage(repo_root, "fetch", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -66,12 +66,24 @@ def test_data_error_fails_with_one_line(repo_root, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_fetch_stage_writes_its_outputs(repo_root, tmp_path, make_busi):
+def test_fetch_stage_writes_its_outputs(repo_root, tmp_path, make_busi, params_file):
     fake = make_busi(tmp_path / "busi", layout="mirror")
     work = tmp_path / "work"
     work.mkdir()
-    (work / "params.yaml").write_text(f"fetch: {{source: {fake.root}}}\n")
+    params_file(work / "params.yaml", {"fetch": {"source": str(fake.root)}})
     result = run_stage(repo_root, "fetch", "--out", "out/raw", cwd=work)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"fetch: 7 images from {fake.root} -> out/raw"
     assert len((work / "out" / "raw" / "manifest.csv").read_text().splitlines()) == 1 + 7
+
+
+@pytest.mark.parametrize("stage", ["fetch", "report"])
+def test_light_stages_load_no_framework(repo_root, stage):
+    """Copying files and rendering markdown must not pay for PyTorch or ONNX Runtime: with those unimportable, the
+    stage script still loads."""
+    code = ("import sys, importlib.util\n"
+            "for name in ('torch', 'onnx', 'onnxruntime', 'torch_pruning'): sys.modules[name] = None\n"
+            f"spec = importlib.util.spec_from_file_location('stage', {str(repo_root / 'stages' / f'{stage}.py')!r})\n"
+            "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

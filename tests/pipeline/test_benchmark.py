@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from ultraseg import benchmark, params as params_mod
+from ultraseg import params as params_mod
+from ultraseg.pipeline import benchmark
 from ultraseg.params import BenchmarkParams
 from ultraseg.variants import VARIANTS, by_name
 
@@ -73,12 +74,11 @@ def test_run_measures_every_variant_in_its_own_process(zoo):
     assert out["environment"]["cores"] >= 1 and out["input"] == [1, 1, zoo.size, zoo.size]
 
 
-def test_stage_writes_metrics_and_plots(zoo, repo_root, tmp_path):
+def test_stage_writes_metrics_and_plots(zoo, repo_root, tmp_path, params_file):
     evaluate = {"variants": {v.name: {"dice": 0.5 + 0.05 * k} for k, v in enumerate(VARIANTS)}}
     (tmp_path / "evaluate.json").write_text(json.dumps(evaluate))
-    (tmp_path / "params.yaml").write_text(
-        f"preprocess: {{size: {zoo.size}}}\n"
-        "benchmark: {threads: [1], warmup: 1, runs: 2, batch: 2, batch_runs: 1, retries: 0}\n")
+    params_file(tmp_path / "params.yaml", {"preprocess": {"size": zoo.size}, "benchmark": {
+        "threads": [1], "warmup": 1, "runs": 2, "batch": 2, "batch_runs": 1, "retries": 0}})
     out = subprocess.run(
         [sys.executable, str(repo_root / "stages" / "benchmark.py"), "--params", "params.yaml", "--models",
          str(zoo.models), "--evaluate", "evaluate.json", "--metrics", "benchmark.json", "--plots", "plots"],
@@ -92,8 +92,8 @@ def test_stage_writes_metrics_and_plots(zoo, repo_root, tmp_path):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_stage_without_evaluate_metrics_fails_with_one_line(repo_root, tmp_path):
-    (tmp_path / "params.yaml").write_text("{}\n")
+def test_stage_without_evaluate_metrics_fails_with_one_line(repo_root, tmp_path, params_file):
+    params_file(tmp_path / "params.yaml")
     out = subprocess.run([sys.executable, str(repo_root / "stages" / "benchmark.py"), "--evaluate", "nope.json"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 1

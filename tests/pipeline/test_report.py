@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from ultraseg import params as params_mod, report
+from ultraseg import params as params_mod
+from ultraseg.pipeline import report
 
 
 def test_missing_metrics_file_is_an_error_naming_it(tmp_path) -> None:
@@ -15,11 +16,11 @@ def test_missing_metrics_file_is_an_error_naming_it(tmp_path) -> None:
         report.render(tmp_path, params_mod.from_dict({}), tmp_path / "params.yaml")
 
 
-def test_report_stage_exits_with_one_line(tmp_path, repo_root) -> None:
+def test_report_stage_exits_with_one_line(tmp_path, repo_root, params_file) -> None:
     import subprocess
     import sys
 
-    (tmp_path / "params.yaml").write_text("{}\n")
+    params_file(tmp_path / "params.yaml")
     result = subprocess.run([sys.executable, str(repo_root / "stages/report.py"), "--metrics", str(tmp_path)],
                             cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 1
@@ -30,7 +31,7 @@ def test_report_stage_exits_with_one_line(tmp_path, repo_root) -> None:
 def test_test_and_speed_sections_quote_the_stage_outputs(zoo) -> None:
     import dataclasses
 
-    from ultraseg import benchmark, evaluate
+    from ultraseg.pipeline import benchmark, evaluate
     from ultraseg.params import BenchmarkParams, EvaluateParams
     from ultraseg.variants import by_name
 

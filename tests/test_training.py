@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from ultraseg import engine
-from ultraseg.data.augment import Augment, AugmentParams
+from ultraseg import training
+from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model
-from ultraseg.params import ModelParams, ParamsError, TrainParams
+from ultraseg.params import AugmentParams, ModelParams, ParamsError, TrainParams
 
 
 class RecordingLive:
@@ -58,7 +58,7 @@ def run(tmp_path, cfg: TrainParams = CFG, live=None, run_id: str = "a", empty_va
     torch.manual_seed(0)
     model = build_model(cfg.model.config())
     loss = build_loss({"bce": 1.0, "dice": 1.0})
-    return engine.fit(model, SegmentationSet(x, y, Augment(cfg.augment), cfg.seed), vx, vy, cfg,
+    return training.fit(model, SegmentationSet(x, y, Augment(cfg.augment), cfg.seed), vx, vy, cfg,
                       lambda logits, _x, m: loss(logits, m), torch.device("cpu"), live or RecordingLive(),
                       tmp_path / "resume.pt", run_id, desc="test")
 
@@ -122,7 +122,7 @@ def test_training_learns_discs(tmp_path) -> None:
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
-    factors = [engine.lr_factor(s, 10, 100) for s in range(100)]
+    factors = [training.lr_factor(s, 10, 100) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
     assert factors[-1] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
@@ -132,8 +132,8 @@ def test_cuda_request_without_cuda_fails_clearly() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(ParamsError, match="train.device"):
-        engine.select_device("cuda")
-    assert engine.select_device("auto").type == "cpu"
+        training.select_device("cuda")
+    assert training.select_device("auto").type == "cpu"
 
 
 def test_soft_maps_reach_the_loss_warped_with_their_batch(tmp_path) -> None:
@@ -149,7 +149,7 @@ def test_soft_maps_reach_the_loss_warped_with_their_batch(tmp_path) -> None:
 
     cfg = replace(CFG, epochs=1, augment=AugmentParams(affine_p=1.0, intensity_p=1.0, speckle_p=0.0))
     train_set = SegmentationSet(x, y, Augment(cfg.augment), cfg.seed, soft=y.astype(np.float32))
-    engine.fit(build_model(cfg.model.config()), train_set, x[:2], y[:2], cfg, loss, torch.device("cpu"),
+    training.fit(build_model(cfg.model.config()), train_set, x[:2], y[:2], cfg, loss, torch.device("cpu"),
                RecordingLive(), tmp_path / "resume.pt", "soft", desc="test")
     assert len(seen) == len(x) // cfg.batch_size
     for masks, soft in seen:

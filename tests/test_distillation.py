@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ultraseg.distill import DistillLoss, kd_loss, teacher_targets
+from ultraseg.distillation import DistillLoss, kd_loss, teacher_targets
 from ultraseg.losses import build_loss
 from ultraseg.params import Params
 

@@ -2,7 +2,7 @@
 
 For each variant (:mod:`ultraseg.variants`): probabilities at network size on val and test, resized back to each
 image's original resolution; the decision threshold chosen on val (or fixed in params), never on test; per-case
-scores and aggregates with the conventions of :mod:`ultraseg.evaluation`. ONNX variants run through ONNX Runtime,
+scores and aggregates with the conventions of :mod:`ultraseg.metrics`. ONNX variants run through ONNX Runtime,
 so the int8 model is scored by the runtime and the file an edge device would load.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import evaluation, figures
+from ultraseg import figures, metrics
 from ultraseg.data.busi import load_raw
 from ultraseg.data.dataset import load_split
 from ultraseg.io import read_csv
@@ -39,7 +39,7 @@ class Split:
     def probabilities(self, predict) -> list[np.ndarray]:
         """Each image's lesion probabilities at its original resolution."""
         probs = probabilities(predict, self.inputs)
-        return [evaluation.resize_probabilities(p, ref.shape) for p, ref in zip(probs, self.refs)]
+        return [metrics.resize_probabilities(p, ref.shape) for p, ref in zip(probs, self.refs)]
 
 
 def thresholds(params: EvaluateParams) -> np.ndarray:
@@ -51,12 +51,12 @@ def score_variant(variant: Variant, models_dir: Path, val: Split, test: Split,
                   params: EvaluateParams) -> tuple[dict, list[dict], list[dict], list[np.ndarray]]:
     """Aggregates, per-case rows and val threshold curve of one variant, and its test predictions."""
     predict = predictor(variant, models_dir)
-    curve = evaluation.threshold_curve(val.probabilities(predict), val.refs, thresholds(params))
-    threshold = evaluation.choose_threshold(curve) if params.threshold == "val" else float(params.threshold)
+    curve = metrics.threshold_curve(val.probabilities(predict), val.refs, thresholds(params))
+    threshold = metrics.choose_threshold(curve) if params.threshold == "val" else float(params.threshold)
     preds = [p > threshold for p in test.probabilities(predict)]
-    rows = evaluation.evaluate_cases(preds, test.refs, test.ids, test.classes)
+    rows = metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
     summary = {"threshold": threshold, "threshold_from": "val" if params.threshold == "val" else "params",
-               **evaluation.aggregate(rows, params.bootstrap, params.seed)}
+               **metrics.aggregate(rows, params.bootstrap, params.seed)}
     rows = [{"variant": variant.name, "threshold": threshold, **row} for row in rows]
     return summary, rows, curve, preds
 

@@ -1,8 +1,10 @@
 """The training loop (after nanoGPT's ``train.py``: one loop, read top to bottom) and its small helpers.
 
 :func:`fit` trains any segmentation model with any loss of ``(logits, images, masks, *extra)`` (:data:`LossFn`), so
-the teacher and the distilled student share it. Every epoch it validates, logs to dvclive, keeps the best weights by val Dice and writes
-a resume file; an interrupted run started again with the same params continues from its last finished epoch.
+the teacher and the distilled student share it. Every epoch it validates, logs to dvclive, keeps the best weights
+by val Dice and writes a resume file; an interrupted run started again with the same params continues from its last
+finished epoch. :func:`fit_and_save` wraps it for a stage: the splits in, a rebuildable checkpoint and a summary
+out.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from dvclive import Live
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ultraseg import metrics
-from ultraseg.data.dataset import SegmentationSet
+from ultraseg import checkpoint, metadata, metrics
+from ultraseg.data.augment import Augment
+from ultraseg.data.dataset import SegmentationSet, load_split
 from ultraseg.io import atomic_path
-from ultraseg.params import ParamsError, TrainParams
+from ultraseg.models.registry import count_macs, count_parameters
+from ultraseg.params import Params, ParamsError, TrainParams
 
 LossFn = Callable[..., torch.Tensor]
 """``loss(logits, images, masks, *extra)``: images are passed so a distillation loss can query its teacher; extra
@@ -118,7 +123,7 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         run_id: str, desc: str = "train") -> FitResult:
     """Train ``model`` in place; return the best weights by val Dice and the per-epoch history."""
     seed_everything(cfg.seed)
-    channels_last = device.type == "cpu"  # NHWC convolutions run about 1.3x faster on x86 CPUs
+    channels_last = device.type == "cpu"  # oneDNN's NHWC convolutions are the fast path on x86 CPUs
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -205,6 +210,38 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
 
     model.load_state_dict(result.best_state)
     return result
+
+
+def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: LossFn, data_dir: Path,
+                 split_csv: Path, out: Path, live_dir: Path, resume: Path, rid: str, kind: str,
+                 soft: np.ndarray | None = None) -> dict:
+    """Train ``model`` on the train split under ``cfg``, keep the best val epoch, save it; return a summary.
+
+    ``soft``: per-image maps of the train split that the loss gets with each batch (cached teacher logits)."""
+    device = select_device(cfg.device)
+    threads = configure_cpu(cfg.threads)
+    mode = params.preprocess.normalize
+    train_x, train_y, _ = load_split(data_dir, split_csv, "train", mode)
+    val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
+    config = cfg.model.config()
+    print(f"{kind}: {config['name']} {count_parameters(model):,} params on {device} ({threads} threads), "
+          f"{len(train_x)} train / {len(val_x)} val images at {params.preprocess.size}px")
+
+    with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        train_set = SegmentationSet(train_x, train_y, Augment(cfg.augment), cfg.seed, soft)
+        result = fit(model, train_set, val_x, val_y, cfg, loss_fn, device, live, resume, rid, desc=kind)
+
+    meta = metadata.model_meta(params, config, kind, rid) | {"epoch": result.best_epoch, "val": result.best}
+    checkpoint.save(out, model.cpu(), meta)
+    resume.unlink(missing_ok=True)  # finished: a later run with the same params starts afresh
+    return {
+        "model": config["name"], "params": count_parameters(model),
+        "gmacs": round(count_macs(model, params.preprocess.size) / 1e9, 4),
+        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "val_dice": round(result.best["dice"], 4), "val_iou": round(result.best["iou"], 4),
+        "val_normal_clean": round(result.best["normal_clean"], 4),
+        "train_minutes": round(result.seconds / 60, 2), "device": device.type,
+    }
 
 
 def _score(val: dict[str, float]) -> float:

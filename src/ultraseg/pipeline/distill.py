@@ -1,0 +1,52 @@
+"""The distill stage's work: distil the teacher into the student and, to measure what distillation gains, train
+the same student without it (see :mod:`ultraseg.distillation`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ultraseg import checkpoint, params as params_mod, training
+from ultraseg.data.dataset import load_split
+from ultraseg.distillation import DistillLoss, teacher_targets
+from ultraseg.losses import build_loss
+from ultraseg.metadata import data_files, run_id
+from ultraseg.models.registry import build_model
+from ultraseg.params import Params
+
+
+def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out: Path, live_dir: Path,
+        baseline_live_dir: Path, resume_dir: Path) -> dict:
+    """Distil the teacher into the student; with ``distill.baseline`` also train the student without it."""
+    cfg = params.distill
+    budget = cfg.budget(params.train)
+    device = training.select_device(budget.device)
+    teacher, meta = checkpoint.load(teacher_path, device)
+    if device.type == "cpu":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    task = build_loss(params_mod.to_dict(params.train.loss))
+    data_rid = run_id(params, split_csv, *data_files(data_dir), teacher_path) + params_mod.digest(cfg)
+    train_x, _, _ = load_split(data_dir, split_csv, "train", params.preprocess.normalize)
+    soft = teacher_targets(params, teacher, train_x, device)
+
+    def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
+        training.seed_everything(budget.seed)  # both runs start from the same initial weights
+        model = build_model(budget.model.config())
+        loss = DistillLoss(task, teacher if kd_weight > 0 else None, cfg.temperature, cfg.task_weight, kd_weight)
+        return training.fit_and_save(params, budget, model, loss, data_dir, split_csv, target, live,
+                                     resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}", name,
+                                     soft=soft if kd_weight > 0 else None)
+
+    summary = {"teacher_val_dice": meta["val"]["dice"], "temperature": cfg.temperature,
+               "kd_weight": cfg.kd_weight, "student": student_run(cfg.kd_weight, out, live_dir, "student")}
+    summary["kept"] = "distilled"
+    if cfg.baseline:
+        scratch = resume_dir / "baseline_model.pt"
+        summary["baseline"] = student_run(0.0, scratch, baseline_live_dir, "baseline")
+        summary["kd_gain_val_dice"] = round(summary["student"]["val_dice"] - summary["baseline"]["val_dice"], 4)
+        if cfg.keep == "best" and summary["kd_gain_val_dice"] < 0:
+            scratch.replace(out)  # same folder tree, so an atomic rename: out is never half-written
+            summary["kept"] = "baseline"
+        scratch.unlink(missing_ok=True)
+    return summary
