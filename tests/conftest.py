@@ -225,6 +225,29 @@ def write_raw(raw: Path, images: dict[str, np.ndarray], masks: dict[str, np.ndar
     write_csv(raw / "manifest.csv", rows, list(rows[0]))
 
 
+def tiny_workspace(root: Path, counts: dict[str, int], size: int = 32) -> tuple[Path, Path]:
+    """Raw speckle images with their lesion masks, preprocessed to ``size``, and a split: the first image of every
+    class is val, the second test, the rest train. Returns (data folder, split.csv)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size]
+    lesion = ((yy - size / 2) / (size / 4)) ** 2 + ((xx - size / 2) / (size / 4)) ** 2 < 1  # speckle_image's
+    images, masks, split = {}, {}, []
+    for cls, count in counts.items():
+        for n in range(1, count + 1):
+            image_id = f"{cls} ({n})"
+            images[image_id] = speckle_image(rng, size, size)
+            masks[image_id] = np.zeros_like(lesion) if cls == "normal" else lesion
+            split.append({"id": image_id, "class": cls, "split": {1: "val", 2: "test"}.get(n, "train")})
+    write_raw(root / "raw", images, masks)
+    from ultraseg.io import write_csv
+    from ultraseg.params import PreprocessParams
+    from ultraseg.pipeline import preprocess
+
+    write_csv(root / "split.csv", split, ["id", "class", "split"])
+    preprocess.run(root / "raw", root / "data", PreprocessParams(size=size))
+    return root / "data", root / "split.csv"
+
+
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> Zoo:
     """Raw images at network size (so resizing back is exact), 3 val and 6 test cases, and untrained tiny models

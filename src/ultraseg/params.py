@@ -694,8 +694,10 @@ def load(path: str | Path = "params.yaml") -> Params:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    except yaml.YAMLError as err:  # PyYAML's message spans lines (an excerpt and a caret): keep what and where
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     if data is None:
         raise ParamsError(f"{path}: empty params file")
     if not isinstance(data, dict):

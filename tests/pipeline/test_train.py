@@ -1,0 +1,98 @@
+"""The train stage's work on a tiny workspace: one epoch of a tiny teacher, saved with its metadata, a summary, the
+learning curves, and no resume file left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY, tiny_workspace
+from ultraseg import checkpoint, params as params_mod
+from ultraseg.metadata import data_files, run_id
+from ultraseg.models.registry import build_model, count_parameters
+from ultraseg.pipeline import train
+
+SIZE = 32
+PARAMS = {
+    "preprocess": {"size": SIZE},
+    "train": {"device": "cpu", "threads": 1, "epochs": 1, "batch_size": 4, "warmup_epochs": 0,
+              "model": {"widths": TINY}},
+}
+SUMMARY_KEYS = {"model", "params", "gmacs", "best_epoch", "epochs_run", "val_dice", "val_iou", "val_normal_clean",
+                "train_minutes", "device"}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[Path, Path]:
+    return tiny_workspace(tmp_path_factory.mktemp("train"), {"benign": 6, "malignant": 5, "normal": 3})
+
+
+def run(params, workspace, out_dir: Path) -> dict:
+    data, split = workspace
+    return train.run(params, data, split, out_dir / "teacher.pt", out_dir / "live", out_dir / "resume" / "train.pt")
+
+
+def test_train_writes_teacher_summary_and_curves(workspace, tmp_path):
+    params = params_mod.from_dict(PARAMS)
+    summary = run(params, workspace, tmp_path)
+
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["model"] == "unet" and summary["device"] == "cpu"
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
+    assert summary["params"] == count_parameters(build_model(params.train.model.config()))
+    assert summary["gmacs"] > 0
+    assert 0.0 <= summary["val_dice"] <= 1.0 and 0.0 <= summary["val_iou"] <= summary["val_dice"]
+    assert summary["val_normal_clean"] in (0.0, 1.0)  # the one normal val image: clean or not
+    json.dumps(summary, allow_nan=False)  # what the stage writes to metrics/train.json
+
+    model, meta = checkpoint.load(tmp_path / "teacher.pt")
+    data, split = workspace
+    assert meta["kind"] == "teacher"
+    assert meta["model"] == params.train.model.config() and meta["model"]["widths"] == TINY
+    assert meta["size"] == SIZE and meta["normalize"] == "zscore" and meta["threshold"] == 0.5
+    assert meta["preprocess"] == params_mod.to_dict(params.preprocess)
+    assert meta["run_id"] == run_id(params, split, *data_files(data))
+    assert meta["epoch"] == 1
+    assert round(meta["val"]["dice"], 4) == summary["val_dice"]
+    assert count_parameters(model) == summary["params"]
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 1, SIZE, SIZE)
+
+    assert not (tmp_path / "resume" / "train.pt").exists()  # finished: nothing to resume
+    curve = (tmp_path / "live" / "plots" / "metrics" / "val" / "dice.tsv").read_text().splitlines()
+    assert curve[0].split("\t") == ["step", "dice"] and len(curve) == 2
+    assert round(float(curve[1].split("\t")[1]), 4) == summary["val_dice"]
+
+
+def test_train_is_reproducible(workspace, tmp_path):
+    params = params_mod.from_dict(PARAMS)
+    first = run(params, workspace, tmp_path / "a")
+    second = run(params, workspace, tmp_path / "b")
+    assert {k: v for k, v in first.items() if k != "train_minutes"} == \
+        {k: v for k, v in second.items() if k != "train_minutes"}
+    a = torch.load(tmp_path / "a" / "teacher.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "teacher.pt", weights_only=True)
+    assert a["meta"] == b["meta"]
+    for key, value in a["state"].items():
+        assert torch.equal(value, b["state"][key]), key
+
+
+def test_another_train_param_gives_another_run_id_and_model(workspace, tmp_path):
+    base = params_mod.from_dict(PARAMS)
+    other = params_mod.from_dict(PARAMS | {"train": PARAMS["train"] | {"seed": 7}})
+    run(base, workspace, tmp_path / "a")
+    run(other, workspace, tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "teacher.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "teacher.pt", weights_only=True)
+    assert a["meta"]["run_id"] != b["meta"]["run_id"]
+    assert any(not torch.equal(v, b["state"][k]) for k, v in a["state"].items())
+
+
+def test_a_batch_larger_than_the_train_split_is_refused(workspace, tmp_path):
+    params = params_mod.from_dict(PARAMS | {"train": PARAMS["train"] | {"batch_size": 64}})
+    with pytest.raises(params_mod.ParamsError, match="batch_size"):
+        run(params, workspace, tmp_path)
+    assert not (tmp_path / "teacher.pt").exists()
