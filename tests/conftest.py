@@ -258,7 +258,7 @@ def zoo(tmp_path_factory) -> Zoo:
     from ultraseg.data import preprocess
     from ultraseg.io import write_csv
     from ultraseg.models import build_model
-    from ultraseg.params import ExportParams, PreprocessParams, QuantizeParams
+    from ultraseg.params import ExportParams, PreprocessParams, QuantizeParams, to_dict
     from ultraseg.pipeline import preprocess as preprocess_stage
 
     size = 32
@@ -279,7 +279,8 @@ def zoo(tmp_path_factory) -> Zoo:
     torch.manual_seed(0)
     for network, widths in (("teacher", [8, 16]), ("student", [4, 8]), ("pruned", [4, 8])):
         config = {"name": "unet", "widths": widths, "up": "nearest"}
-        meta = {"kind": network, "model": config, "size": size, "threshold": 0.5, "normalize": "zscore"}
+        meta = {"kind": network, "model": config, "size": size, "threshold": 0.5, "normalize": "zscore",
+                "preprocess": to_dict(PreprocessParams(size=size))}
         model = build_model(config).eval()
         checkpoint.save(models / f"{network}.pt", model, meta)
         onnx_io.export(model, models / "onnx" / f"{network}.onnx", ExportParams(), meta)

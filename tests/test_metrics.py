@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ultraseg.data.preprocess import resize_probabilities
 from ultraseg.metrics import (
     aggregate,
     boundary,
@@ -16,7 +17,6 @@ from ultraseg.metrics import (
     choose_threshold,
     evaluate_cases,
     hd95,
-    resize_probabilities,
     threshold_curve,
 )
 

@@ -3,7 +3,8 @@
 Conventions, used everywhere a number is reported:
 
 - Every case is scored at the image's ORIGINAL resolution. Network probabilities are resized there with bilinear
-  interpolation (:func:`resize_probabilities`) and only then thresholded, as ``prob > threshold``.
+  interpolation (:func:`ultraseg.data.preprocess.resize_probabilities`) and only then thresholded, as
+  ``prob > threshold``.
 - A *lesion image* has a non-empty reference (benign, malignant); a *normal image* has an empty one.
 - Undefined scores are NaN, never 1.0:
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -200,16 +200,6 @@ def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- probabilities
-
-
-def resize_probabilities(prob: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Float32 probabilities (H, W) at network size, bilinearly resized (cv2 INTER_LINEAR, half-pixel centres as
-    torch's ``align_corners=False``) to ``size_hw`` = (height, width) of the original image, to threshold there."""
-    prob = np.asarray(prob, dtype=np.float32)
-    if prob.ndim != 2:
-        raise ValueError(f"expected 2-D probabilities, got shape {prob.shape}")
-    height, width = size_hw
-    return cv2.resize(prob, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
 
 
 def threshold_curve(probs: Sequence[np.ndarray], refs: Sequence[np.ndarray], thresholds: np.ndarray) -> list[dict]:

@@ -26,7 +26,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import scipy.ndimage as ndi
 
 DARK_FLOOR = 10.0
 """Local means at or below this grey level are the black frame around the scan, where the CV is 0/0 or
@@ -133,6 +132,8 @@ def median(img: Any, window: int = 5) -> np.ndarray:
     x = _as_image(img)
     if window > _MEDIAN_BLUR_MAX:
         if not np.array_equal(x, np.rint(x)):
+            import scipy.ndimage as ndi  # only for fractional grey levels: the runtime stays numpy and OpenCV
+
             return _finish(ndi.median_filter(x, size=window, mode="reflect"))
         # Whole grey levels (any 8-bit scan): the uint8 medianBlur is exact and ten times faster than scipy.
         x = x.astype(np.uint8)

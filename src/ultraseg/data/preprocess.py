@@ -37,6 +37,16 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
 
 
+def resize_probabilities(prob: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Float32 probabilities (H, W) at network size, bilinearly resized (cv2 INTER_LINEAR, half-pixel centres as
+    torch's ``align_corners=False``) to ``size_hw`` = (height, width) of the original image, to threshold there."""
+    prob = np.asarray(prob, dtype=np.float32)
+    if prob.ndim != 2:
+        raise ValueError(f"expected 2-D probabilities, got shape {prob.shape}")
+    height, width = size_hw
+    return cv2.resize(prob, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+
+
 def preprocess(image: np.ndarray, params: PreprocessParams) -> np.ndarray:
     """Everything the stage does to one greyscale image: the stored uint8 network-size array."""
     return resize_image(enhance(image, params), params.size)

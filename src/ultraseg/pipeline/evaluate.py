@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ultraseg import figures, metrics
 from ultraseg.data.busi import load_raw
 from ultraseg.data.dataset import load_split
+from ultraseg.data.preprocess import resize_probabilities
 from ultraseg.io import read_csv
 from ultraseg.params import EvaluateParams, Params
 from ultraseg.variants import DEPLOYED, VARIANTS, Variant, predictor, probabilities
@@ -39,7 +40,7 @@ class Split:
     def probabilities(self, predict) -> list[np.ndarray]:
         """Each image's lesion probabilities at its original resolution."""
         probs = probabilities(predict, self.inputs)
-        return [metrics.resize_probabilities(p, ref.shape) for p, ref in zip(probs, self.refs)]
+        return [resize_probabilities(p, ref.shape) for p, ref in zip(probs, self.refs)]
 
 
 def thresholds(params: EvaluateParams) -> np.ndarray:

@@ -1,0 +1,62 @@
+"""From a probability map to the answer a user sees: the pixel threshold and the post-processing rule.
+
+The rule is chosen on val by the deploy stage (:mod:`ultraseg.pipeline.deploy`), stored in the deployable ONNX file's
+metadata and applied by the runtime (:mod:`ultraseg.runtime`), so evaluation, the command line and the viewer all
+turn probabilities into masks the same way. NumPy and OpenCV only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """``prob > threshold``, then: nothing at all unless the highest probability exceeds ``gate``; connected
+    components (8-connected) smaller than ``min_area`` of the image removed; with ``keep_largest``, only the largest
+    component kept. The defaults leave the thresholded mask as it is."""
+
+    threshold: float = 0.5
+    """Pixel probability above which a pixel is lesion."""
+    gate: float = 0.0
+    """The image shows a lesion only if its highest probability (the image-level score) exceeds this."""
+    min_area: float = 0.0
+    """Smallest lesion kept, as a fraction of the image's area (so the rule does not depend on the resolution)."""
+    keep_largest: bool = False
+    """Keep only the largest lesion: BUSI-like scans show one lesion in almost every image."""
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "gate", "min_area"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"postprocess.{name}: expected a value in [0, 1), got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PostProcess:
+        """The rule stored in a model's metadata; unknown keys are refused, naming them."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"postprocess: unknown key {unknown[0]!r}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def apply(self, prob: np.ndarray) -> np.ndarray:
+        """The boolean lesion mask of a probability map (H, W)."""
+        mask = prob > self.threshold
+        if not mask.any() or float(prob.max()) <= self.gate:
+            return np.zeros(prob.shape, bool)
+        if self.min_area <= 0 and not self.keep_largest:
+            return mask
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        keep = areas >= self.min_area * prob.size
+        if self.keep_largest and keep.any():
+            keep &= areas == areas[keep].max()
+            keep &= np.cumsum(keep) == 1  # one component even when two tie
+        return np.concatenate([[False], keep])[labels]

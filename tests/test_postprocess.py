@@ -1,0 +1,47 @@
+"""Post-processing rules: threshold, gate, small components, largest component."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ultraseg.postprocess import PostProcess
+
+
+def blobs() -> np.ndarray:
+    prob = np.zeros((40, 40), np.float32)
+    prob[2:12, 2:12] = 0.9     # 100 px
+    prob[20:24, 20:24] = 0.6   # 16 px
+    prob[30:32, 35:37] = 0.7   # 4 px
+    return prob
+
+
+def test_defaults_only_threshold():
+    np.testing.assert_array_equal(PostProcess().apply(blobs()), blobs() > 0.5)
+    assert PostProcess(threshold=0.65).apply(blobs()).sum() == 104
+
+
+def test_min_area_is_a_fraction_of_the_image():
+    mask = PostProcess(min_area=10 / 1600).apply(blobs())
+    assert mask.sum() == 116 and not mask[30:32, 35:37].any()
+
+
+def test_keep_largest_keeps_one_component_even_on_ties():
+    assert PostProcess(keep_largest=True).apply(blobs()).sum() == 100
+    prob = np.zeros((10, 10), np.float32)
+    prob[0:2, 0:2] = prob[6:8, 6:8] = 0.9
+    assert PostProcess(keep_largest=True).apply(prob).sum() == 4
+
+
+def test_gate_on_the_highest_probability():
+    assert PostProcess(gate=0.95).apply(blobs()).sum() == 0
+    assert PostProcess(gate=0.85).apply(blobs()).sum() == 120
+
+
+def test_round_trip_and_validation():
+    rule = PostProcess(threshold=0.4, gate=0.7, min_area=0.01, keep_largest=True)
+    assert PostProcess.from_dict(rule.to_dict()) == rule
+    with pytest.raises(ValueError, match="postprocess.gate"):
+        PostProcess(gate=1.5)
+    with pytest.raises(ValueError, match="unknown key 'minarea'"):
+        PostProcess.from_dict({"minarea": 0.1})
