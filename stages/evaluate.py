@@ -1,7 +1,8 @@
 """evaluate: every model variant scored on the held-out test split, at each image's original resolution.
 
 Reads the `evaluate` params section (threshold: `val` or fixed, bootstrap), models/ (PyTorch checkpoints, ONNX fp32
-and int8 files), data/preprocessed (network inputs), data/raw (original-resolution masks) and data/split.csv.
+and int8 files, and the deployable models/deploy/ultraseg.int8.onnx, scored through the runtime with its own
+threshold and post-processing as `deployed`), data/preprocessed (network inputs), data/raw (original-resolution masks) and data/split.csv.
 Writes metrics/evaluate.json (per variant: threshold, lesion-mean Dice with bootstrap 95% CI, IoU, precision,
 recall, HD95, pooled Dice, per-class Dice, normal images predicted clean), results/evaluate/cases.csv (one row per
 variant and test image) and plots/evaluate/ (Dice distribution, val threshold curves, best/median/worst cases of
@@ -13,7 +14,7 @@ from pathlib import Path
 from ultraseg import io
 from ultraseg.pipeline import evaluate
 from ultraseg.cli import fail_cleanly, parse, parser
-from ultraseg.variants import DEPLOYED, by_name
+from ultraseg.variants import DEPLOY_FILE, DEPLOYED, by_name
 
 
 @fail_cleanly
@@ -27,7 +28,8 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", type=Path, default=Path("results/evaluate/cases.csv"))
     ap.add_argument("--plots", type=Path, default=Path("plots/evaluate"))
     args, params = parse(ap, argv)
-    summary, rows, curves, samples = evaluate.run(params, args.models, args.data, args.raw, args.split)
+    summary, rows, curves, samples = evaluate.run(params, args.models, args.data, args.raw, args.split,
+                                                  deployable=args.models / DEPLOY_FILE)
     io.write_csv(args.cases, rows, evaluate.CASE_COLUMNS)
     io.write_csv(args.plots / "threshold_curve.csv", evaluate.curve_rows(curves), ["threshold", *curves])
     evaluate.dice_figure(rows, args.plots / "dice_distribution.png")

@@ -11,7 +11,6 @@ from pathlib import Path
 from ultraseg import io
 from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.pipeline import preprocess
-from ultraseg.data.dataset import split_ids
 
 
 @fail_cleanly
@@ -25,7 +24,7 @@ def main(argv=None) -> None:
     args, params = parse(ap, argv)
     cfg = params.preprocess
     timing = preprocess.run(args.raw, args.out, cfg)
-    train_ids = set(split_ids(args.split, "train"))
+    train_ids = set(io.split_ids(args.split, "train"))
     sample = preprocess.quality_sample(args.raw, cfg.quality_sample, train_ids)
     table = preprocess.compare_filters(sample, cfg)
     chosen = {k: table[cfg.filter][k] for k in ("enl_ratio", "edge_preservation")}

@@ -251,7 +251,8 @@ def tiny_workspace(root: Path, counts: dict[str, int], size: int = 32) -> tuple[
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> Zoo:
     """Raw images at network size (so resizing back is exact), 3 val and 6 test cases, and untrained tiny models
-    saved as every variant: teacher/student/pruned checkpoints, their ONNX files and an int8 file."""
+    saved as every variant: teacher/student/pruned checkpoints, their ONNX files, an int8 file and the deployable
+    file (the int8 one with a post-processing rule)."""
     import torch
 
     from ultraseg import checkpoint, onnx_io, quantization
@@ -287,4 +288,6 @@ def zoo(tmp_path_factory) -> Zoo:
     calibration = preprocess.normalize(np.stack(list(images.values())), "zscore")
     quantization.quantize(models / "onnx" / "pruned.onnx", models / "pruned.int8.onnx", calibration,
                           QuantizeParams(calibration_images=8))
+    onnx_io.write_with_metadata(models / "pruned.int8.onnx", models / "deploy" / "ultraseg.int8.onnx",
+                                {"postprocess": {"threshold": 0.5, "gate": 0.0, "min_area": 0.0, "keep_largest": False}})
     return Zoo(root, root / "raw", root / "data", root / "split.csv", models, masks, size)

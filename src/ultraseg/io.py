@@ -1,4 +1,5 @@
-"""Atomic file and directory writes, so an interrupted stage never leaves an output that DVC would trust."""
+"""Atomic file and directory writes, so an interrupted stage never leaves an output that DVC would trust, and the
+readers of the project's small tables (CSV, JSON, the split)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,11 @@ def write_csv(path: str | Path, rows: list[dict], columns: tuple[str, ...] | lis
 def read_csv(path: str | Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+def split_ids(split_csv: Path, split: str) -> list[str]:
+    """Image ids of one split, in the file's order."""
+    ids = [row["id"] for row in read_csv(split_csv) if row["split"] == split]
+    if not ids:
+        raise ValueError(f"{split_csv}: no image in split {split!r}")
+    return ids

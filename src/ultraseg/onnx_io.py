@@ -155,6 +155,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return {p.key: json.loads(p.value) for p in proto.metadata_props}
 
 
+def write_with_metadata(src: str | Path, dst: str | Path, updates: Mapping[str, Any]) -> None:
+    """Copy the ONNX file ``src`` to ``dst`` (atomically) with ``updates`` merged into its metadata."""
+    proto = onnx.load(str(src))
+    props = {p.key: p.value for p in proto.metadata_props} | _encode_metadata(updates)
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    with atomic_path(dst) as tmp:
+        onnx.save(proto, str(tmp))
+
+
 # ---------------------------------------------------------------------------------------------------- running
 
 

@@ -550,6 +550,30 @@ class QuantizeParams(Section):
 
 
 @dataclass(frozen=True)
+class DeployParams(Section):
+    """The deployable model's threshold and post-processing rule (:class:`ultraseg.postprocess.PostProcess`),
+    chosen on val over the grid below; test is never looked at."""
+
+    threshold_step: float = 0.05
+    """Spacing of the pixel thresholds tried, from ``threshold_step`` to ``1 - threshold_step``."""
+    gates: tuple[float, ...] = (0.0, 0.6, 0.7, 0.8, 0.9)
+    """Highest-probability gates tried (0 = none)."""
+    min_areas: tuple[float, ...] = (0.0, 0.0025, 0.005, 0.01, 0.02)
+    """Smallest lesion kept, as fractions of the image area, tried (0 = keep all)."""
+    keep_largest: tuple[bool, ...] = (False, True)
+    dice_tolerance: float = 0.005
+    """Among the rules whose val lesion Dice is within this of the best rule's, the one that leaves the most normal
+    val images clean is deployed: a user scanning healthy tissue should mostly see "no lesion"."""
+
+    def check(self, prefix: str) -> None:
+        _within(self, prefix, "threshold_step", 0.001, 0.5)
+        _require(self, prefix, "gates", lambda v: len(v) > 0 and all(0 <= g < 1 for g in v), "values in [0, 1)")
+        _require(self, prefix, "min_areas", lambda v: len(v) > 0 and all(0 <= a < 1 for a in v), "values in [0, 1)")
+        _require(self, prefix, "keep_largest", lambda v: len(v) > 0, "at least one of true, false")
+        _within(self, prefix, "dice_tolerance", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
 class EvaluateParams(Section):
     """Test-split scoring of every model variant (the split is never used to choose anything)."""
 
@@ -611,6 +635,7 @@ class Params(Section):
     prune: PruneParams = field(default_factory=PruneParams)
     export: ExportParams = field(default_factory=ExportParams)
     quantize: QuantizeParams = field(default_factory=QuantizeParams)
+    deploy: DeployParams = field(default_factory=DeployParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from ultraseg.onnx_io import INPUT, session
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def time_call(fn: Callable[[], object], warmup: int = 10, runs: int = 50) -> dict[str, float]:
@@ -39,12 +39,16 @@ def _input(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 def onnx_runner(path: str | Path, shape: tuple[int, ...], threads: int = 1, seed: int = 0) -> Callable[[], object]:
     """A zero-argument call of an ONNX Runtime session on a fixed seeded input."""
+    from ultraseg.onnx_io import INPUT, session
+
     sess, feed = session(path, threads), {INPUT: _input(shape, seed)}
     return lambda: sess.run(None, feed)
 
 
 def torch_runner(model: nn.Module, shape: tuple[int, ...], threads: int = 1, seed: int = 0) -> Callable[[], object]:
     """A zero-argument eager PyTorch forward (eval, no grad) on a fixed seeded input, with ``threads`` threads."""
+    import torch  # imported here so that timing the torch-free runtime does not load PyTorch
+
     x = torch.from_numpy(_input(shape, seed))
     model = model.eval()
 

@@ -56,7 +56,10 @@ def onnx_file(network: str) -> str:
 
 
 INT8_FILE = f"{DEPLOYABLE_NETWORK}.int8.onnx"
-"""The int8 deployable model, relative to the models directory."""
+"""The int8 model, relative to the models directory."""
+DEPLOY_FILE = "deploy/ultraseg.int8.onnx"
+"""The deployable file users run (the int8 model with its post-processing rule), relative to the models
+directory."""
 
 VARIANTS: tuple[Variant, ...] = (
     *(v for n in NETWORKS for v in (Variant(n, n, "torch", "fp32", checkpoint_file(n)),

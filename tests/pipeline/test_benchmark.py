@@ -81,7 +81,8 @@ def test_stage_writes_metrics_and_plots(zoo, repo_root, tmp_path, params_file):
         "threads": [1], "warmup": 1, "runs": 2, "batch": 2, "batch_runs": 1, "retries": 0}})
     out = subprocess.run(
         [sys.executable, str(repo_root / "stages" / "benchmark.py"), "--params", "params.yaml", "--models",
-         str(zoo.models), "--evaluate", "evaluate.json", "--metrics", "benchmark.json", "--plots", "plots"],
+         str(zoo.models), "--evaluate", "evaluate.json", "--metrics", "benchmark.json", "--plots", "plots",
+         "--raw", str(zoo.raw), "--split", str(zoo.split)],
         capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "benchmark.json").read_text())
@@ -90,6 +91,12 @@ def test_stage_writes_metrics_and_plots(zoo, repo_root, tmp_path, params_file):
     assert rows[0] == "variant,latency_ms,test_dice,file_mb" and len(rows) == 1 + len(VARIANTS)
     for name in ("tradeoff.png", "size_latency.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    end = metrics["end_to_end"]
+    assert set(end["frames"]) == {"scan", "scanner_640x480"} and end["frames"]["scanner_640x480"]["frame_hw"] == [480, 640]
+    assert end["torch_loaded"] is False  # the runtime's memory is measured without PyTorch
+    assert metrics["seed_unet"]["model"]["widths"] == [64, 128, 256, 512]
+    assert metrics["speedup_end_to_end_vs_seed_unet"] == round(
+        metrics["seed_unet"]["p50_ms"] / end["frames"]["scan"]["p50_ms"], 1)
 
 
 def test_stage_without_evaluate_metrics_fails_with_one_line(repo_root, tmp_path, params_file):

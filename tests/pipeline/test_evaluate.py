@@ -122,10 +122,11 @@ def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path, params_f
          "--plots", str(tmp_path / "plots")], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "evaluate.json").read_text())
-    assert set(metrics["variants"]) == {v.name for v in VARIANTS}
-    assert len((tmp_path / "cases.csv").read_text().splitlines()) == 1 + 6 * len(VARIANTS)
+    assert set(metrics["variants"]) == {v.name for v in VARIANTS} | {"deployed"}
+    assert len((tmp_path / "cases.csv").read_text().splitlines()) == 1 + 6 * (len(VARIANTS) + 1)
     header = (tmp_path / "plots" / "threshold_curve.csv").read_text().splitlines()[0]
-    assert header == "threshold," + ",".join(v.name for v in VARIANTS)
+    assert header == "threshold," + ",".join(v.name for v in VARIANTS) + ",deployed"
+    assert metrics["variants"]["deployed"]["postprocess"]["threshold"] == 0.5
     for name in ("dice_distribution.png", "threshold_curve.png", "samples.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -165,3 +166,14 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
         assert by_id[image_id]["ref_pixels"] == masks[image_id].sum()
     assert by_id["benign (1)"]["dice"] == by_id["malignant (1)"]["dice"] == 1.0
     assert by_id["normal (1)"]["pred_pixels"] == 48 * 18 and metrics["variants"][DEPLOYED]["normal_clean"] == 0.0
+
+
+def test_the_deployable_file_scores_as_its_int8_model_through_the_runtime(zoo):
+    """Raw image in, mask out through the runtime gives exactly what the network-size path gives for the same file
+    and threshold: what evaluate reports for the deployable file is what a user gets."""
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"threshold": 0.5, "bootstrap": 20}})
+    _, rows, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, [by_name("pruned_int8")],
+                                 deployable=zoo.models / "deploy" / "ultraseg.int8.onnx")
+    int8 = [(r["id"], r["tp"], r["fp"], r["fn"]) for r in rows if r["variant"] == "pruned_int8"]
+    deployed = [(r["id"], r["tp"], r["fp"], r["fn"]) for r in rows if r["variant"] == "deployed"]
+    assert int8 == deployed and len(int8) == 6

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from ultraseg.data.augment import Augment, worker_seed
 from ultraseg.data.preprocess import normalize
 from ultraseg.errors import DataError
-from ultraseg.io import read_csv
+from ultraseg.io import split_ids
 
 
 @dataclass(frozen=True)
@@ -36,14 +36,6 @@ class Preprocessed:
         if missing:
             raise DataError(f"{missing[0]!r} is in the split but not in the preprocessed set; run dvc repro")
         return np.array([position[i] for i in ids], dtype=np.int64)
-
-
-def split_ids(split_csv: Path, split: str) -> list[str]:
-    """Image ids of one split, in the file's order."""
-    ids = [row["id"] for row in read_csv(split_csv) if row["split"] == split]
-    if not ids:
-        raise ValueError(f"{split_csv}: no image in split {split!r}")
-    return ids
 
 
 def load_split(folder: Path, split_csv: Path, split: str, mode: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -21,13 +21,21 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from ultraseg import figures
+from ultraseg.data.busi import load_raw
+from ultraseg.io import split_ids
 from ultraseg.timing import time_call
 from ultraseg.params import BenchmarkParams, Params
-from ultraseg.variants import DEPLOYED, VARIANTS, Variant, by_name, checkpoint_file, predictor
+from ultraseg.variants import DEPLOY_FILE, DEPLOYED, VARIANTS, Variant, by_name, checkpoint_file, predictor
+
+SEED_UNET = {"name": "unet", "widths": [64, 128, 256, 512]}
+"""The U-Net this project started from: four levels of 64-512 channels."""
+SEED_INPUT = 256
+"""The seed U-Net's input side."""
 
 
 # ---------------------------------------------------------------------------------------------------- disturbance
@@ -118,6 +126,53 @@ def measure(name: str, models_dir: Path, size: int, params: BenchmarkParams) -> 
             "model_rss_mb": round(peak_rss_mb() - before, 1), **out}
 
 
+def measure_end_to_end(deployable: Path, frames: dict[str, np.ndarray], params: BenchmarkParams) -> dict[str, Any]:
+    """The deployable file through the torch-free runtime, frame in and answer out (preprocess, model,
+    post-process), one thread, on each frame; with the median of each part and this process's peak memory. Meant to
+    run in a fresh process, which then holds the runtime alone."""
+    from ultraseg.runtime import Segmenter
+
+    segmenter = Segmenter(deployable, threads=1)
+    out: dict[str, Any] = {}
+    for name, frame in frames.items():
+        parts: list[dict[str, float]] = []
+        timed = steady(lambda: time_call(lambda: parts.append(segmenter.segment(frame).timings), params.warmup,
+                                         params.runs), params.max_disturbance, params.retries)
+        last = parts[-params.runs:]
+        out[name] = {"frame_hw": list(frame.shape[:2]), "p50_ms": round(timed["p50_ms"], 3),
+                     "p95_ms": round(timed["p95_ms"], 3), "disturbance": timed["disturbance"],
+                     **{f"{key[:-3]}_p50_ms": round(float(np.median([p[key] for p in last])), 3) for key in last[0]}}
+    import sys
+
+    return {"frames": out, "torch_loaded": "torch" in sys.modules, "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def measure_seed_unet(size: int, params: BenchmarkParams) -> dict[str, Any]:
+    """The seed-size U-Net (untrained: its speed does not depend on its weights) in PyTorch eager fp32, one thread,
+    at ``size`` px: the reference the deployable model's end-to-end time is compared with."""
+    from ultraseg.models.registry import build_model, count_macs, count_parameters
+    from ultraseg.timing import torch_runner
+
+    model = build_model(SEED_UNET).eval()
+    runs = max(3, params.runs // 10)  # each call takes long enough that a few give a stable median
+    timed = steady(lambda: time_call(torch_runner(model, (1, 1, size, size)), min(params.warmup, 2), runs),
+                   params.max_disturbance, params.retries)
+    return {"model": SEED_UNET, "input": [1, 1, size, size], "params": count_parameters(model),
+            "gmacs": round(count_macs(model, size) / 1e9, 3), "p50_ms": round(timed["p50_ms"], 3),
+            "runs": runs, "disturbance": timed["disturbance"]}
+
+
+def test_frame(raw_dir: Path, split_csv: Path) -> np.ndarray:
+    """The first test image at its own resolution: a real scan for the end-to-end timing (no score is taken)."""
+    return load_raw(raw_dir, split_ids(split_csv, "test")[0])[0]
+
+
+def in_fresh_process(fn: Callable[..., dict], *args: Any) -> dict:
+    """``fn(*args)`` in a new interpreter: no memory, threads or imported frameworks left by earlier work."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def static(variant: Variant, models_dir: Path, size: int) -> dict[str, Any]:
     """Parameters and MACs of the variant's network (from its PyTorch checkpoint) and its file size."""
     from ultraseg import checkpoint
@@ -148,23 +203,40 @@ def _read_lines(path: str) -> list[str]:
         return []
 
 
-def run(params: Params, models_dir: Path, variants: tuple[Variant, ...] = VARIANTS) -> dict[str, Any]:
-    """Every variant, one fresh process each, in one session; speed-ups are ratios within it."""
+def run(params: Params, models_dir: Path, variants: tuple[Variant, ...] = VARIANTS,
+        frame: np.ndarray | None = None) -> dict[str, Any]:
+    """Every variant, one fresh process each, in one session; speed-ups are ratios within it. With a ``frame`` (a
+    real scan), also the deployable file end to end on it and on it enlarged to a scanner's 640 x 480, and the
+    seed-size U-Net."""
     cfg = params.benchmark
     size = cfg.size or params.preprocess.size
     results = {}
-    spawn = multiprocessing.get_context("spawn")  # fresh interpreter: no memory or threads left by the last one
     for variant in tqdm(variants, desc="benchmark", unit="variant"):
-        with ProcessPoolExecutor(1, mp_context=spawn) as pool:
-            timings = pool.submit(measure, variant.name, models_dir, size, cfg).result()
+        timings = in_fresh_process(measure, variant.name, models_dir, size, cfg)
         results[variant.name] = {**static(variant, models_dir, size), **timings}
         tqdm.write(f"benchmark: {variant.name:13s} p50 "
                    + "  ".join(f"{k[8:]} thr {v['p50_ms']:.2f} ms" for k, v in timings.items()
                                if k.startswith("threads_")))
-    return {"input": [1, 1, size, size], "environment": environment(),
-            "settings": {"warmup": cfg.warmup, "runs": cfg.runs, "batch": cfg.batch, "batch_runs": cfg.batch_runs,
-                         "max_disturbance": cfg.max_disturbance, "retries": cfg.retries},
-            "variants": results, "speedups": speedups(results)}
+    summary = {"input": [1, 1, size, size], "environment": environment(),
+               "settings": {"warmup": cfg.warmup, "runs": cfg.runs, "batch": cfg.batch, "batch_runs": cfg.batch_runs,
+                            "max_disturbance": cfg.max_disturbance, "retries": cfg.retries},
+               "variants": results, "speedups": speedups(results)}
+    if frame is not None:
+        summary |= end_to_end(models_dir, frame, size, cfg, results)
+    return summary
+
+
+def end_to_end(models_dir: Path, frame: np.ndarray, size: int, cfg: BenchmarkParams,
+               results: dict[str, dict]) -> dict[str, Any]:
+    """The deployable file's whole-frame latency and the runtime's memory, the seed U-Net, and their ratios."""
+    frames = {"scan": frame, "scanner_640x480": cv2.resize(frame, (640, 480), interpolation=cv2.INTER_LINEAR)}
+    deployed = in_fresh_process(measure_end_to_end, Path(models_dir) / DEPLOY_FILE, frames, cfg)
+    seed = in_fresh_process(measure_seed_unet, SEED_INPUT, cfg)
+    scan = deployed["frames"]["scan"]["p50_ms"]
+    tqdm.write(f"benchmark: deployed end to end {scan:.2f} ms per frame; seed U-Net {seed['p50_ms']:.1f} ms")
+    return {"end_to_end": deployed, "seed_unet": seed, "speedup_end_to_end_vs_seed_unet": round(seed["p50_ms"] / scan, 1),
+            "speedup_end_to_end_vs_teacher_eager": round(results["teacher"]["threads_1"]["p50_ms"] / scan, 2)
+            if "teacher" in results else None}
 
 
 def speedups(results: dict[str, dict]) -> dict[str, dict[str, float]]:

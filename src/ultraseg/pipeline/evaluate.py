@@ -20,8 +20,11 @@ from ultraseg.data.dataset import load_split
 from ultraseg.data.preprocess import resize_probabilities
 from ultraseg.io import read_csv
 from ultraseg.params import EvaluateParams, Params
+from ultraseg.runtime import Segmenter
 from ultraseg.variants import DEPLOYED, VARIANTS, Variant, predictor, probabilities
 
+DEPLOYABLE = "deployed"
+"""The deployable file (``models/deploy/ultraseg.int8.onnx``), scored as a user runs it."""
 CASE_COLUMNS = ("variant", "id", "class", "threshold", "dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn",
                 "pred_pixels", "ref_pixels")
 
@@ -62,9 +65,26 @@ def score_variant(variant: Variant, models_dir: Path, val: Split, test: Split,
     return summary, rows, curve, preds
 
 
+def score_deployed(path: Path, val: Split, test: Split,
+                   params: EvaluateParams) -> tuple[dict, list[dict], list[dict], list[np.ndarray]]:
+    """As :func:`score_variant`, for the deployable file through the runtime a user runs: its own threshold and
+    post-processing (chosen on val by the deploy stage), the raw images in, the masks out."""
+    segmenter = Segmenter(path)
+    rule = segmenter.postprocess
+    curve = metrics.threshold_curve([segmenter.probability(image)[0] for image in val.images], val.refs,
+                                    thresholds(params))
+    preds = [segmenter.segment(image).mask for image in test.images]
+    rows = metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
+    summary = {"threshold": rule.threshold, "threshold_from": "deploy", "postprocess": rule.to_dict(),
+               **metrics.aggregate(rows, params.bootstrap, params.seed)}
+    rows = [{"variant": DEPLOYABLE, "threshold": rule.threshold, **row} for row in rows]
+    return summary, rows, curve, preds
+
+
 def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_csv: Path,
-        variants: Sequence[Variant] = VARIANTS) -> tuple[dict, list[dict], dict[str, list[dict]], dict]:
-    """Score ``variants``; returns (metrics, per-case rows, val threshold curves, the deployed variant's test
+        variants: Sequence[Variant] = VARIANTS,
+        deployable: Path | None = None) -> tuple[dict, list[dict], dict[str, list[dict]], dict]:
+    """Score ``variants`` and, when given, the ``deployable`` file through the runtime; returns (metrics, per-case rows, val threshold curves, the deployed variant's test
     predictions with the split, for the sample figure)."""
     mode = params.preprocess.normalize
     val = Split(data_dir, raw_dir, split_csv, "val", mode)
@@ -79,6 +99,11 @@ def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_c
             samples = {"split": test, "preds": preds, "rows": variant_rows}
         tqdm.write(f"evaluate: {variant.name:13s} test Dice {summary['dice']:.4f} "
                    f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}]  threshold {summary['threshold']:.2f}")
+    if deployable is not None:
+        summary, deployed_rows, curves[DEPLOYABLE], _ = score_deployed(deployable, val, test, params.evaluate)
+        metrics[DEPLOYABLE], rows = _rounded(summary), rows + deployed_rows
+        tqdm.write(f"evaluate: {DEPLOYABLE:13s} test Dice {summary['dice']:.4f}, normal clean "
+                   f"{summary['normal_clean']:.4f} with {summary['postprocess']}")
     head = {"split": "test", "n_images": len(test.ids), "scored_at": "original resolution",
             "headline": "mean Dice over lesion images (benign + malignant)"}
     return {**head, "variants": metrics}, rows, curves, samples

@@ -1,0 +1,71 @@
+"""The deploy stage's work: choose the int8 model's threshold and post-processing on val, through the runtime a
+user runs, and write the one deployable file that carries them.
+
+The rule (:class:`ultraseg.postprocess.PostProcess`) is searched over the ``deploy`` params grid on the val images
+at their original resolution: among the rules whose lesion-mean Dice is within ``dice_tolerance`` of the best one,
+the rule that leaves the most normal images clean wins (ties: higher Dice, then the simpler rule, earlier in the
+grid). Test is never looked at.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ultraseg import metrics, onnx_io, params as params_mod
+from ultraseg.data.busi import load_raw
+from ultraseg.io import split_ids
+from ultraseg.params import DeployParams, Params
+from ultraseg.postprocess import PostProcess
+from ultraseg.runtime import Segmenter
+
+def candidate_rules(params: DeployParams) -> list[PostProcess]:
+    """Every rule of the grid; a gate at or below the threshold changes nothing and is left out."""
+    step = params.threshold_step
+    thresholds = np.round(np.arange(step, 1 - step / 2, step), 6).tolist()
+    return [PostProcess(threshold=t, gate=g, min_area=a, keep_largest=k)
+            for t, g, a, k in itertools.product(thresholds, params.gates, params.min_areas, params.keep_largest)
+            if g == 0 or g > t]
+
+
+def score(rule: PostProcess, probs: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, float]:
+    """Lesion-image mean Dice and ``normal_clean`` of a rule on images at their own resolution."""
+    counts = np.array([[(m & r).sum(), (m & ~r).sum(), (~m & r).sum()]
+                       for m, r in ((rule.apply(p), r) for p, r in zip(probs, refs))])
+    tp, fp, fn = counts.T
+    lesion = (tp + fn) > 0
+    return {"dice": float(np.mean(metrics.dice(tp, fp, fn)[lesion])), "normal_clean": metrics.normal_clean(fp, lesion)}
+
+
+def choose(scores: list[dict[str, float]], tolerance: float) -> int:
+    """Index of the rule to deploy (see the module docstring)."""
+    best = max(s["dice"] for s in scores)
+    near = [k for k, s in enumerate(scores) if s["dice"] >= best - tolerance]
+    return max(near, key=lambda k: (scores[k]["normal_clean"], scores[k]["dice"], -k))
+
+
+def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Path) -> dict:
+    """Choose the rule on val, write ``out`` (the int8 file with the rule in its metadata); return the summary."""
+    segmenter = Segmenter(int8_path)
+    ids = split_ids(split_csv, "val")
+    raw = [load_raw(raw_dir, i) for i in ids]
+    probs = [segmenter.probability(image)[0] for image, _ in tqdm(raw, desc="deploy: val", unit="img")]
+    refs = [mask for _, mask in raw]
+    rules = candidate_rules(params.deploy)
+    scores = [score(rule, probs, refs) for rule in tqdm(rules, desc="deploy: rules", unit="rule")]
+    chosen = choose(scores, params.deploy.dice_tolerance)
+    plain = [k for k, r in enumerate(rules) if r == PostProcess(threshold=r.threshold)]
+    best_plain = choose([scores[k] for k in plain], 0.0)
+    rule = rules[chosen]
+    onnx_io.write_with_metadata(int8_path, out, {"postprocess": rule.to_dict(), "threshold": rule.threshold,
+                                                 "deploy_params_hash": params_mod.digest(params.deploy)})
+    return {
+        "file": str(out), "bytes": out.stat().st_size, "val_images": len(ids), "rules_tried": len(rules),
+        "postprocess": rule.to_dict(),
+        "val_chosen": {k: round(v, 4) for k, v in scores[chosen].items()},
+        "val_threshold_only": {"threshold": rules[plain[best_plain]].threshold,
+                               **{k: round(v, 4) for k, v in scores[plain[best_plain]].items()}},
+    }

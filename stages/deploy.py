@@ -1,0 +1,34 @@
+"""deploy: choose the int8 model's threshold and post-processing on val, and write the deployable file.
+
+Reads the `deploy` params section (the grid of rules and the Dice tolerance), models/pruned.int8.onnx, data/raw and
+data/split.csv (val only). Writes models/deploy/ultraseg.int8.onnx (the int8 model with the chosen rule in its
+metadata: everything a user needs) and metrics/deploy.json (the rule, and val lesion Dice and normal_clean with it
+and with the best threshold alone).
+"""
+
+from pathlib import Path
+
+from ultraseg import io
+from ultraseg.cli import fail_cleanly, parse, parser
+from ultraseg.pipeline import deploy
+from ultraseg.variants import DEPLOY_FILE
+
+
+@fail_cleanly
+def main(argv=None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--model", type=Path, default=Path("models/pruned.int8.onnx"))
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--split", type=Path, default=Path("data/split.csv"))
+    ap.add_argument("--out", type=Path, default=Path("models") / DEPLOY_FILE)
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/deploy.json"))
+    args, params = parse(ap, argv)
+    summary = deploy.run(params, args.model, args.raw, args.split, args.out)
+    io.write_json(args.metrics, summary)
+    chosen, plain = summary["val_chosen"], summary["val_threshold_only"]
+    print(f"deploy: {summary['postprocess']}; val Dice {plain['dice']} -> {chosen['dice']}, normal clean "
+          f"{plain['normal_clean']} -> {chosen['normal_clean']} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

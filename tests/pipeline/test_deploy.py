@@ -1,0 +1,52 @@
+"""The deploy stage's work: the post-processing grid, the choice rule, and the deployable file it writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ultraseg import params as params_mod
+from ultraseg.params import DeployParams
+from ultraseg.pipeline import deploy
+from ultraseg.postprocess import PostProcess
+from ultraseg.runtime import Segmenter
+
+
+def test_grid_leaves_out_gates_that_change_nothing():
+    rules = deploy.candidate_rules(DeployParams(threshold_step=0.25, gates=(0.0, 0.6), min_areas=(0.0,),
+                                                keep_largest=(False,)))
+    assert [(r.threshold, r.gate) for r in rules] == [(0.25, 0.0), (0.25, 0.6), (0.5, 0.0), (0.5, 0.6), (0.75, 0.0)]
+
+
+def test_choice_prefers_clean_normals_within_the_dice_tolerance():
+    scores = [{"dice": 0.80, "normal_clean": 0.5}, {"dice": 0.797, "normal_clean": 0.9},
+              {"dice": 0.70, "normal_clean": 1.0}, {"dice": 0.797, "normal_clean": 0.9}]
+    assert deploy.choose(scores, 0.005) == 1  # the tie goes to the earlier, simpler rule
+    assert deploy.choose(scores, 0.0) == 0
+    assert deploy.choose(scores, 0.2) == 2
+
+
+def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path):
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+                                   "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01]}})
+    out = tmp_path / "deploy" / "ultraseg.int8.onnx"
+    summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, zoo.split, out)
+    rule = PostProcess.from_dict(summary["postprocess"])
+    assert Segmenter(out).postprocess == rule
+    assert Segmenter(out).meta["threshold"] == rule.threshold
+    assert summary["val_images"] == 3 and summary["rules_tried"] == len(deploy.candidate_rules(params.deploy))
+    assert summary["val_chosen"]["normal_clean"] >= summary["val_threshold_only"]["normal_clean"]
+    assert summary["val_chosen"]["dice"] >= summary["val_threshold_only"]["dice"] - 0.005 - 1e-9
+    json.dumps(summary)
+
+
+def test_score_counts_lesion_dice_and_clean_normals():
+    import numpy as np
+
+    prob = np.zeros((10, 10), np.float32)
+    prob[:5] = 0.9
+    ref = np.zeros((10, 10), bool)
+    ref[:5, :5] = True
+    result = deploy.score(PostProcess(), [prob, prob, np.zeros_like(prob)], [ref, np.zeros_like(ref), np.zeros_like(ref)])
+    assert result == {"dice": pytest.approx(2 * 25 / (50 + 25)), "normal_clean": 0.5}
