@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ultraseg import params as params_mod
@@ -52,6 +53,29 @@ def test_test_and_speed_sections_quote_the_stage_outputs(zoo) -> None:
     assert f"`pruned_int8` is {speedup}× faster than the teacher in PyTorch eager" in text
     published = report.published_section(scores)
     assert f"{scores['variants']['teacher']['dice']:.4f}" in published
+
+
+def test_deployable_section_quotes_deploy_evaluate_and_benchmark(zoo, tmp_path) -> None:
+    from ultraseg.pipeline import benchmark, deploy, evaluate
+    from ultraseg.variants import by_name
+
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20},
+                                   "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0, 0.01]},
+                                   "benchmark": {"threads": [1], "warmup": 1, "runs": 3, "retries": 0}})
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "pruned.int8.onnx").write_bytes((zoo.models / "pruned.int8.onnx").read_bytes())
+    chosen = deploy.run(params, models / "pruned.int8.onnx", zoo.raw, zoo.split, models / "deploy" / "ultraseg.int8.onnx")
+    scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, [by_name("pruned_int8")],
+                                   deployable=models / "deploy" / "ultraseg.int8.onnx")
+    bench = {"end_to_end": benchmark.measure_end_to_end(models / "deploy" / "ultraseg.int8.onnx",
+                                                          {"scan": np.zeros((40, 50), np.uint8)}, params.benchmark),
+             "seed_unet": {"model": benchmark.SEED_UNET, "input": [1, 1, 256, 256], "p50_ms": 100.0},
+             "speedup_end_to_end_vs_seed_unet": 55.5}
+    text = report.deployable_section(chosen, scores, bench)
+    assert f"| test, deployed file through the runtime | {chosen['postprocess']['threshold']} | " \
+           f"{scores['variants']['deployed']['dice']:.4f} | " in text
+    assert f"{bench['end_to_end']['frames']['scan']['p50_ms']:.3f} |" in text and "**55.5×**" in text
 
 
 def test_experiment_table_quotes_the_comparison_file_or_says_how_to_make_it() -> None:

@@ -64,6 +64,7 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
                                                  "deploy_params_hash": params_mod.digest(params.deploy)})
     return {
         "file": str(out), "bytes": out.stat().st_size, "val_images": len(ids), "rules_tried": len(rules),
+        "dice_tolerance": params.deploy.dice_tolerance,
         "postprocess": rule.to_dict(),
         "val_chosen": {k: round(v, 4) for k, v in scores[chosen].items()},
         "val_threshold_only": {"threshold": rules[plain[best_plain]].threshold,

@@ -1,0 +1,304 @@
+"""Turn input paths (image files, folders, DICOM and video files) into frames the runtime can segment.
+
+* Images (PNG, JPEG, BMP, TIFF, WebP) are decoded by OpenCV unchanged, so 16-bit PNG and TIFF stay 16-bit, and come
+  back in RGB(A) order, as the runtime expects. A TIFF yields its first page only.
+* Folders are searched recursively, in sorted order, for those extensions, for DICOM (``.dcm``/``.dicom`` or any
+  file with the ``DICM`` preamble) and for video; hidden files and anything else are skipped.
+* DICOM files (read with pydicom, imported only when a DICOM is read) yield every frame of a cine loop. Grey frames
+  are mapped to 8 bits as a viewer would show them: the modality LUT (RescaleSlope/Intercept) is applied; then the
+  first WindowCenter/WindowWidth, when present, maps to 0..255 by DICOM's linear VOI function; without a window,
+  values already within 0..255 are kept as they are (an ordinary 8-bit ultrasound frame is left untouched) and any
+  other range is stretched from the frame's minimum..maximum to 0..255. VOI LUT sequences are not applied.
+  MONOCHROME1 is then inverted. RGB, YBR_FULL(_422) and PALETTE COLOR frames come back as 8-bit RGB.
+  The pixel spacing, in mm as (row, column), comes from the first ultrasound region whose physical units are cm
+  (SequenceOfUltrasoundRegions, PhysicalDeltaY/X x 10), else from PixelSpacing, else it is unknown (None).
+* Video files (OpenCV, through FFmpeg) yield every frame, in RGB.
+
+Every file that cannot be read raises :class:`~ultraseg.errors.DataError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ultraseg.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff", ".webp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".wmv", ".mpg", ".mpeg", ".y4m")
+CM_UNITS = 3
+"""PhysicalUnitsX/YDirection code for centimetres (DICOM PS3.3 C.8.5.5.1.15)."""
+
+
+@dataclass
+class Frame:
+    """One image to segment."""
+
+    source: Path
+    """The file it came from."""
+    index: int
+    """Its frame number within the file: 0 for a still image."""
+    image: np.ndarray
+    """Grey (H, W), RGB or RGBA (H, W, 3|4), 8- or 16-bit, as the runtime accepts."""
+    pixel_spacing: tuple[float, float] | None = None
+    """(row, column) mm per pixel, when the file says."""
+    multiframe: bool = False
+    """Whether the file holds (or may hold) several frames: a cine DICOM or a video."""
+
+
+# ---------------------------------------------------------------------------------------------------- finding files
+
+
+def kind(path: Path) -> str | None:
+    """``image``, ``dicom`` or ``video`` by extension (or the DICOM preamble); None for anything else."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in DICOM_SUFFIXES or has_dicom_preamble(path):
+        return "dicom"
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    return None
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """Whether bytes 128..131 of the file read ``DICM``, as in every DICOM Part 10 file."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def expand(inputs: Iterable[str | Path]) -> list[Path]:
+    """Every file an input names: a file itself, a folder's supported files (recursive, sorted). Missing paths,
+    unsupported files named directly and folders holding nothing supported raise DataError; duplicates are dropped."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = [p for p in sorted(path.rglob("*")) if _wanted(p, path)]
+            if not found:
+                raise DataError(f"{path}: no image, DICOM or video files found in this folder")
+            files.extend(found)
+        elif path.is_file():
+            if kind(path) is None:
+                raise DataError(f"{path}: unsupported file type; expected an image "
+                                f"({', '.join(IMAGE_SUFFIXES)}), a DICOM file or a video ({', '.join(VIDEO_SUFFIXES)})")
+            files.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    unique: dict[Path, Path] = {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def _wanted(path: Path, root: Path) -> bool:
+    hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not hidden and path.is_file() and kind(path) is not None
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+
+
+def read_frames(path: str | Path) -> Iterator[Frame]:
+    """The frames of one file, one at a time (a long cine or video is never held in memory whole)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    which = kind(path)
+    if which == "image":
+        yield Frame(path, 0, read_image(path))
+    elif which == "dicom":
+        yield from read_dicom(path)
+    elif which == "video":
+        yield from read_video(path)
+    else:
+        raise DataError(f"{path}: unsupported file type (not an image, DICOM or video file)")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as an array in RGB(A) order (grey stays 2-D), at its stored bit depth."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if data.size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    if data[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:].tobytes():
+        # checked here because libpng would print its own complaint to stderr before OpenCV gives up
+        raise DataError(f"{path}: truncated PNG (the file ends before its IEND chunk)")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise DataError(f"{path}: not a readable image (corrupt, truncated, or not a {path.suffix or 'known'} file)")
+    return bgr_to_rgb(image)
+
+
+def bgr_to_rgb(image: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A) channel order to RGB(A); grey arrays unchanged."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[..., 0]
+    return image
+
+
+def read_video(path: Path) -> Iterator[Frame]:
+    """Every frame of a video file, in RGB."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise DataError(f"{path}: cannot open as a video (not a video file, or a codec FFmpeg lacks)")
+        index = 0
+        while True:
+            ok, image = capture.read()
+            if not ok or image is None:
+                break
+            yield Frame(path, index, bgr_to_rgb(image), None, multiframe=True)
+            index += 1
+        if index == 0:
+            raise DataError(f"{path}: no frame could be decoded (empty, corrupt or truncated video)")
+    finally:
+        capture.release()
+
+
+# ---------------------------------------------------------------------------------------------------- DICOM
+
+
+def read_dicom(path: Path) -> Iterator[Frame]:
+    """Every frame of a DICOM file as 8-bit grey or RGB (see the module docstring for the mapping)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, defer_size="256 KB")  # the pixels are decoded from the file frame by frame
+    except InvalidDicomError as err:
+        raise DataError(f"{path}: not a DICOM file ({err})") from None
+    except Exception as err:  # pydicom raises several types for truncated or malformed files
+        raise DataError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err})") from None
+    if "PixelData" not in ds:
+        raise DataError(f"{path}: DICOM file holds no image (no Pixel Data element); "
+                        f"modality {ds.get('Modality', '?')}, SOP class {ds.get('SOPClassUID', '?')}")
+    spacing = dicom_spacing(ds)
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    frames = _decoded_frames(path, ds)
+    for index in range(count):
+        try:
+            pixels = next(frames)
+        except StopIteration:
+            raise DataError(f"{path}: Pixel Data holds {index} frames, NumberOfFrames says {count}") from None
+        yield Frame(path, index, dicom_to_display(pixels, ds, photometric, path), spacing, multiframe=count > 1)
+
+
+def _decoded_frames(path: Path, ds: Any) -> Iterator[np.ndarray]:
+    """Frames as pydicom decodes them (YBR converted to RGB), with decoding failures rephrased as DataError."""
+    from pydicom.pixels import iter_pixels
+
+    iterator = iter_pixels(path)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except Exception as err:  # pydicom raises RuntimeError, ValueError, NotImplementedError, ...
+            raise DataError(f"{path}: {pixel_error(ds, err)}") from None
+
+
+def pixel_error(ds: Any, err: Exception) -> str:
+    """Why the pixel data could not be decoded, naming the transfer syntax and any codec that is missing."""
+    from pydicom.pixels import get_decoder
+
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None:
+        return f"cannot decode the pixel data ({err})"
+    name = f"{uid.name} ({uid})" if uid.name != str(uid) else str(uid)
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"cannot decode the pixel data: transfer syntax {name} is not supported by pydicom"
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "a decoder plugin"
+        return (f"cannot decode the pixel data: transfer syntax {name} needs a codec that is not installed "
+                f"({missing}); install one, or convert the file to an uncompressed transfer syntax")
+    return f"cannot decode the pixel data (transfer syntax {name}): {str(err).strip().splitlines()[-1].strip()}"
+
+
+def dicom_spacing(ds: Any) -> tuple[float, float] | None:
+    """(row, column) mm per pixel from the first ultrasound region measured in cm, else PixelSpacing, else None."""
+    for region in ds.get("SequenceOfUltrasoundRegions", []) or []:
+        units = (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection"))
+        dx, dy = region.get("PhysicalDeltaX"), region.get("PhysicalDeltaY")
+        if units == (CM_UNITS, CM_UNITS) and dx and dy and float(dx) > 0 and float(dy) > 0:
+            return (abs(float(dy)) * 10.0, abs(float(dx)) * 10.0)
+    spacing = ds.get("PixelSpacing")
+    if spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing):
+        return (float(spacing[0]), float(spacing[1]))
+    return None
+
+
+def dicom_to_display(pixels: np.ndarray, ds: Any, photometric: str, path: Path) -> np.ndarray:
+    """One decoded frame as 8-bit grey (H, W) or RGB (H, W, 3)."""
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        grey = grey_to_8bit(pixels, ds)
+        return 255 - grey if photometric == "MONOCHROME1" else grey
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        pixels = apply_color_lut(pixels, ds)
+    elif photometric not in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+        raise DataError(f"{path}: unsupported Photometric Interpretation {photometric or '(missing)'}")
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise DataError(f"{path}: colour frame of shape {pixels.shape}; expected (rows, columns, 3)")
+    if pixels.dtype == np.uint8:
+        return pixels
+    top = float(2 ** int(ds.get("BitsStored", 16)) - 1) if photometric != "PALETTE COLOR" else 65535.0
+    return np.clip(np.rint(pixels.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
+def grey_to_8bit(pixels: np.ndarray, ds: Any) -> np.ndarray:
+    """A grey frame after the modality LUT, mapped to 8 bits by the window, or kept, or stretched min..max."""
+    from pydicom.pixels import apply_modality_lut
+
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    window = first_window(ds)
+    if window is not None:
+        center, width = window
+        # DICOM's linear VOI function; floor so that the usual 127.5/256 window leaves 8-bit data unchanged
+        scaled = np.floor(((values - (center - 0.5)) / max(width - 1, 1e-9) + 0.5) * 255.0)
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+    if values.size and values.min() >= 0 and values.max() <= 255:
+        return np.rint(values).astype(np.uint8)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def first_window(ds: Any) -> tuple[float, float] | None:
+    """The first (WindowCenter, WindowWidth) pair, when the file has one with a width of at least 1."""
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    center = center[0] if isinstance(center, Iterable) and not isinstance(center, str) else center
+    width = width[0] if isinstance(width, Iterable) and not isinstance(width, str) else width
+    try:
+        center, width = float(center), float(width)
+    except (TypeError, ValueError):
+        return None
+    return (center, width) if width >= 1 else None

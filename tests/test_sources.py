@@ -1,0 +1,311 @@
+"""ultraseg.sources: every input kind (image formats, folders, DICOM, video) built from a real BUSI scan, and the
+broken files a user will hand it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ultraseg.data.busi import read_image
+from ultraseg.errors import DataError
+from ultraseg.sources import Frame, expand, read_frames
+
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+US_MULTIFRAME_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
+# ---------------------------------------------------------------------------------------------------- builders
+
+
+@pytest.fixture(scope="module")
+def grey(busi_mirror: Path) -> np.ndarray:
+    """A real BUSI scan as 8-bit greyscale."""
+    return read_image(busi_mirror / "benign" / "benign (1).webp")
+
+
+def colour_version(grey: np.ndarray) -> np.ndarray:
+    """An RGB image with distinct channels, so a swapped channel order cannot go unnoticed."""
+    return np.dstack([grey, np.roll(grey, 7, axis=1), 255 - grey])
+
+
+def write_image(path: Path, rgb_or_grey: np.ndarray, *params: int) -> Path:
+    """Save through OpenCV (BGR order on disk, as any other writer's RGB file reads back in OpenCV)."""
+    array = rgb_or_grey
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, data = cv2.imencode(path.suffix, array, list(params))
+    assert ok
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data.tofile(str(path))
+    return path
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", frames: int | None = None,
+                transfer_syntax: str | None = None, pixel_data: bytes | None = None, **elements: object) -> Path:
+    """A DICOM file holding ``pixels`` ((frames,) rows, columns(, 3)), uint8 or uint16, with extra elements."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = US_MULTIFRAME_STORAGE if frames else US_IMAGE_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
+    shape = pixels.shape[1:] if frames else pixels.shape
+    ds.Rows, ds.Columns = shape[0], shape[1]
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    if frames:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = photometric
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    if pixel_data is not None or "PixelData" not in elements:
+        ds.PixelData = pixel_data if pixel_data is not None else np.ascontiguousarray(pixels).tobytes()
+    if pixel_data is not None:
+        ds["PixelData"].VR = "OB"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def without_pixels(path: Path, grey: np.ndarray) -> Path:
+    write_dicom(path, grey)
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    return path
+
+
+def us_region(delta_x_cm: float, delta_y_cm: float, units: int = 3) -> list:
+    from pydicom.dataset import Dataset
+
+    region = Dataset()
+    region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection = units, units
+    region.PhysicalDeltaX, region.PhysicalDeltaY = delta_x_cm, delta_y_cm
+    return [region]
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> Path:
+    """A Motion-JPEG AVI of grey frames."""
+    height, width = frames[0].shape
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (width, height))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
+
+
+def only(path: Path) -> Frame:
+    frames = list(read_frames(path))
+    assert len(frames) == 1
+    return frames[0]
+
+
+# ---------------------------------------------------------------------------------------------------- images
+
+
+@pytest.mark.parametrize("suffix, params, lossless", [
+    (".png", (), True), (".bmp", (), True), (".tif", (), True),
+    (".webp", (cv2.IMWRITE_WEBP_QUALITY, 101), True), (".jpg", (cv2.IMWRITE_JPEG_QUALITY, 95), False),
+])
+def test_image_formats_read_at_their_own_size(tmp_path, grey, suffix, params, lossless):
+    frame = only(write_image(tmp_path / f"scan{suffix}", grey, *params))
+    assert (frame.index, frame.pixel_spacing, frame.multiframe) == (0, None, False)
+    image = frame.image
+    if suffix == ".webp":  # WebP has no grey mode: it decodes to three equal channels
+        assert image.shape == (*grey.shape, 3) and (image == image[..., :1]).all()
+        image = image[..., 0]
+    assert image.shape == grey.shape
+    difference = np.abs(image.astype(int) - grey).max()
+    assert difference == 0 if lossless else difference < 24
+
+
+def test_16bit_png_stays_16bit(tmp_path, grey):
+    frame = only(write_image(tmp_path / "scan16.png", grey.astype(np.uint16) * 257))
+    assert frame.image.dtype == np.uint16
+    np.testing.assert_array_equal(frame.image, grey.astype(np.uint16) * 257)
+
+
+@pytest.mark.parametrize("alpha", [False, True])
+def test_colour_png_comes_back_in_rgb_order(tmp_path, grey, alpha):
+    rgb = colour_version(grey)
+    if alpha:
+        rgb = np.dstack([rgb, np.full_like(grey, 200)])
+    frame = only(write_image(tmp_path / "colour.png", rgb))
+    np.testing.assert_array_equal(frame.image, rgb)
+
+
+def test_folder_is_searched_recursively_in_order(tmp_path, grey):
+    root = tmp_path / "study"
+    write_image(root / "b.png", grey)
+    write_image(root / "a" / "z.jpg", grey)
+    write_dicom(root / "a" / "deeper" / "IM0001", grey)  # DICOM known only by its preamble, as PACS exports are
+    write_image(root / ".hidden" / "c.png", grey)
+    (root / "notes.txt").write_text("not an image")
+    (root / "IM0002").write_bytes(b"x" * 200)  # no extension and no preamble: not ours
+    found = expand([root])
+    assert [p.relative_to(root).as_posix() for p in found] == ["a/deeper/IM0001", "a/z.jpg", "b.png"]
+    assert only(found[0]).image.shape == grey.shape
+
+
+def test_expand_refuses_missing_unsupported_and_empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
+    for name, reason in (("missing.png", "no such file"), ("notes.txt", "unsupported"), ("empty", "no image")):
+        with pytest.raises(DataError, match=reason) as info:
+            expand([tmp_path / name])
+        assert name in str(info.value)
+
+
+def test_expand_drops_a_file_named_twice(tmp_path, grey):
+    path = write_image(tmp_path / "a.png", grey)
+    assert expand([path, tmp_path, tmp_path / "." / "a.png"]) == [path]
+
+
+# ---------------------------------------------------------------------------------------------------- DICOM
+
+
+def test_dicom_monochrome2_8bit_is_untouched(tmp_path, grey):
+    frame = only(write_dicom(tmp_path / "m2.dcm", grey))
+    assert (frame.index, frame.multiframe, frame.pixel_spacing) == (0, False, None)
+    np.testing.assert_array_equal(frame.image, grey)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path, grey):
+    np.testing.assert_array_equal(only(write_dicom(tmp_path / "m1.dcm", 255 - grey, "MONOCHROME1")).image, grey)
+
+
+def test_dicom_rescale_is_applied(tmp_path, grey):
+    # stored = (grey + 10) * 2: the rescale (slope 0.5, intercept -10) brings back grey exactly
+    stored = (grey.astype(np.uint16) + 10) * 2
+    frame = only(write_dicom(tmp_path / "rescaled.dcm", stored, RescaleSlope=0.5, RescaleIntercept=-10))
+    np.testing.assert_array_equal(frame.image, grey)
+
+
+def test_dicom_window_maps_to_8bit(tmp_path, grey):
+    stored = grey.astype(np.uint16) * 16  # 12-bit data, the full range windowed
+    frame = only(write_dicom(tmp_path / "windowed.dcm", stored, WindowCenter=2048, WindowWidth=4096))
+    assert frame.image.dtype == np.uint8
+    assert np.abs(frame.image.astype(int) - grey).max() <= 1
+
+
+def test_dicom_without_window_outside_8bit_is_stretched(tmp_path, grey):
+    stored = grey.astype(np.uint16) * 100 + 1000
+    expected = np.rint((grey - float(grey.min())) * 255 / (float(grey.max()) - grey.min())).astype(np.uint8)
+    np.testing.assert_array_equal(only(write_dicom(tmp_path / "wide.dcm", stored)).image, expected)
+
+
+def test_dicom_rgb_and_ybr_full_give_rgb(tmp_path, grey):
+    from pydicom.pixels import convert_color_space
+
+    rgb = colour_version(grey)
+    np.testing.assert_array_equal(only(write_dicom(tmp_path / "rgb.dcm", rgb, "RGB")).image, rgb)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    back = only(write_dicom(tmp_path / "ybr.dcm", ybr, "YBR_FULL")).image
+    assert back.shape == rgb.shape and np.abs(back.astype(int) - rgb).max() <= 2  # YBR rounding only
+
+
+def test_dicom_cine_yields_every_frame(tmp_path, grey):
+    cine = np.stack([grey, grey[::-1], np.roll(grey, 20, axis=1)])
+    frames = list(read_frames(write_dicom(tmp_path / "cine.dcm", cine, frames=3)))
+    assert [(f.index, f.multiframe) for f in frames] == [(0, True), (1, True), (2, True)]
+    for frame, expected in zip(frames, cine):
+        np.testing.assert_array_equal(frame.image, expected)
+
+
+def test_dicom_spacing_from_ultrasound_region_in_cm(tmp_path, grey):
+    path = write_dicom(tmp_path / "region.dcm", grey, SequenceOfUltrasoundRegions=us_region(0.01, 0.02),
+                       PixelSpacing=[9, 9])  # the region wins: ultrasound scanners fill it, not PixelSpacing
+    assert only(path).pixel_spacing == pytest.approx((0.2, 0.1))
+
+
+def test_dicom_spacing_ignores_regions_not_in_cm(tmp_path, grey):
+    # units 4 is seconds (a Doppler strip): no spatial meaning, so PixelSpacing is used instead
+    path = write_dicom(tmp_path / "doppler.dcm", grey, SequenceOfUltrasoundRegions=us_region(0.01, 0.02, units=4),
+                       PixelSpacing=[0.3, 0.4])
+    assert only(path).pixel_spacing == pytest.approx((0.3, 0.4))
+
+
+def test_dicom_without_pixel_data_is_refused(tmp_path, grey):
+    path = without_pixels(tmp_path / "report.dcm", grey)
+    with pytest.raises(DataError, match="no Pixel Data") as info:
+        list(read_frames(path))
+    assert str(path) in str(info.value)
+
+
+def test_dicom_compressed_without_codec_names_syntax_and_codec(tmp_path, grey):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2K
+
+    # High-Throughput JPEG 2000 needs pylibjpeg-openjpeg, which this environment does not install
+    path = write_dicom(tmp_path / "htj2k.dcm", grey, transfer_syntax=HTJ2K,
+                       pixel_data=encapsulate([b"\xff\x4f\xff\x51" + bytes(40)]))
+    with pytest.raises(DataError) as info:
+        list(read_frames(path))
+    message = str(info.value)
+    assert str(path) in message and "High-Throughput JPEG 2000" in message and "openjpeg" in message
+    assert "\n" not in message
+
+
+def test_dicom_corrupt_jpeg2000_is_a_decode_error_not_a_missing_codec(tmp_path, grey):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    path = write_dicom(tmp_path / "j2k.dcm", grey, transfer_syntax=JPEG2000Lossless,
+                       pixel_data=encapsulate([b"\xff\x4f\xff\x51" + bytes(40)]))
+    with pytest.raises(DataError, match="JPEG 2000") as info:
+        list(read_frames(path))
+    assert "not installed" not in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------------- video
+
+
+def test_video_yields_every_frame_in_rgb(tmp_path, grey):
+    grey = grey[: grey.shape[0] // 2 * 2, : grey.shape[1] // 2 * 2]  # MJPEG's 4:2:0 chroma needs even sizes
+    clip = [grey, grey[::-1], np.roll(grey, 20, axis=1)]
+    frames = list(read_frames(write_video(tmp_path / "clip.avi", clip)))
+    assert [(f.index, f.multiframe, f.pixel_spacing) for f in frames] == [(0, True, None), (1, True, None),
+                                                                          (2, True, None)]
+    for frame, expected in zip(frames, clip):
+        assert frame.image.shape == (*grey.shape, 3)
+        assert np.abs(frame.image.astype(int).mean(axis=2) - expected).mean() < 4  # MJPEG is lossy
+
+
+# ---------------------------------------------------------------------------------------------------- broken files
+
+
+def truncated_png(path: Path, grey: np.ndarray) -> Path:
+    data = cv2.imencode(".png", grey)[1].tobytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("name, make, reason", [
+    ("zero.png", lambda p, g: p.write_bytes(b""), "empty file"),
+    ("text.png", lambda p, g: p.write_text("this is not a picture\n"), "not a readable image"),
+    ("half.png", truncated_png, "truncated PNG"),
+    ("zero.dcm", lambda p, g: p.write_bytes(b""), "empty file"),
+    ("text.dcm", lambda p, g: p.write_text("plain text\n" * 20), "not a DICOM file"),
+    ("text.avi", lambda p, g: p.write_text("plain text\n" * 20), "video"),
+])
+def test_broken_files_raise_naming_the_file(tmp_path, grey, name, make, reason):
+    path = tmp_path / name
+    make(path, grey)
+    with pytest.raises(DataError, match=reason) as info:
+        list(read_frames(path))
+    assert str(info.value).startswith(str(path))
