@@ -19,6 +19,7 @@ Every file that cannot be read raises :class:`~ultraseg.errors.DataError` naming
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +136,11 @@ def read_image(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    return decode_image(data, path)
+
+
+def decode_image(data: np.ndarray, path: Path) -> np.ndarray:
+    """The bytes of an image file (uint8 array) decoded as :func:`read_image` does; ``path`` names it in errors."""
     if data.size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     if data[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:].tobytes():
@@ -144,6 +150,14 @@ def read_image(path: Path) -> np.ndarray:
     if image is None or image.size == 0:
         raise DataError(f"{path}: not a readable image (corrupt, truncated, or not a {path.suffix or 'known'} file)")
     return bgr_to_rgb(image)
+
+
+def frames_from_bytes(data: bytes, name: str) -> list[Frame]:
+    """The frames of a file received in memory (an upload): a DICOM (by its preamble or a .dcm name) or an image."""
+    path = Path(name or "upload")
+    if data[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
+        return list(read_dicom(path, data))
+    return [Frame(path, 0, decode_image(np.frombuffer(data, np.uint8), path))]
 
 
 def bgr_to_rgb(image: np.ndarray) -> np.ndarray:
@@ -179,13 +193,15 @@ def read_video(path: Path) -> Iterator[Frame]:
 # ---------------------------------------------------------------------------------------------------- DICOM
 
 
-def read_dicom(path: Path) -> Iterator[Frame]:
-    """Every frame of a DICOM file as 8-bit grey or RGB (see the module docstring for the mapping)."""
+def read_dicom(path: Path, data: bytes | None = None) -> Iterator[Frame]:
+    """Every frame of a DICOM file (or of its ``data``, read in memory) as 8-bit grey or RGB (see the module
+    docstring for the mapping)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    source = path if data is None else io.BytesIO(data)
     try:
-        ds = pydicom.dcmread(path, defer_size="256 KB")  # the pixels are decoded from the file frame by frame
+        ds = pydicom.dcmread(source, defer_size="256 KB")  # the pixels are decoded from the file frame by frame
     except InvalidDicomError as err:
         raise DataError(f"{path}: not a DICOM file ({err})") from None
     except Exception as err:  # pydicom raises several types for truncated or malformed files
@@ -196,7 +212,7 @@ def read_dicom(path: Path) -> Iterator[Frame]:
     spacing = dicom_spacing(ds)
     count = int(ds.get("NumberOfFrames", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    frames = _decoded_frames(path, ds)
+    frames = _decoded_frames(path, ds, source)
     for index in range(count):
         try:
             pixels = next(frames)
@@ -205,11 +221,13 @@ def read_dicom(path: Path) -> Iterator[Frame]:
         yield Frame(path, index, dicom_to_display(pixels, ds, photometric, path), spacing, multiframe=count > 1)
 
 
-def _decoded_frames(path: Path, ds: Any) -> Iterator[np.ndarray]:
+def _decoded_frames(path: Path, ds: Any, source: Path | io.BytesIO) -> Iterator[np.ndarray]:
     """Frames as pydicom decodes them (YBR converted to RGB), with decoding failures rephrased as DataError."""
     from pydicom.pixels import iter_pixels
 
-    iterator = iter_pixels(path)
+    if isinstance(source, io.BytesIO):
+        source.seek(0)
+    iterator = iter_pixels(source)
     while True:
         try:
             yield next(iterator)

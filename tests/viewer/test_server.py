@@ -204,7 +204,8 @@ def test_wrong_part_type_in_a_form_is_refused_with_415(client):
 def test_garbage_bytes_are_one_clear_400(client, content_type):
     response = client.post("/segment", content=b"not an image at all" * 20, headers={"Content-Type": content_type})
     assert response.status_code == 400
-    assert response.json()["error"].startswith("upload: not a readable")
+    expected = "upload.dcm: not a DICOM file" if content_type == "application/dicom" else "upload: not a readable"
+    assert response.json()["error"].startswith(expected) and "\n" not in response.json()["error"]
 
 
 @pytest.mark.parametrize("threshold", ["1.0", "-0.1", "abc"])
@@ -374,3 +375,18 @@ def test_serve_reports_a_bad_source_without_starting(zoo, tmp_path, capsys):
                                       str(tmp_path / "nothing")])
     assert args.run(args) == 2
     assert "no such camera, file or folder" in capsys.readouterr().err
+
+
+def test_a_16bit_monochrome1_dicom_gets_the_answer_predict_gives(client, segmenter, busi_image, tmp_path):
+    """The viewer reads files with ultraseg.sources, as the command line does: one answer per file."""
+    from tests.test_sources import write_dicom
+    from ultraseg import sources
+
+    path = write_dicom(tmp_path / "scan.dcm", (255 - busi_image).astype(np.uint16) * 40, photometric="MONOCHROME1")
+    (frame,) = sources.read_frames(path)
+    threshold = pick_thresholds(segmenter, frame.image)[0]
+    expected = segmenter.segment(frame.image, threshold=threshold).area_px
+    response = client.post(f"/segment?threshold={threshold}", content=path.read_bytes(),
+                           headers={"Content-Type": "application/dicom"})
+    assert response.status_code == 200, response.text
+    assert response.json()["area_px"] == expected > 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import json
 import re
 import sys
@@ -33,7 +32,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -43,6 +41,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ultraseg import sources
 from ultraseg.errors import DataError
 from ultraseg.runtime import Segmentation, Segmenter, to_grey
 
@@ -54,8 +53,6 @@ SOURCE_SIDE = 512
 FOLDER_FPS = 5.0
 """A folder of stills plays at this rate, slow enough to see each image."""
 DICOM_TYPES = ("application/dicom",)
-DICOM_SUFFIXES = (".dcm", ".dicom")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MASK_NAME = re.compile(r"_mask(_\d+)?$")
 """BUSI-style mask files (``x_mask.png``, ``x_mask_1.png``) beside the scans are not frames: a folder skips them."""
 
@@ -81,79 +78,29 @@ class Decoded:
 # ---------------------------------------------------------------------------------------------------- decoding
 
 
-def is_dicom(data: bytes) -> bool:
-    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
-    return data[128:132] == b"DICM"
+def decode(data: bytes, name: str = "") -> Decoded:
+    """An upload's frames and pixel spacing, read as ``ultraseg predict`` reads the same file."""
+    frames = sources.frames_from_bytes(data, name)
+    return Decoded(frames[0].image, [f.image for f in frames], frames[0].pixel_spacing)
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """An image file's pixels: grey, RGB(A) or 16-bit grey, as the runtime takes them."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # Image.open is lazy and would hide a truncated file
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"not a readable image ({err})") from None
-    if image.mode == "1":
-        image = image.convert("L")
-    elif image.mode not in ("L", "RGB", "RGBA", "I;16"):
-        image = image.convert("RGB")  # palette, CMYK, LA, ...: their colours, as RGB
-    return np.asarray(image)
+def read_file(path: Path) -> Decoded:
+    """A file of a server-side source: every frame, its pixel spacing, and a cine DICOM's own frame rate."""
+    frames = list(sources.read_frames(path))
+    return Decoded(frames[0].image, [f.image for f in frames], frames[0].pixel_spacing, cine_rate(path))
 
 
-def decode_dicom(data: bytes) -> Decoded:
-    """A DICOM file's frames (8-bit grey or RGB), its pixel spacing in mm and its cine rate when it has them."""
+def cine_rate(path: Path) -> float | None:
+    """Frames per second a cine DICOM asks to be played at (None for other files or when it does not say)."""
+    if sources.kind(path) != "dicom":
+        return None
     import pydicom
 
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        pixels = ds.pixel_array  # pydicom converts YBR to RGB
-    except Exception as err:  # pydicom raises many types for broken or compressed-without-codec files
-        raise DataError(f"not a readable DICOM image ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    frames = dicom_frames(ds, pixels)
-    return Decoded(frames[0], frames, dicom_spacing(ds), dicom_fps(ds))
-
-
-def dicom_frames(ds: Any, pixels: np.ndarray) -> list[np.ndarray]:
-    """Frames as 8-bit arrays: high bit depths scaled by BitsStored, MONOCHROME1 inverted."""
-    colour = getattr(ds, "SamplesPerPixel", 1) > 1
-    multi = int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
-    stack = pixels if multi else pixels[None]
-    if stack.ndim != (4 if colour else 3):
-        raise DataError(f"unsupported DICOM pixel layout {pixels.shape}")
-    if stack.dtype != np.uint8:
-        top = float(2 ** int(getattr(ds, "BitsStored", 16)) - 1)
-        stack = np.clip(np.rint(stack.astype(np.float64) * 255.0 / top), 0, 255).astype(np.uint8)
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        stack = 255 - stack
-    return list(stack)
-
-
-def dicom_spacing(ds: Any) -> tuple[float, float] | None:
-    """(row, column) mm per pixel: PixelSpacing, else the first ultrasound region's physical deltas in cm."""
-    for name in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = getattr(ds, name, None)
-        if value is not None and len(value) == 2:
-            return float(value[0]), float(value[1])
-    regions = getattr(ds, "SequenceOfUltrasoundRegions", None) or []
-    for region in regions:
-        if getattr(region, "PhysicalUnitsXDirection", None) == 3 and getattr(region, "PhysicalUnitsYDirection", None) == 3:
-            return 10.0 * abs(float(region.PhysicalDeltaY)), 10.0 * abs(float(region.PhysicalDeltaX))
-    return None
-
-
-def dicom_fps(ds: Any) -> float | None:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
     for name in ("CineRate", "RecommendedDisplayFrameRate"):
-        if getattr(ds, name, None):
-            return float(getattr(ds, name))
-    frame_time = getattr(ds, "FrameTime", None)
-    return 1000.0 / float(frame_time) if frame_time else None
-
-
-def decode(data: bytes, dicom: bool) -> Decoded:
-    if dicom or is_dicom(data):
-        return decode_dicom(data)
-    image = decode_image(data)
-    return Decoded(image, [image])
+        if ds.get(name):
+            return float(ds.get(name))
+    return 1000.0 / float(ds.FrameTime) if ds.get("FrameTime") else None
 
 
 # ---------------------------------------------------------------------------------------------------- answers
@@ -267,7 +214,7 @@ def media_kind(content_type: str, filename: str = "") -> str:
     mime = content_type.split(";")[0].strip().lower()
     if mime.startswith("image/"):
         return "image"
-    if mime in DICOM_TYPES or (mime in ("application/octet-stream", "") and filename.lower().endswith(DICOM_SUFFIXES)):
+    if mime in DICOM_TYPES or (mime in ("application/octet-stream", "") and filename.lower().endswith(sources.DICOM_SUFFIXES)):
         return "dicom"
     raise UploadError(415, f"unsupported content type {mime or '(none)'!r}: send an image (image/*) or a DICOM "
                       "file (application/dicom)")
@@ -372,7 +319,7 @@ class FileLoop(FrameSource):
 
     def __init__(self, files: list[Path], fps: float | None = None) -> None:
         self.files, self.index, self.queue = files, 0, []
-        self.cache = read_frames(files[0]) if len(files) == 1 else None  # one file: decode it once
+        self.cache = read_file(files[0]) if len(files) == 1 else None  # one file: decode it once
         self.fps = fps or (self.cache.fps if self.cache else None) or FOLDER_FPS
         self.spacing = self.cache.spacing if self.cache else None
 
@@ -389,18 +336,10 @@ class FileLoop(FrameSource):
         path = self.files[self.index % len(self.files)]
         self.index += 1
         try:
-            return read_frames(path)
+            return read_file(path)
         except DataError as err:
             print(f"ultraseg serve: skipping {path}: {err}", file=sys.stderr)
             return Decoded(np.zeros((1, 1), np.uint8), [])
-
-
-def read_frames(path: Path) -> Decoded:
-    data = path.read_bytes()
-    try:
-        return decode(data, path.suffix.lower() in DICOM_SUFFIXES)
-    except DataError as err:
-        raise DataError(f"{path}: {err}") from None
 
 
 def open_source(spec: str) -> FrameSource:
@@ -410,16 +349,13 @@ def open_source(spec: str) -> FrameSource:
         return CaptureSource(int(device.group(1)), loop=False)
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES
-                       and not MASK_NAME.search(p.stem))
+        files = [p for p in sources.expand([path]) if sources.kind(p) != "video" and not MASK_NAME.search(p.stem)]
         if not files:
-            raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) or DICOM files in this folder")
+            raise DataError(f"{path}: no images or DICOM files in this folder")
         return FileLoop(files)
     if not path.is_file():
         raise DataError(f"{path}: no such camera, file or folder")
-    with path.open("rb") as handle:
-        head = handle.read(132)
-    if is_dicom(head) or path.suffix.lower() in DICOM_SUFFIXES + IMAGE_SUFFIXES:
+    if sources.kind(path) in ("image", "dicom"):
         return FileLoop([path])
     return CaptureSource(str(path), loop=True)
 
@@ -479,9 +415,9 @@ async def segment_upload(request: Request, engine: Engine, settings: Settings) -
     kind = media_kind(content_type, filename)
     start = time.perf_counter()
     try:
-        decoded = decode(body, kind == "dicom")
+        decoded = decode(body, filename or ("upload.dcm" if kind == "dicom" else "upload"))
     except DataError as err:
-        raise UploadError(400, f"{filename or 'upload'}: {err}") from None
+        raise UploadError(400, str(err)) from None
     decode_ms = 1000 * (time.perf_counter() - start)
     reply = await run_in_threadpool(engine.run, decoded.image, threshold, spacing or decoded.spacing,
                                     frame=request.query_params.get("frame") == "1")
@@ -518,9 +454,9 @@ def control_threshold(text: str, current: float) -> float:
 async def frame_answer(data: bytes, engine: Engine, threshold: float) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        image = decode_image(data)
+        image = sources.decode_image(np.frombuffer(data, np.uint8), Path("frame"))
     except DataError as err:
-        return {"error": f"frame: {err}"}
+        return {"error": str(err)}
     decode_ms = 1000 * (time.perf_counter() - start)
     reply = await run_in_threadpool(engine.run, image, threshold)
     reply["timings"]["decode_ms"] = decode_ms
