@@ -256,6 +256,36 @@ the deployable file is **{bench['speedup_end_to_end_vs_seed_unet']}×** faster e
 """
 
 
+def robustness_section(rob: dict) -> str:
+    """Dice under each simulated scanner shift, per model, and the summary per severity."""
+    models = list(rob["models"])
+    levels = rob["severities"]
+    rows = []
+    for shift, info in rob["shifts"].items():
+        cells = [f"{_num(rob['models'][m]['shifts'][shift][lv]['dice'], '.3f')} "
+                 f"({rob['models'][m]['shifts'][shift][lv]['missed']:.0%})" for m in models for lv in levels]
+        rows.append([f"{shift} ({', '.join(str(v) for v in info['levels'])})", *cells])
+    rows.append(["none", *[f"{_num(rob['models'][m]['clean']['dice'], '.3f')} ({rob['models'][m]['clean']['missed']:.0%})"
+                           for m in models for _ in levels]])
+    summary = [[m, lv, _num(rob["models"][m]["by_severity"][lv]["mean_drop"], ".3f"),
+                f"{rob['models'][m]['by_severity'][lv]['worst_shift']} "
+                f"({_num(rob['models'][m]['by_severity'][lv]['worst_drop'], '.3f')})",
+                f"{rob['models'][m]['by_severity'][lv]['most_missed']:.0%}"] for m in models for lv in levels]
+    header = ["shift (levels)", *[f"{m} {lv}" for m in models for lv in levels]]
+    return f"""## Scanner shifts
+
+Source: `metrics/robustness.json` (the robustness stage; figure `plots/robustness/dice_drop.png`). The test split
+({rob['n_images']} images) under simulated shifts of another scanner at three severities (`ultraseg.shifts`: seeded
+evaluation transforms at each image's own resolution, the geometry applied to the reference too), the teacher's ONNX
+file and the deployable file both through the runtime. Lesion Dice, and in brackets the share of lesion images where
+the model predicts nothing.
+
+{_table(header, rows)}
+
+{_table(['model', 'severity', 'mean Dice drop', 'worst shift (drop)', 'most images missed'], summary)}
+"""
+
+
 def published_section(scores: dict) -> str:
     teacher, deployed = scores["variants"]["teacher"], scores["variants"][DEPLOYED]
     return f"""## Compared with published BUSI results
@@ -346,7 +376,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
     train = _load(metrics_dir / "train.json")
     optimisation = [_load(metrics_dir / f"{name}.json") for name in ("distill", "prune", "export", "quantize")]
     scores, bench = _load(metrics_dir / "evaluate.json"), _load(metrics_dir / "benchmark.json")
-    deploy = _load(metrics_dir / "deploy.json")
+    deploy, rob = _load(metrics_dir / "deploy.json"), _load(metrics_dir / "robustness.json")
     comparison = _load(experiments) if experiments is not None and experiments.exists() else None
     return "\n".join([
         "# ultraseg report",
@@ -365,6 +395,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
         evaluate_section(scores),
         benchmark_section(bench, scores),
         deployable_section(deploy, scores, bench),
+        robustness_section(rob),
         published_section(scores),
         challenges_section(split, optimisation[0], optimisation[1], optimisation[3], scores),
     ])

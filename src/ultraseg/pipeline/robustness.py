@@ -1,0 +1,108 @@
+"""The robustness stage's work: the teacher and the deployable file on the test split under every scanner shift
+(:mod:`ultraseg.shifts`) at each severity, scored as the evaluate stage scores (lesion-mean Dice at the image's own
+resolution), with the share of lesion images where the model predicts nothing at all.
+
+Both models run through the runtime (the teacher's ONNX file at the threshold the evaluate stage chose for it on
+val; the deployable file with its own rule), so the comparison is between what each would do on another scanner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ultraseg import metrics, shifts
+from ultraseg.data.busi import load_raw
+from ultraseg.io import read_csv, split_ids
+from ultraseg.postprocess import PostProcess
+from ultraseg.runtime import Segmenter
+
+NONE = "none"
+
+
+def score(segmenter: Segmenter, images: list[np.ndarray], refs: list[np.ndarray], ids: list[str],
+          classes: list[str]) -> dict[str, Any]:
+    """Lesion-mean Dice, normal_clean and the share of lesion images with an empty prediction."""
+    preds = [segmenter.segment(image).mask for image in images]
+    rows = metrics.evaluate_cases(preds, refs, ids, classes)
+    lesion = [row for row in rows if row["ref_pixels"] > 0]
+    agg = metrics.aggregate(rows, n_boot=1)
+    return {"dice": agg["dice"], "normal_clean": agg["normal_clean"], "n_lesion": len(lesion),
+            "missed": sum(row["pred_pixels"] == 0 for row in lesion) / max(len(lesion), 1)}
+
+
+def conditions() -> list[tuple[str, str]]:
+    """(shift, severity) of every condition, the unshifted test split first."""
+    return [(NONE, NONE)] + [(s.name, level) for s in shifts.SHIFTS for level in shifts.SEVERITIES]
+
+
+def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int) -> dict[str, Any]:
+    """Every model under every condition; drops are the unshifted Dice minus the shifted one (positive = worse)."""
+    ids = split_ids(split_csv, "test")
+    classes = {row["id"]: row["class"] for row in read_csv(split_csv)}
+    raw = [load_raw(raw_dir, i) for i in ids]
+    labels = [classes[i] for i in ids]
+    results: dict[str, dict[str, Any]] = {name: {} for name in models}
+    for shift, severity in tqdm(conditions(), desc="robustness", unit="condition"):
+        if shift == NONE:
+            images, refs = [image for image, _ in raw], [mask for _, mask in raw]
+        else:
+            pairs = [shifts.apply(shifts.by_name(shift), severity, image, mask, seed, k)
+                     for k, (image, mask) in enumerate(raw)]
+            images, refs = [p[0] for p in pairs], [p[1] for p in pairs]
+        for name, segmenter in models.items():
+            results[name].setdefault(shift, {})[severity] = score(segmenter, images, refs, ids, labels)
+    return {"seed": seed, "n_images": len(ids), "severities": list(shifts.SEVERITIES),
+            "shifts": {s.name: {"description": s.description, "levels": list(s.levels)} for s in shifts.SHIFTS},
+            "models": {name: summarize(result) for name, result in results.items()}}
+
+
+def summarize(result: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    """Per condition scores with their Dice drop, and the mean and worst drop at each severity."""
+    base = result[NONE][NONE]["dice"]
+    table = {shift: {level: {**_rounded(s), "drop": round(base - s["dice"], 4)} for level, s in by_level.items()}
+             for shift, by_level in result.items() if shift != NONE}
+    summary = {}
+    for level in shifts.SEVERITIES:
+        drops = {shift: table[shift][level]["drop"] for shift in table}
+        worst = max(drops, key=drops.get)
+        summary[level] = {"mean_drop": round(float(np.mean(list(drops.values()))), 4), "worst_shift": worst,
+                          "worst_drop": drops[worst],
+                          "most_missed": round(max(table[shift][level]["missed"] for shift in table), 4)}
+    return {"clean": _rounded(result[NONE][NONE]), "by_severity": summary, "shifts": table}
+
+
+def _rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
+
+
+def load_models(teacher_onnx: Path, teacher_threshold: float, deployable: Path) -> dict[str, Segmenter]:
+    return {"teacher": Segmenter(teacher_onnx, postprocess=PostProcess(threshold=teacher_threshold)),
+            "deployed": Segmenter(deployable)}
+
+
+def figure(summary: dict[str, Any], path: Path) -> None:
+    """Dice drop per shift and severity, one panel per model, on one scale."""
+    from ultraseg import figures
+
+    plt = figures.pyplot()
+    names = list(summary["models"])
+    shift_names = list(summary["shifts"])
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), sharey=True, squeeze=False)
+    width = 0.8 / len(shifts.SEVERITIES)
+    for ax, name in zip(axes[0], names):
+        table = summary["models"][name]["shifts"]
+        for k, level in enumerate(shifts.SEVERITIES):
+            xs = np.arange(len(shift_names)) + (k - 1) * width
+            ax.bar(xs, [table[s][level]["drop"] for s in shift_names], width, label=level)
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(range(len(shift_names)), shift_names, rotation=35, ha="right")
+        clean = summary["models"][name]["clean"]["dice"]
+        ax.set_title(f"{name} (unshifted test Dice {clean:.3f})")
+    axes[0][0].set_ylabel("lesion Dice drop (unshifted - shifted)")
+    axes[0][0].legend(title="severity")
+    fig.tight_layout()
+    figures.save(fig, path)

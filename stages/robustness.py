@@ -1,0 +1,40 @@
+"""robustness: the teacher and the deployable file on the test split under simulated scanner shifts.
+
+Reads models/onnx/teacher.onnx (at the threshold metrics/evaluate.json says the evaluate stage chose for it on val),
+models/deploy/ultraseg.int8.onnx (with its own rule), data/raw and data/split.csv (test), and `evaluate.seed` for the
+shifts' random draws. Writes metrics/robustness.json (per model, shift and severity: lesion Dice, its drop from the
+unshifted test split, the share of lesion images with no prediction, normal images left clean; the mean and worst
+drop per severity) and plots/robustness/dice_drop.png.
+"""
+
+from pathlib import Path
+
+from ultraseg import io
+from ultraseg.cli import fail_cleanly, parse, parser
+from ultraseg.pipeline import robustness
+from ultraseg.variants import DEPLOY_FILE, onnx_file
+
+
+@fail_cleanly
+def main(argv=None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--models", type=Path, default=Path("models"))
+    ap.add_argument("--evaluate", type=Path, default=Path("metrics/evaluate.json"))
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--split", type=Path, default=Path("data/split.csv"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics/robustness.json"))
+    ap.add_argument("--figure", type=Path, default=Path("plots/robustness/dice_drop.png"))
+    args, params = parse(ap, argv)
+    if not args.evaluate.exists():
+        raise FileNotFoundError(f"{args.evaluate}: missing; run the evaluate stage first (dvc repro evaluate)")
+    threshold = io.read_json(args.evaluate)["variants"]["teacher_onnx"]["threshold"]
+    models = robustness.load_models(args.models / onnx_file("teacher"), threshold, args.models / DEPLOY_FILE)
+    summary = robustness.run(models, args.raw, args.split, params.evaluate.seed)
+    robustness.figure(summary, args.figure)
+    io.write_json(args.metrics, summary)
+    moderate = {name: m["by_severity"]["moderate"]["mean_drop"] for name, m in summary["models"].items()}
+    print(f"robustness: mean Dice drop at moderate severity {moderate} -> {args.metrics}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The robustness stage's work on the zoo: every condition scored for every model, drops against the clean run."""
+
+from __future__ import annotations
+
+import json
+
+from ultraseg import shifts
+from ultraseg.pipeline import robustness
+
+
+def test_run_scores_every_condition_and_summarises_drops(zoo, tmp_path):
+    models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                    zoo.models / "deploy" / "ultraseg.int8.onnx")
+    summary = robustness.run(models, zoo.raw, zoo.split, seed=0)
+    assert set(summary["models"]) == {"teacher", "deployed"} and summary["n_images"] == 6
+    for result in summary["models"].values():
+        assert set(result["shifts"]) == {s.name for s in shifts.SHIFTS}
+        clean = result["clean"]["dice"]
+        for by_level in result["shifts"].values():
+            for scores in by_level.values():
+                assert abs(scores["drop"] - (clean - scores["dice"])) <= 1.5e-4
+                assert 0 <= scores["missed"] <= 1
+        moderate = result["by_severity"]["moderate"]
+        drops = [result["shifts"][s]["moderate"]["drop"] for s in result["shifts"]]
+        assert moderate["worst_drop"] == max(drops)
+        assert abs(moderate["mean_drop"] - sum(drops) / len(drops)) < 1e-4
+    again = robustness.run(models, zoo.raw, zoo.split, seed=0)
+    assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)
+    robustness.figure(summary, tmp_path / "drop.png")
+    assert (tmp_path / "drop.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_section_quotes_the_file(zoo):
+    from ultraseg.pipeline import report
+
+    models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                    zoo.models / "deploy" / "ultraseg.int8.onnx")
+    summary = robustness.run(models, zoo.raw, zoo.split, seed=0)
+    text = report.robustness_section(summary)
+    moderate = summary["models"]["deployed"]["by_severity"]["moderate"]
+    assert f"| deployed | moderate | {moderate['mean_drop']:.3f} | {moderate['worst_shift']} " in text
+    blur = summary["models"]["teacher"]["shifts"]["blur"]["strong"]
+    assert f"| blur (1.0, 2.0, 3.0) | " in text and f"{blur['dice']:.3f} ({blur['missed']:.0%})" in text
