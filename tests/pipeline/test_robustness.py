@@ -40,4 +40,4 @@ def test_report_section_quotes_the_file(zoo):
     moderate = summary["models"]["deployed"]["by_severity"]["moderate"]
     assert f"| deployed | moderate | {moderate['mean_drop']:.3f} | {moderate['worst_shift']} " in text
     blur = summary["models"]["teacher"]["shifts"]["blur"]["strong"]
-    assert f"| blur (1.0, 2.0, 3.0) | " in text and f"{blur['dice']:.3f} ({blur['missed']:.0%})" in text
+    assert "| blur (1.0, 2.0, 3.0) | " in text and f"{blur['dice']:.3f} ({blur['missed']:.0%})" in text
