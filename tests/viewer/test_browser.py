@@ -1,10 +1,12 @@
 """The viewer page in a real browser: Debian's chromium, headless, driven by Playwright against the real uvicorn
 server. The camera is chromium's fake capture device playing a .y4m clip of BUSI images.
 
-ULTRASEG_SCREENSHOTS=1 saves the screenshots to plots/viewer/ (the tracked figures); otherwise to tmp_path."""
+ULTRASEG_SCREENSHOTS=1 writes the live stream's measured figures to plots/viewer/live.json (tracked); otherwise
+they go to tmp_path."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -49,8 +51,7 @@ def clip_frames(busi_mirror) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def segmenter(zoo) -> Segmenter:
-    """The zoo's tiny model; ULTRASEG_SCREENSHOTS_MODEL names a trained one for the README's screenshots."""
-    return Segmenter(os.environ.get("ULTRASEG_SCREENSHOTS_MODEL") or zoo.models / "pruned.int8.onnx")
+    return Segmenter(zoo.models / "pruned.int8.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def upload(page, path: Path) -> None:
     wait_results(page, before + 1)
 
 
-def test_upload_shows_the_overlay_and_the_runtimes_area(page, segmenter, busi_mirror, shots):
+def test_upload_shows_the_overlay_and_the_runtimes_area(page, segmenter, busi_mirror, tmp_path):
     path = busi_mirror.joinpath(*BENIGN)
     image = read_image(path)
     threshold = pick_thresholds(segmenter, image)[1]
@@ -163,7 +164,7 @@ def test_upload_shows_the_overlay_and_the_runtimes_area(page, segmenter, busi_mi
     assert coloured_pixels(page) == 0
     page.check("#overlay")
     assert coloured_pixels(page) == shown
-    page.screenshot(path=str(shots / "upload.png"))
+    page.screenshot(path=str(tmp_path / "upload.png"))
 
 
 def test_threshold_slider_resegments_the_still(page, segmenter, busi_mirror):
@@ -204,9 +205,9 @@ def test_live_camera_stream_draws_overlays_and_measures_fps(page, segmenter, cli
     wait_results(page, 5)
     start, began = results(page), time.monotonic()
     page.wait_for_timeout(3000)
-    frames = results(page) - start
+    frames, seconds = results(page) - start, time.monotonic() - began
     fps, latency = number(page, "fps"), number(page, "latency-ms")
-    print(f"\nlive camera: {frames} frames in {time.monotonic() - began:.1f} s, page-measured {fps:.1f} fps, "
+    print(f"\nlive camera: {frames} frames in {seconds:.1f} s, page-measured {fps:.1f} fps, "
           f"latency {latency:.1f} ms, server {number(page, 'server-ms'):.1f} ms")
     assert fps > 0 and frames > 0 and latency > 0
     assert coloured_pixels(page) > 0 and page.locator("#lesion").get_attribute("data-value") == "true"
@@ -214,7 +215,10 @@ def test_live_camera_stream_draws_overlays_and_measures_fps(page, segmenter, cli
     # For the screenshot, a threshold that leaves part of the first still as lesion (whatever it shows after)
     set_threshold(page, pick_thresholds(segmenter, cv2.resize(clip_frames[0], (256, 192)))[1])
     wait_results(page, results(page) + 10)
-    page.screenshot(path=str(shots / "live.png"))
+    (shots / "live.json").write_text(json.dumps({  # the figures README quotes, written by the run that measured them
+        "frames": frames, "seconds": round(seconds, 2), "page_fps": round(fps, 1), "latency_ms": round(latency, 1),
+        "server_ms": round(number(page, "server-ms"), 1), "model": Path(segmenter.path).name,
+        "clip": f"{len(clip_frames)} BUSI frames, {CLIP_SIZE[0]}x{CLIP_SIZE[1]}"}, indent=2) + "\n")
     page.click("#stop")
     stopped = results(page)
     page.wait_for_timeout(300)
