@@ -174,18 +174,24 @@ def test_pipeline_end_to_end(pipeline):
     assert quant["int8_bytes"] < quant["fp32_bytes"] and quant["calibration_images"] == 8
     assert set(quant["latency_p50_ms_1thread"]) == {"int8", "fp32", "teacher_onnx_fp32", "teacher_eager"}
     scores = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert list(scores["variants"]) == VARIANTS and scores["split"] == "test"
+    assert list(scores["variants"]) == VARIANTS + ["deployed"] and scores["split"] == "test"
     n_test = sum(r["split"] == "test" for r in split_rows)
     assert scores["n_images"] == n_test
-    assert len(read_rows(repo / "results/evaluate/cases.csv")) == n_test * len(VARIANTS)
+    assert len(read_rows(repo / "results/evaluate/cases.csv")) == n_test * (len(VARIANTS) + 1)
+    deployed = json.loads((repo / "metrics/deploy.json").read_text())
+    assert scores["variants"]["deployed"]["postprocess"] == deployed["postprocess"]
+    robust = json.loads((repo / "metrics/robustness.json").read_text())
+    assert set(robust["models"]) == {"teacher", "deployed"} and robust["n_images"] == n_test
     for name in ("dice_distribution", "threshold_curve", "samples"):
         assert (repo / f"plots/evaluate/{name}.png").stat().st_size > 1000
     bench = json.loads((repo / "metrics/benchmark.json").read_text())
     assert list(bench["variants"]) == VARIANTS and bench["input"] == [1, 1, 32, 32]
+    assert bench["end_to_end"]["torch_loaded"] is False and bench["seed_unet"]["p50_ms"] > 0
     assert set(bench["variants"]["pruned_int8"]) >= {"threads_1", "threads_all", "peak_rss_mb", "gmacs"}
     assert bench["variants"]["pruned_int8"]["gmacs"] < bench["variants"]["teacher"]["gmacs"]
     report = (repo / "REPORT.md").read_text()
     assert "## Test results" in report and "## Speed, size and memory" in report
+    assert "## The deployable file" in report and "## Scanner shifts" in report
     assert f"| teacher | {scores['variants']['teacher']['dice']:.4f} [" in report
     assert "## Dataset and duplicates" in report and "## Teacher training" in report
     assert f"| {train['val_dice']:.4f} |" in report and "## Optimisation" in report
