@@ -12,12 +12,16 @@ from scipy import ndimage
 from ultraseg.data.preprocess import resize_probabilities
 from ultraseg.metrics import (
     aggregate,
+    bootstrap_ci,
     boundary,
     case_metrics,
     choose_threshold,
     evaluate_cases,
+    failures,
     hd95,
+    paired_bootstrap,
     threshold_curve,
+    wilson_ci,
 )
 
 NAN_KEYS = ("dice", "iou", "precision", "recall", "hd95")
@@ -204,6 +208,46 @@ def test_bootstrap_ci():
     assert aggregate(lesion_rows, seed=0)["dice_ci95"] == small["dice_ci95"]
     assert aggregate(lesion_rows * 25, seed=0)["dice_ci95"] == large["dice_ci95"]
     assert aggregate(lesion_rows * 25, seed=1)["dice_ci95"] != large["dice_ci95"]
+
+
+def test_failure_counts_by_hand():
+    f = aggregate(cohort(), n_boot=10)["failures"]
+    # B overlaps nothing (Dice 0) and D predicts nothing: both missed; A and C overlap their lesion
+    assert (f["missed"]["n"], f["missed"]["rate"]) == (2, 0.5)
+    assert (f["sensitivity"]["n"], f["sensitivity"]["rate"]) == (2, 0.5)
+    assert (f["false_alarms"]["n"], f["normal_clean"]["n"]) == (1, 2)
+    assert f["normal_clean"]["rate"] == pytest.approx(2 / 3)
+    assert f["missed"]["ci95"] == pytest.approx(wilson_ci(2, 4))
+
+
+def test_a_weak_overlap_is_a_miss_but_a_hit_for_sensitivity():
+    ref, pred = box(SHAPE, 0, 0, 10, 10), box(SHAPE, 9, 9, 5, 5)   # one shared pixel: Dice 2/125
+    f = failures(evaluate_cases([pred], [ref], ["a"], ["benign"]))
+    assert f["missed"]["n"] == 1 and f["sensitivity"]["n"] == 1
+    assert math.isnan(f["normal_clean"]["rate"]) and f["false_alarms"]["n"] == 0
+
+
+def test_wilson_ci_known_values():
+    assert wilson_ci(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)       # not [0, 0] as the normal one gives
+    assert wilson_ci(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)
+    assert wilson_ci(10, 10) == pytest.approx([0.7225, 1.0], abs=1e-4)
+    assert all(math.isnan(v) for v in wilson_ci(0, 0))
+
+
+def test_paired_bootstrap_sees_a_small_shift_that_unpaired_cis_hide():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.2, 1.0, 150)                 # image difficulty dominates the spread
+    b = a - 0.01 + rng.normal(0, 0.005, a.size)    # a consistent one-point loss
+    paired = paired_bootstrap(b, a, n_boot=1000, seed=0)
+    assert paired["mean_diff"] == pytest.approx(np.mean(b - a))
+    assert paired["ci95"][1] < 0 and paired["distinguishable"]
+    low_a, _ = bootstrap_ci(a, 1000, 0)
+    _, high_b = bootstrap_ci(b, 1000, 0)
+    assert high_b > low_a                          # the two separate CIs overlap widely
+    same = paired_bootstrap(a, a + rng.normal(0, 0.01, a.size), n_boot=1000, seed=0)
+    assert same["ci95"][0] < 0 < same["ci95"][1] and not same["distinguishable"]
+    with pytest.raises(ValueError, match="paired"):
+        paired_bootstrap(a, a[:-1])
 
 
 def test_aggregate_without_lesions_is_nan_without_warnings():

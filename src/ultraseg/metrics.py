@@ -16,7 +16,9 @@ Conventions, used everywhere a number is reported:
   prediction empty, ref not   0      0      NaN        0       NaN
   ==========================  =====  =====  =========  ======  =====
 
-  HD95 is undefined when either mask is empty; those cases already count as failures (Dice 0) in the Dice mean.
+  HD95 is undefined when either mask is empty, so the HD95 mean is over *hit* lesion images only and is always
+  reported with ``hd95_nan``, the number of lesion images it leaves out: a model that misses more lesions must not
+  look better for it. Those cases count as failures (Dice 0) in the Dice mean.
 - HD95, in pixels times ``spacing``: boundaries are ``mask XOR binary_erosion(mask)`` with the 4-connected cross
   (scipy's default structure, as medpy with ``connectivity=1`` and MONAI's ``get_mask_edges`` do; the boundary is
   an 8-connected contour, and mask pixels on the image border are boundary pixels). The distance is
@@ -26,6 +28,12 @@ Conventions, used everywhere a number is reported:
 - Aggregates (:func:`aggregate`): the headline ``dice`` is the mean over lesion images. Normal images are scored
   only by ``normal_clean``, the fraction with no predicted pixel; cases with NaN Dice (both empty) are counted
   in ``both_empty`` and are in no mean.
+- Failure counts, per image: a *missed lesion* is a lesion image whose prediction is empty or has Dice below
+  :data:`MISS_DICE`; a *false alarm* is a normal image with any predicted pixel (``1 - normal_clean``). Image-level
+  ``sensitivity`` is the share of lesion images whose prediction overlaps the lesion at all; ``normal_clean`` is the
+  image-level specificity. Every rate has a Wilson score 95% CI (:func:`wilson_ci`).
+- Comparisons of two models on the same images are paired (:func:`paired_bootstrap`): the CI of the mean per-image
+  Dice difference, which is far narrower than the two separate CIs suggest.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ from scipy import ndimage
 
 CROSS = ndimage.generate_binary_structure(2, 1)
 LESION_CLASSES = ("benign", "malignant")
+MISS_DICE = 0.1
+"""A lesion image whose prediction has a Dice below this (or is empty) counts as a missed lesion."""
+_Z95 = 1.959963984540054
 
 
 # ---------------------------------------------------------------------------------------------------- pixel counts
@@ -166,6 +177,52 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[
     return [float(low), float(high)]
 
 
+def wilson_ci(successes: int, n: int) -> list[float]:
+    """Wilson score 95% interval of the proportion ``successes / n`` ([NaN, NaN] for n = 0): unlike the normal
+    approximation it stays inside [0, 1] and is not of width zero at 0 or n successes, where small test sets often
+    are."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    p, z2 = successes / n, _Z95 * _Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = _Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
+def _rate(hits: np.ndarray) -> dict:
+    """Count, share and Wilson CI of a boolean array."""
+    k, n = int(np.sum(hits)), int(np.size(hits))
+    return {"n": k, "rate": k / n if n else float("nan"), "ci95": wilson_ci(k, n)}
+
+
+def failures(rows: Sequence[dict]) -> dict:
+    """Image-level failure counts of :func:`evaluate_cases` rows: ``missed`` lesions, ``false_alarms`` on normal
+    images, image-level ``sensitivity`` (the prediction overlaps the lesion) and ``normal_clean`` (specificity),
+    each as ``{n, rate, ci95}`` over its image set."""
+    ref = np.array([row["ref_pixels"] for row in rows])
+    pred = np.array([row["pred_pixels"] for row in rows])
+    tp = np.array([row["tp"] for row in rows])
+    dsc = np.array([row["dice"] for row in rows], dtype=np.float64)
+    lesion, normal = ref > 0, ref == 0
+    return {"missed": _rate((pred[lesion] == 0) | (dsc[lesion] < MISS_DICE)),
+            "sensitivity": _rate(tp[lesion] > 0),
+            "false_alarms": _rate(pred[normal] > 0),
+            "normal_clean": _rate(pred[normal] == 0)}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean of the per-image difference ``a - b`` (one entry per image, same order) with its percentile bootstrap
+    95% CI, resampling images, so that what the two models share (an image hard for both) cancels out.
+    ``distinguishable`` is whether the CI excludes zero."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores need two equal 1-D arrays, got shapes {a.shape} and {b.shape}")
+    diff = a - b
+    low, high = bootstrap_ci(diff, n_boot, seed)
+    return {"n": int(diff.size), "mean_diff": float(diff.mean()) if diff.size else float("nan"),
+            "ci95": [low, high], "distinguishable": bool(low > 0 or high < 0)}
+
+
 def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     """Headline and secondary aggregates of :func:`evaluate_cases` rows.
 
@@ -174,7 +231,7 @@ def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     ``dice_ci95`` is the percentile bootstrap 95% CI of the headline over lesion images; ``dice_pooled`` is the
     micro Dice of the TP/FP/FN pixels summed over lesion images (what some papers report); ``by_class`` has the
     lesion-image means per lesion class; ``normal_clean`` is the fraction of normal images with no predicted pixel;
-    ``both_empty`` counts the cases with NaN Dice.
+    ``both_empty`` counts the cases with NaN Dice; ``failures`` holds :func:`failures`.
     """
     col = {key: np.array([row[key] for row in rows], dtype=np.float64)
            for key in ("dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn", "pred_pixels", "ref_pixels")}
@@ -196,6 +253,7 @@ def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
         "by_class": by_class,
         "normal_clean": normal_clean(col["pred_pixels"], lesion),
         "both_empty": int(np.isnan(col["dice"]).sum()),
+        "failures": failures(rows),
     }
 
 

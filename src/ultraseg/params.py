@@ -338,19 +338,33 @@ class AugmentParams(Section):
     """Largest displacement of the elastic field, in pixels."""
     elastic_sigma: float = 6.0
     """Sigma, in pixels, of the Gaussian that smooths the elastic field."""
+    aspect: float = 0.0
+    """Width stretch drawn uniformly in [1 - aspect, 1 + aspect] (height unchanged), with the affine warp: other
+    scanners' frames have other aspect ratios."""
+    speckle_grain: float = 1.0
+    """Largest speckle grain sigma in pixels, drawn uniformly in [1, speckle_grain]: other probes' speckle is
+    coarser."""
+    sector_p: float = 0.0
+    """Probability of a fan-shaped field of view (convex probe): black outside a fan from above the top centre."""
+    annotations_p: float = 0.0
+    """Probability of burned-in calipers and text, drawn on any image, normals included, so that marks stop
+    meaning "lesion here"."""
+    annotations: int = 3
+    """Largest number of caliper sets drawn when annotations fire."""
 
     def check(self, prefix: str) -> None:
         # A scale, contrast or gamma range of 1 could draw a zero factor that erases the image; a blur needs a
         # positive sigma.
         for name in ("hflip", "translate", "affine_p", "intensity_p", "speckle_p", "shadow_p", "shadow_strength",
-                     "elastic_p"):
+                     "elastic_p", "sector_p", "annotations_p"):
             _within(self, prefix, name, 0.0, 1.0)
-        for name in ("scale", "contrast", "gamma"):
+        for name in ("scale", "contrast", "gamma", "aspect"):
             _within(self, prefix, name, 0.0, 1.0, open_high=True)
         for name in ("brightness", "speckle", "elastic_alpha"):
             _within(self, prefix, name, 0.0, math.inf, open_high=True)
         _within(self, prefix, "rotate", 0.0, 180.0)
-        _positive(self, prefix, "elastic_sigma")
+        _within(self, prefix, "speckle_grain", 1.0, math.inf, open_high=True)
+        _positive(self, prefix, "elastic_sigma", "annotations")
 
 
 @dataclass(frozen=True)

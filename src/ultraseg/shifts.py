@@ -93,31 +93,43 @@ def jpeg(image, mask, level, rng):
     return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE), mask
 
 
-def annotations(image, mask, level, rng):
-    """Burned-in marks: ``level`` sets of calipers (a dotted line between two crosses) and a line of text."""
-    out = image.copy()
-    h, w = out.shape
+def draw_marks(canvas: np.ndarray, count: int, rng: np.random.Generator) -> None:
+    """Draw ``count`` sets of calipers (a dotted line between two crosses) and a line of text on ``canvas`` (uint8,
+    in place) at 255, sized for its resolution. Shared with training augmentation, which draws them at random counts
+    on network-size images; here they are drawn at the severity's count on the scan as delivered."""
+    h, w = canvas.shape
     scale = max(h, w) / 256
-    for _ in range(int(level)):
+    for _ in range(count):
         (x0, y0), (x1, y1) = (rng.uniform([0.1 * w, 0.15 * h], [0.9 * w, 0.9 * h]) for _ in range(2))
         steps = max(2, int(math.hypot(x1 - x0, y1 - y0) / (6 * scale)))
         for t in np.linspace(0, 1, steps):
-            cv2.circle(out, (round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))), max(1, round(scale)), 255, -1)
+            cv2.circle(canvas, (round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))), max(1, round(scale)), 255, -1)
         for x, y in ((x0, y0), (x1, y1)):
-            cv2.drawMarker(out, (round(x), round(y)), 255, cv2.MARKER_CROSS, round(8 * scale), max(1, round(scale)))
+            cv2.drawMarker(canvas, (round(x), round(y)), 255, cv2.MARKER_CROSS, round(8 * scale), max(1, round(scale)))
         text = f"{rng.uniform(0.3, 3.0):.2f} cm"
         origin = (round(rng.uniform(0.05, 0.6) * w), round(rng.uniform(0.1, 0.95) * h))
-        cv2.putText(out, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * scale, 255, max(1, round(scale)))
+        cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * scale, 255, max(1, round(scale)))
+
+
+def annotations(image, mask, level, rng):
+    """Burned-in marks: ``level`` sets of calipers and a line of text (:func:`draw_marks`)."""
+    out = image.copy()
+    draw_marks(out, int(level), rng)
     return out, mask
+
+
+def fan(shape: tuple[int, int], half_angle: float, apex: float) -> np.ndarray:
+    """Boolean field of view of a convex probe: within ``half_angle`` degrees of the vertical through the top
+    centre, seen from an apex ``apex`` (a fraction of the height) above the top edge."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.degrees(np.arctan2(np.abs(xx - (w - 1) / 2), yy + apex * h)) <= half_angle
 
 
 def sector(image, mask, level, rng):
     """A fan-shaped field of view of half-angle ``level`` degrees from the top centre; nothing is seen outside it,
     so the reference keeps only the lesion inside."""
-    h, w = image.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    angle = np.degrees(np.arctan2(np.abs(xx - (w - 1) / 2), yy + 0.05 * h))
-    inside = angle <= level
+    inside = fan(image.shape, level, 0.05)
     return np.where(inside, image, 0).astype(np.uint8), mask & inside
 
 

@@ -80,6 +80,55 @@ def test_switching_a_part_off_leaves_the_other_draws_unchanged() -> None:
         np.testing.assert_array_equal(full, reduced)
 
 
+def test_scanner_parts_switched_off_leave_the_older_parts_bit_identical() -> None:
+    # The scanner-like parts were added after the others: at their defaults (off) every sample is what it was.
+    image, mask = lesion_pair()
+    scanner = dataclasses.replace(ALL_ON, aspect=0.3, speckle_grain=2.5, sector_p=1.0, annotations_p=1.0)
+    off = dataclasses.replace(scanner, aspect=0.0, speckle_grain=1.0, sector_p=0.0, annotations_p=0.0)
+    changed = 0
+    for seed in SEEDS:
+        plain = Augment(ALL_ON)(image, mask, np.random.default_rng(seed))
+        for got, want in zip(Augment(off)(image, mask, np.random.default_rng(seed)), plain):
+            np.testing.assert_array_equal(got, want)
+        changed += not np.array_equal(Augment(scanner)(image, mask, np.random.default_rng(seed))[0], plain[0])
+    assert changed == len(SEEDS)
+
+
+def test_stretch_changes_the_width_only() -> None:
+    square = np.zeros((64, 64), np.uint8)
+    square[24:40, 24:40] = 1
+    aug = only(affine_p=1.0, rotate=0.0, translate=0.0, scale=0.0, aspect=0.5)
+    widths = set()
+    for seed in SEEDS:
+        _, out = aug(mask_as_image(square), square, np.random.default_rng(seed))
+        rows, cols = np.nonzero(out)
+        assert (rows.min(), rows.max()) == (24, 39)
+        assert abs((cols.min() + cols.max()) / 2 - 31.5) <= 1  # about the centre
+        widths.add(int(cols.max() - cols.min() + 1))
+    assert min(widths) < 14 and max(widths) > 18
+
+
+def test_sector_blacks_out_both_sides_and_cuts_the_mask() -> None:
+    image, mask = lesion_pair((96, 112))
+    mask[:] = 1
+    aug = only(sector_p=1.0)
+    for seed in SEEDS:
+        image_out, mask_out = aug(image, mask, np.random.default_rng(seed))
+        outside = mask_out == 0
+        assert outside[0, 0] and outside[0, -1] and not outside[:, 55:57].any()  # fan about the top centre
+        assert (image_out[outside] == image.min()).all()
+        np.testing.assert_array_equal(image_out[~outside], image[~outside])
+
+
+def test_annotations_are_drawn_at_the_image_maximum_on_normals_too() -> None:
+    image, _ = lesion_pair()
+    normal = np.zeros(image.shape, np.uint8)
+    image_out, mask_out = only(annotations_p=1.0)(image, normal, np.random.default_rng(3))
+    drawn = image_out != image
+    assert 10 < drawn.sum() < 0.2 * image.size
+    assert (image_out[drawn] == image.max()).all() and not mask_out.any()
+
+
 # ---------------------------------------------------------------------------------------------------- geometry
 
 
@@ -89,8 +138,9 @@ def test_switching_a_part_off_leaves_the_other_draws_unchanged() -> None:
         {"affine_p": 1.0},
         {"elastic_p": 1.0},
         {"hflip": 1.0, "affine_p": 1.0, "elastic_p": 1.0, "rotate": 25.0, "elastic_alpha": 12.0},
+        {"affine_p": 1.0, "rotate": 0.0, "translate": 0.0, "scale": 0.0, "aspect": 0.4},
     ],
-    ids=["affine", "elastic", "flip+affine+elastic"],
+    ids=["affine", "elastic", "flip+affine+elastic", "stretch"],
 )
 def test_image_and_mask_get_the_same_geometry(changes: dict[str, float]) -> None:
     _, mask = lesion_pair()
@@ -158,6 +208,10 @@ PARTS = {
     "intensity": {"intensity_p": 1.0},
     "speckle": {"speckle_p": 1.0},
     "shadow": {"shadow_p": 1.0},
+    "stretch": {"affine_p": 1.0, "aspect": 0.4},
+    "coarse speckle": {"speckle_p": 1.0, "speckle": 0.4, "speckle_grain": 3.0},
+    "sector": {"sector_p": 1.0},
+    "annotations": {"annotations_p": 1.0},
     "all": dataclasses.asdict(ALL_ON),
 }
 
@@ -178,7 +232,7 @@ def test_every_part_keeps_shape_dtype_and_a_binary_mask(part: str) -> None:
     np.testing.assert_array_equal(mask, mask_before)
 
 
-@pytest.mark.parametrize("part", ["intensity", "speckle", "shadow"])
+@pytest.mark.parametrize("part", ["intensity", "speckle", "shadow", "coarse speckle", "annotations"])
 def test_image_only_parts_leave_the_mask_alone(part: str) -> None:
     image, mask = lesion_pair()
     aug = only(**PARTS[part])
@@ -351,7 +405,7 @@ FLOAT_FIELDS = [f.name for f in dataclasses.fields(AugmentParams) if f.type in (
 
 def test_defaults_are_valid_and_every_float_field_is_checked() -> None:
     AugmentParams().validate("train.augment")
-    assert len(FLOAT_FIELDS) == 16  # all but `enabled`
+    assert len(FLOAT_FIELDS) == 20  # all but `enabled` and the integer `annotations`
 
 
 @pytest.mark.parametrize("name", FLOAT_FIELDS)
@@ -374,6 +428,10 @@ def test_validate_rejects_negative_and_nan(name: str) -> None:
         ("shadow_strength", 1.2),
         ("elastic_sigma", 0.0),
         ("speckle", math.inf),
+        ("aspect", 1.0),
+        ("speckle_grain", 0.5),
+        ("sector_p", 1.5),
+        ("annotations", 0),
     ],
 )
 def test_validate_rejects_out_of_range(name: str, bad: float) -> None:

@@ -3,13 +3,20 @@
 ``Augment(params)(image, mask, rng)`` draws every random choice from ``rng`` first, then applies, in order:
 
 1. geometry, identical for image and mask: horizontal flip; one affine warp (rotation about the centre,
-   translation, isotropic scale); optional elastic deformation (Simard et al., "Best practices for convolutional
+   translation, isotropic scale, a width stretch); optional elastic deformation (Simard et al., "Best practices for convolutional
    neural networks applied to visual document analysis", ICDAR 2003). Image: bilinear, fill = image minimum
    (the background of a scan is black). Mask: nearest neighbour, fill 0 -- never interpolated and thresholded.
    An optional ``soft`` map (a teacher's logits for the unaugmented image) gets the same geometry, bilinear, with
-   its minimum (the teacher's surest background) as fill.
+   its minimum (the teacher's surest background) as fill. Then an optional fan-shaped field of view: outside it
+   the image is black and the mask empty (nothing there can be seen).
 2. an acoustic shadow and multiplicative speckle, on the image only;
-3. brightness, contrast and gamma, on the image only.
+3. brightness, contrast and gamma, on the image only;
+4. burned-in calipers and text, on the image only: BUSI marks many lesions, and a model must not learn that marks
+   mean lesion.
+
+Stretch, speckle grain, field of view and marks imitate other scanners, as the evaluation shifts of
+:mod:`ultraseg.shifts` do, and share their drawing code; but here the strength is drawn per sample in network-size,
+normalised space, while a shift is one stated severity on the scan as delivered.
 
 The order follows the scan: tissue reflectivity is attenuated (shadow) and carries speckle before the scanner's
 gain, contrast and display curve are applied. There is no vertical flip or 90-degree rotation: the beam enters at
@@ -27,6 +34,7 @@ import cv2
 import numpy as np
 
 from ultraseg.params import AugmentParams
+from ultraseg.shifts import draw_marks, fan
 
 _SPECKLE_GRAIN = 1.0
 """Sigma, in pixels, of the Gaussian that correlates the speckle field: real speckle grains span a few pixels."""
@@ -38,6 +46,10 @@ _SHADOW_SPREAD = 0.25
 """Largest widening of the shadow's half-width per pixel of depth (a fan of up to about 14 degrees)."""
 _SHADOW_ONSET = 0.04
 """Depth, as a fraction of the height, over which a shadow fades in: a hard horizontal edge would be an artefact."""
+_FAN_HALF_ANGLE = (25.0, 55.0)
+"""Half-angle range of a convex probe's field of view, in degrees."""
+_FAN_APEX = (0.0, 0.15)
+"""Height of the fan's apex above the top edge, as fractions of the image height."""
 
 
 def worker_seed(base_seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -104,7 +116,7 @@ def warp_pair(
     return warp(image, matrix, field), warp(mask, matrix, field, nearest=True)
 
 
-def speckle(image: np.ndarray, cv: float, rng: np.random.Generator) -> np.ndarray:
+def speckle(image: np.ndarray, cv: float, rng: np.random.Generator, grain: float = _SPECKLE_GRAIN) -> np.ndarray:
     """Multiply the image's height above its minimum by a spatially correlated, unit-mean noise field.
 
     After normalisation the values are not echo amplitudes (they may be negative), but ``image - min`` is: the
@@ -113,7 +125,7 @@ def speckle(image: np.ndarray, cv: float, rng: np.random.Generator) -> np.ndarra
     standardised Gaussian-blurred noise (a weighted sum of many uniforms, so close to Gaussian): it is positive,
     right-skewed like Rayleigh speckle, has mean 1 (no brightness drift) and coefficient of variation ``cv``.
     """
-    z = cv2.GaussianBlur(rng.random(image.shape, dtype=np.float32), (0, 0), _SPECKLE_GRAIN)
+    z = cv2.GaussianBlur(rng.random(image.shape, dtype=np.float32), (0, 0), grain)
     z -= float(z.mean())
     sd = float(z.std())
     if sd == 0:  # a 1-pixel image has no field to standardise
@@ -192,6 +204,9 @@ class _Plan:
     shadow: Shadow | None
     speckle_seed: int | None
     levels: tuple[float, float, float] | None
+    fan: tuple[float, float] | None
+    """Half-angle (degrees) and apex height (fraction of the height) of the field of view."""
+    marks_seed: int | None
 
 
 def _uniform(u: float, magnitude: float) -> float:
@@ -234,36 +249,72 @@ class Augment:
             field = elastic_field(image.shape, p.elastic_alpha, p.elastic_sigma, field_rng)
         image, mask = warp_pair(image, mask, plan.matrix, field)
         soft = None if soft is None else warp(soft, plan.matrix, field)
+        if plan.fan is not None:
+            inside = fan(image.shape, *plan.fan)
+            image, mask = np.where(inside, image, image.min()), mask * inside.astype(np.uint8)
         if plan.shadow is not None:
             image = shadow(image, plan.shadow)
         if plan.speckle_seed is not None:
-            image = speckle(image, self.params.speckle, np.random.default_rng(plan.speckle_seed))
+            image = self._speckle(image, np.random.default_rng(plan.speckle_seed))
         if plan.levels is not None:
             image = levels(image, *plan.levels)
+        if plan.marks_seed is not None:
+            image = self._marks(image, np.random.default_rng(plan.marks_seed))
         return image, mask, soft
+
+    def _speckle(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        p = self.params
+        # The grain is drawn only when it can vary, so the default's noise fields stay as they were.
+        grain = _SPECKLE_GRAIN + rng.random() * (p.speckle_grain - _SPECKLE_GRAIN) if p.speckle_grain > 1 else 1.0
+        return speckle(image, p.speckle, rng, grain)
+
+    def _marks(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        canvas = np.zeros(image.shape, np.uint8)
+        draw_marks(canvas, int(rng.integers(1, self.params.annotations + 1)), rng)
+        return np.where(canvas > 0, image.max(), image).astype(np.float32)
 
     def _draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> _Plan:
         # Each part takes the same number of draws whether it fires or not, and the noise fields come from seeds
         # drawn here: switching one part off, or changing its magnitude, leaves every other part's draws as they
         # were, so an ablation compares the same flips, warps and shadows.
         p = self.params
-        return _Plan(
-            flip=bool(rng.random() < p.hflip),
-            matrix=self._draw_affine(rng, shape),
-            elastic_seed=self._draw_seed(rng, p.elastic_p, p.elastic_alpha),
-            shadow=self._draw_shadow(rng, shape),
-            speckle_seed=self._draw_seed(rng, p.speckle_p, p.speckle),
-            levels=self._draw_levels(rng),
-        )
+        flip = bool(rng.random() < p.hflip)
+        matrix = self._draw_affine(rng, shape)
+        elastic_seed = self._draw_seed(rng, p.elastic_p, p.elastic_alpha)
+        shadow_ = self._draw_shadow(rng, shape)
+        speckle_seed = self._draw_seed(rng, p.speckle_p, p.speckle)
+        levels_ = self._draw_levels(rng)
+        # Parts added later draw after the earlier ones, so that they leave the earlier parts' draws unchanged.
+        matrix = self._draw_stretch(rng, shape, matrix)
+        return _Plan(flip=flip, matrix=matrix, elastic_seed=elastic_seed, shadow=shadow_, speckle_seed=speckle_seed,
+                     levels=levels_, fan=self._draw_fan(rng), marks_seed=self._draw_seed(rng, p.annotations_p, 1))
 
     def _draw_affine(self, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray | None:
         p = self.params
         fire, angle, scale, tx, ty = rng.random(5)
-        if fire >= p.affine_p or not (p.rotate or p.scale or p.translate):
+        if fire >= p.affine_p or not (p.rotate or p.scale or p.translate or p.aspect):
             return None
         h, w = shape
         shift = (_uniform(tx, p.translate) * w, _uniform(ty, p.translate) * h)
         return affine_matrix(shape, _uniform(angle, p.rotate), 1 + _uniform(scale, p.scale), shift)
+
+    def _draw_stretch(self, rng: np.random.Generator, shape: tuple[int, int],
+                      matrix: np.ndarray | None) -> np.ndarray | None:
+        """The affine ``matrix`` after a width stretch about the centre; the stretch rides on the affine warp."""
+        u = rng.random()
+        if matrix is None or self.params.aspect == 0:
+            return matrix
+        stretch = np.eye(3)
+        stretch[0, 0] = 1 + _uniform(u, self.params.aspect)
+        stretch[0, 2] = (1 - stretch[0, 0]) * (shape[1] - 1) / 2
+        return (np.vstack([matrix, [0, 0, 1]]) @ stretch)[:2]
+
+    def _draw_fan(self, rng: np.random.Generator) -> tuple[float, float] | None:
+        fire, angle, apex = rng.random(3)
+        if fire >= self.params.sector_p:
+            return None
+        return (_FAN_HALF_ANGLE[0] + angle * (_FAN_HALF_ANGLE[1] - _FAN_HALF_ANGLE[0]),
+                _FAN_APEX[0] + apex * (_FAN_APEX[1] - _FAN_APEX[0]))
 
     @staticmethod
     def _draw_seed(rng: np.random.Generator, probability: float, magnitude: float) -> int | None:

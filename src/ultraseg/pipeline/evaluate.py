@@ -25,6 +25,13 @@ from ultraseg.variants import DEPLOYED, VARIANTS, Variant, predictor, probabilit
 
 DEPLOYABLE = "deployed"
 """The deployable file (``models/deploy/ultraseg.int8.onnx``), scored as a user runs it."""
+STEPS = (("student", "teacher", "distillation to the small student"),
+         ("pruned", "student", "channel pruning and fine-tuning"),
+         ("pruned_onnx", "pruned", "ONNX export"),
+         ("pruned_int8", "pruned_onnx", "int8 quantization"),
+         (DEPLOYABLE, "pruned_int8", "threshold and post-processing chosen on val"),
+         (DEPLOYABLE, "teacher", "the whole chain"))
+"""Each optimisation step as (after, before, what): their paired per-image Dice difference says what it cost."""
 CASE_COLUMNS = ("variant", "id", "class", "threshold", "dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn",
                 "pred_pixels", "ref_pixels")
 
@@ -106,7 +113,25 @@ def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_c
                    f"{summary['normal_clean']:.4f} with {summary['postprocess']}")
     head = {"split": "test", "n_images": len(test.ids), "scored_at": "original resolution",
             "headline": "mean Dice over lesion images (benign + malignant)"}
-    return {**head, "variants": metrics}, rows, curves, samples
+    steps = _rounded(paired_steps(rows, params.evaluate))
+    return {**head, "variants": metrics, "paired": steps}, rows, curves, samples
+
+
+def paired_steps(rows: Sequence[dict], params: EvaluateParams) -> dict[str, dict]:
+    """:data:`STEPS` whose two variants were scored, as ``"after - before"``: the paired bootstrap CI of the
+    per-lesion-image Dice difference (:func:`ultraseg.metrics.paired_bootstrap`)."""
+    dice = {}
+    for row in rows:
+        if row["ref_pixels"] > 0:
+            dice.setdefault(row["variant"], {})[row["id"]] = row["dice"]
+    out = {}
+    for after, before, what in STEPS:
+        if after in dice and before in dice:
+            ids = sorted(dice[after])
+            scores = [np.array([dice[name][i] for i in ids]) for name in (after, before)]
+            out[f"{after} - {before}"] = {"step": what,
+                                          **metrics.paired_bootstrap(*scores, params.bootstrap, params.seed)}
+    return out
 
 
 def _rounded(value):
