@@ -14,7 +14,7 @@ from pathlib import Path
 from ultraseg import io
 from ultraseg.pipeline import evaluate
 from ultraseg.cli import fail_cleanly, parse, parser
-from ultraseg.variants import DEPLOY_FILE, DEPLOYED, by_name
+from ultraseg.variants import DEPLOY_FILE, DEPLOYED
 
 
 @fail_cleanly
@@ -36,7 +36,8 @@ def main(argv=None) -> None:
     chosen = {name: v["threshold"] for name, v in summary["variants"].items()}
     evaluate.threshold_figure(curves, chosen, args.plots / "threshold_curve.png")
     evaluate.sample_figure(samples["split"], samples["preds"], samples["rows"],
-                           f"{by_name(DEPLOYED).label}, test split", args.plots / "samples.png")
+                           "test split: the deployable file, the teacher and the int8 model before post-processing",
+                           args.plots / "samples.png")
     io.write_json(args.metrics, summary)
     deployed = summary["variants"][DEPLOYED]
     print(f"evaluate: {DEPLOYED} test Dice {deployed['dice']:.4f}, teacher {summary['variants']['teacher']['dice']:.4f}"

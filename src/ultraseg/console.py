@@ -1,6 +1,8 @@
 """ultraseg: use the deployable model on your own scans.
 
   ultraseg predict INPUT... --model FILE --out DIR   images, folders, DICOM and video, frame by frame
+  ultraseg evaluate-folder DATA --model FILE --out DIR
+                                                      score it on your own labelled scans
   ultraseg serve MODEL                                a local live viewer in the browser
 
 Each subcommand lives in its own module, which adds its parser here and does its work there.
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ultraseg import predict
+    from ultraseg import evaluate_folder, predict
     from ultraseg.viewer import server
 
     ap = argparse.ArgumentParser(prog="ultraseg", description=__doc__.split("\n\n")[0],
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog="Run 'ultraseg COMMAND --help' for a command's options.")
     commands = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict.add_parser(commands)
+    evaluate_folder.add_parser(commands)
     server.add_parser(commands)
     return ap
 

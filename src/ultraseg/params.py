@@ -599,6 +599,9 @@ class EvaluateParams(Section):
     """Resamples of the lesion images for the 95% confidence interval of the headline Dice."""
     seed: int = 0
     """Seed of the bootstrap."""
+    external: tuple[str, ...] = ()
+    """Labelled folders (or CSV files) of other scans on which the external stage scores the deployable file
+    (:mod:`ultraseg.data.labelled` lists the layouts); empty: none."""
 
     def check(self, prefix: str) -> None:
         _require(self, prefix, "threshold", lambda v: v == "val" or 0.0 < v < 1.0, "'val' or a probability in (0, 1)")

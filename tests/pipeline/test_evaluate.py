@@ -105,7 +105,19 @@ def test_every_variant_is_scored_by_its_own_file(zoo):
     a = [r["dice"] for r in rows if r["variant"] == "pruned"]
     b = [r["dice"] for r in rows if r["variant"] == "pruned_onnx"]
     assert np.allclose(a, b, atol=0.02, equal_nan=True)
-    assert len(samples["preds"]) == 6 and samples["preds"][0].shape == zoo.masks["benign (2)"].shape
+    assert list(samples["preds"]) == ["teacher", DEPLOYED]  # shown side by side in the sample figure
+    assert len(samples["preds"][DEPLOYED]) == 6 and samples["preds"][DEPLOYED][0].shape == zoo.masks["benign (2)"].shape
+    steps = metrics["paired"]
+    assert list(steps) == ["student - teacher", "pruned - student", "pruned_onnx - pruned",
+                           "pruned_int8 - pruned_onnx"]  # the deployable file was not scored here
+    for name, step in steps.items():
+        after, before = name.split(" - ")
+        diff = np.mean([a - b for a, b in zip(*([r["dice"] for r in rows if r["variant"] == v and r["ref_pixels"]]
+                                                 for v in (after, before)))])
+        assert step["mean_diff"] == pytest.approx(diff, abs=1e-4) and step["n"] == metrics["variants"][after]["n_lesion"]
+        assert step["ci95"][0] <= step["mean_diff"] <= step["ci95"][1]
+    failures = metrics["variants"]["teacher"]["failures"]
+    assert failures["missed"]["n"] + failures["sensitivity"]["n"] >= metrics["variants"]["teacher"]["n_lesion"]
 
 
 def test_a_missing_model_file_is_named(zoo, tmp_path):
@@ -127,6 +139,7 @@ def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path, params_f
     header = (tmp_path / "plots" / "threshold_curve.csv").read_text().splitlines()[0]
     assert header == "threshold," + ",".join(v.name for v in VARIANTS) + ",deployed"
     assert metrics["variants"]["deployed"]["postprocess"]["threshold"] == 0.5
+    assert set(metrics["paired"]) >= {"deployed - pruned_int8", "deployed - teacher", "pruned_int8 - pruned_onnx"}
     for name in ("dice_distribution.png", "threshold_curve.png", "samples.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -162,7 +175,7 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
                                              tmp_path / "split.csv", [by_name(DEPLOYED)])
     by_id = {r["id"]: r for r in rows}
     for k, image_id in enumerate(samples["split"].ids):
-        assert samples["preds"][k].shape == shapes[image_id]
+        assert samples["preds"][DEPLOYED][k].shape == shapes[image_id]
         assert by_id[image_id]["ref_pixels"] == masks[image_id].sum()
     assert by_id["benign (1)"]["dice"] == by_id["malignant (1)"]["dice"] == 1.0
     assert by_id["normal (1)"]["pred_pixels"] == 48 * 18 and metrics["variants"][DEPLOYED]["normal_clean"] == 0.0

@@ -43,7 +43,7 @@ IGNORED_NAMES = {"__MACOSX"}
 @dataclass(frozen=True)
 class Record:
     id: str
-    cls: str
+    cls: str | None
     image: Path
     masks: tuple[Path, ...]
 
@@ -110,7 +110,7 @@ def scan(root: Path) -> list[Record]:
     for cls in CLASSES:
         folder = root / cls
         if folder.is_dir():
-            records.extend(_scan_class(folder, cls))
+            records.extend(scan_folder(folder, cls))
     if not records:
         raise DataError(f"{root}: empty source, no images found in {', '.join(CLASSES)}")
     seen: dict[str, Record] = {}
@@ -121,7 +121,8 @@ def scan(root: Path) -> list[Record]:
     return records
 
 
-def _scan_class(folder: Path, cls: str) -> list[Record]:
+def scan_folder(folder: Path, cls: str | None) -> list[Record]:
+    """Pair the images of one folder with their ``<stem>_mask*`` files, all of class ``cls``."""
     images: dict[str, Path] = {}
     masks: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):

@@ -32,6 +32,8 @@ STEPS = (("student", "teacher", "distillation to the small student"),
          (DEPLOYABLE, "pruned_int8", "threshold and post-processing chosen on val"),
          (DEPLOYABLE, "teacher", "the whole chain"))
 """Each optimisation step as (after, before, what): their paired per-image Dice difference says what it cost."""
+SAMPLE_VARIANTS = ("teacher", DEPLOYED)
+"""Shown side by side, after the deployable file, in the sample figure."""
 CASE_COLUMNS = ("variant", "id", "class", "threshold", "dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn",
                 "pred_pixels", "ref_pixels")
 
@@ -96,18 +98,22 @@ def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_c
     mode = params.preprocess.normalize
     val = Split(data_dir, raw_dir, split_csv, "val", mode)
     test = Split(data_dir, raw_dir, split_csv, "test", mode)
-    metrics, rows, curves, samples = {}, [], {}, {}
+    metrics, rows, curves = {}, [], {}
+    samples: dict = {"split": test, "preds": {}, "rows": {}}
     for variant in tqdm(variants, desc="evaluate", unit="variant"):
         summary, variant_rows, curves[variant.name], preds = score_variant(variant, models_dir, val, test,
                                                                            params.evaluate)
         metrics[variant.name] = _rounded(summary)
         rows += variant_rows
-        if variant.name == DEPLOYED:
-            samples = {"split": test, "preds": preds, "rows": variant_rows}
+        if variant.name in SAMPLE_VARIANTS:
+            samples["preds"][variant.name], samples["rows"][variant.name] = preds, variant_rows
         tqdm.write(f"evaluate: {variant.name:13s} test Dice {summary['dice']:.4f} "
                    f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}]  threshold {summary['threshold']:.2f}")
     if deployable is not None:
-        summary, deployed_rows, curves[DEPLOYABLE], _ = score_deployed(deployable, val, test, params.evaluate)
+        summary, deployed_rows, curves[DEPLOYABLE], preds = score_deployed(deployable, val, test, params.evaluate)
+        # first, so that the figure picks its cases by the deployable file's scores
+        samples["preds"] = {DEPLOYABLE: preds, **samples["preds"]}
+        samples["rows"] = {DEPLOYABLE: deployed_rows, **samples["rows"]}
         metrics[DEPLOYABLE], rows = _rounded(summary), rows + deployed_rows
         tqdm.write(f"evaluate: {DEPLOYABLE:13s} test Dice {summary['dice']:.4f}, normal clean "
                    f"{summary['normal_clean']:.4f} with {summary['postprocess']}")
@@ -185,28 +191,8 @@ def threshold_figure(curves: dict[str, list[dict]], chosen: dict[str, float], pa
     figures.save(fig, path)
 
 
-def sample_figure(split: Split, preds: Sequence[np.ndarray], rows: Sequence[dict], title: str, path: Path) -> None:
-    """Original, reference, prediction and overlay of the best, median and worst lesion cases by Dice."""
-    plt = figures.pyplot()
-    lesion = [k for k, row in enumerate(rows) if row["ref_pixels"] > 0]
-    if not lesion:
-        raise ValueError("the test split has no lesion image to show")
-    order = sorted(lesion, key=lambda k: rows[k]["dice"])
-    picks = {"best": order[-1], "median": order[len(order) // 2], "worst": order[0]}
-    fig, axes = plt.subplots(len(picks), 4, figsize=(11, 2.9 * len(picks)), squeeze=False)
-    for r, (label, k) in enumerate(picks.items()):
-        image, ref, pred = split.images[k], split.refs[k], preds[k]
-        overlay = np.stack([image] * 3, axis=-1).astype(np.float32) / 255
-        overlay[pred & ~ref] = 0.6 * overlay[pred & ~ref] + 0.4 * np.array([1.0, 0.2, 0.2])  # false positive: red
-        overlay[ref & ~pred] = 0.6 * overlay[ref & ~pred] + 0.4 * np.array([0.2, 0.4, 1.0])  # missed: blue
-        overlay[ref & pred] = 0.6 * overlay[ref & pred] + 0.4 * np.array([0.2, 1.0, 0.2])  # hit: green
-        panels = [(image, "image"), (ref, "reference"), (pred, "prediction"), (overlay, "overlay")]
-        for c, (array, name) in enumerate(panels):
-            axes[r, c].imshow(array, cmap="gray", vmin=0, vmax=255 if array.dtype == np.uint8 else 1)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            axes[0, c].set_title(name, fontsize=9)
-        axes[r, 0].set_ylabel(f"{label}: {split.ids[k]}\nDice {rows[k]['dice']:.3f}", fontsize=8)
-    fig.suptitle(title + "  (overlay: green hit, red false positive, blue missed)", fontsize=9)
-    fig.tight_layout()
-    figures.save(fig, path)
+def sample_figure(split: Split, preds: dict[str, Sequence[np.ndarray]], rows: dict[str, Sequence[dict]],
+                  title: str, path: Path) -> None:
+    """The best, median and worst lesion cases of the first model in ``preds`` and two normal images, with every
+    model's prediction side by side (:func:`ultraseg.figures.cases_figure`)."""
+    figures.cases_figure(split.images, split.refs, split.ids, preds, rows, title, path)
