@@ -5,8 +5,8 @@ and int8 files, and the deployable models/deploy/ultraseg.int8.onnx, scored thro
 threshold and post-processing as `deployed`), data/preprocessed (network inputs), data/raw (original-resolution masks) and data/split.csv.
 Writes metrics/evaluate.json (per variant: threshold, lesion-mean Dice with bootstrap 95% CI, IoU, precision,
 recall, HD95, pooled Dice, per-class Dice, normal images predicted clean), results/evaluate/cases.csv (one row per
-variant and test image) and plots/evaluate/ (Dice distribution, val threshold curves, best/median/worst cases of
-the deployed int8 model).
+variant and test image) and plots/evaluate/ (Dice distribution, Dice against lesion size, val threshold curves, the
+best/median/worst lesion cases and two normal images, the deployable file beside the teacher).
 """
 
 from pathlib import Path
@@ -33,6 +33,7 @@ def main(argv=None) -> None:
     io.write_csv(args.cases, rows, evaluate.CASE_COLUMNS)
     io.write_csv(args.plots / "threshold_curve.csv", evaluate.curve_rows(curves), ["threshold", *curves])
     evaluate.dice_figure(rows, args.plots / "dice_distribution.png")
+    evaluate.size_figure(rows, ["teacher", evaluate.DEPLOYABLE], args.plots / "dice_vs_size.png")
     chosen = {name: v["threshold"] for name, v in summary["variants"].items()}
     evaluate.threshold_figure(curves, chosen, args.plots / "threshold_curve.png")
     evaluate.sample_figure(samples["split"], samples["preds"], samples["rows"],

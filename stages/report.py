@@ -1,7 +1,10 @@
 """report: regenerate REPORT.md from the metrics files (fails if one is missing).
 
-Reads metrics/*.json, params.yaml and, where it exists, experiments/comparison.json (scripts/experiments.py).
-Writes REPORT.md.
+Reads metrics/*.json, dvclive/ (the learning curves, drawn into plots/report/learning_curves.png), params.yaml
+and, where it exists, experiments/comparison.json (scripts/experiments.py).
+Writes REPORT.md and metrics/headline.json, the dozen numbers an experiment is judged by (teacher and deployed
+test Dice and their gap, normal images left clean, missed lesions, the shift suite's mean drop, end-to-end ms,
+file size), for `dvc exp show` and `dvc metrics diff` (README, *Experiments*).
 """
 
 from pathlib import Path
@@ -16,13 +19,20 @@ def main(argv=None) -> None:
     ap = parser(__doc__)
     ap.add_argument("--metrics", type=Path, default=Path("metrics"))
     ap.add_argument("--out", type=Path, default=Path("REPORT.md"))
+    ap.add_argument("--headline", type=Path, default=Path("metrics/headline.json"))
+    ap.add_argument("--dvclive", type=Path, default=Path("dvclive"))
+    ap.add_argument("--figure", type=Path, default=Path("plots/report/learning_curves.png"))
     ap.add_argument("--experiments", type=Path, default=Path("experiments/comparison.json"),
                     help="the filter/architecture comparison (scripts/experiments.py); optional")
     args, params = parse(ap, argv)
     try:
-        io.write_text(args.out, report.render(args.metrics, params, Path(args.params), args.experiments))
+        text = report.render(args.metrics, params, Path(args.params), args.experiments)
+        headline = report.headline_file(args.metrics)
+        report.learning_curves_figure(args.dvclive, args.figure, params.prune.finetune_epochs)
     except report.ReportError as err:
         raise SystemExit(f"error: {err}") from None
+    io.write_json(args.headline, headline)
+    io.write_text(args.out, text)
     print(f"report: -> {args.out}")
 
 

@@ -108,3 +108,51 @@ def test_optimisation_table_names_the_student_pruning_started_from(kept, label, 
     assert f"| {label} | 1,000 | 0.1 | 0.00 | {dice} | – |" in text
     started = "distilled student" if kept == "distilled" else "student trained without it"
     assert f"pruning starts from the {started}" in text
+
+
+def test_failure_and_paired_sections_quote_evaluate(zoo) -> None:
+    from ultraseg.pipeline import evaluate
+    from ultraseg.variants import VARIANTS
+
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}})
+    scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, VARIANTS)
+    text = report.failures_section(scores) + report.paired_section(scores)
+    for name, m in scores["variants"].items():
+        missed = m["failures"]["missed"]
+        assert f"| {name} | {missed['n']} ({missed['rate']:.0%}; " in text
+        assert f"{m['hd95_nan']} left out)" in text
+    for name, step in scores["paired"].items():
+        assert f"| `{name}` | {step['step']} | {step['mean_diff']:+.4f} | [{step['ci95'][0]:+.4f}, " in text
+
+
+def test_headline_holds_a_dozen_numbers_from_the_stage_files() -> None:
+    failures = {"missed": {"n": 7}}
+    scores = {"variants": {"teacher": {"dice": 0.76, "failures": {"missed": {"n": 1}}},
+                           "deployed": {"dice": 0.73, "normal_clean": 0.69, "failures": failures},
+                           "pruned_int8": {"dice": 0.72}}}
+    rob = {"models": {m: {"by_severity": {"moderate": {"mean_drop": d}}} for m, d in (("teacher", 0.09),
+                                                                                      ("deployed", 0.08))}}
+    bench = {"end_to_end": {"frames": {"scan": {"p50_ms": 1.5}}}, "variants": {"pruned_int8": {"file_mb": 0.4}}}
+    head = report.headline(scores, rob, bench, {"val_dice": 0.82})
+    assert head == {"teacher_val_dice": 0.82, "teacher_dice": 0.76, "deployed_dice": 0.73, "deployed_gap": 0.03,
+                    "deployed_normal_clean": 0.69, "deployed_missed": 7, "teacher_missed": 1,
+                    "teacher_shift_drop": 0.09, "deployed_shift_drop": 0.08, "end_to_end_ms": 1.5, "file_mb": 0.4}
+    assert len(head) <= 13  # with Experiment and Created, dvc exp show stays within 15 columns
+
+
+def test_learning_curves_figure_needs_every_log(tmp_path) -> None:
+    for lines in report.LEARNING_CURVES.values():
+        for rel in lines.values():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text("step\tvalue\n0\t0.5\n1\t0.6\n2\t0.7\n")
+    report.learning_curves_figure(tmp_path, tmp_path / "curves.png", round_epochs=1)
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "distill/plots/metrics/val/dice.tsv").unlink()
+    with pytest.raises(report.ReportError, match=r"distill/plots/metrics/val/dice\.tsv: learning curve missing"):
+        report.learning_curves_figure(tmp_path, tmp_path / "curves.png", round_epochs=1)
+
+
+def test_design_section_follows_the_params() -> None:
+    params = params_mod.from_dict({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
+    text = " ".join(report.design_section(params).split())
+    assert "zoom 0.70–1.30" in text and "fan-shaped field of view on 20%" in text and "lr 0.002" in text

@@ -262,11 +262,12 @@ def tradeoff_rows(bench: dict, evaluate: dict, key: str = "threads_1") -> list[d
 def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
     plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    # A legend, not labels beside the points: a model and its ONNX twin sit almost on top of each other.
     for row in rows:
-        marker = "*" if row["variant"] == DEPLOYED else "o"
-        ax.scatter(row["latency_ms"], row["test_dice"], s=120 if marker == "*" else 40, marker=marker)
-        ax.annotate(row["variant"], (row["latency_ms"], row["test_dice"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
+        marker = "*" if row["variant"] == DEPLOYED else "s" if row["variant"].endswith("_onnx") else "o"
+        ax.scatter(row["latency_ms"], row["test_dice"], s=140 if marker == "*" else 45, marker=marker,
+                   alpha=0.8, label=row["variant"])
+    ax.legend(fontsize=7, loc="best", ncol=2)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("batch-1 latency p50 (ms, log scale)")

@@ -177,11 +177,37 @@ def dice_figure(rows: Sequence[dict], path: Path) -> None:
     figures.save(fig, path)
 
 
+def size_figure(rows: Sequence[dict], names: Sequence[str], path: Path) -> None:
+    """Test Dice of every lesion image against the lesion's area, per model, with the mean per size quintile."""
+    plt = figures.pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name in names:
+        lesion = [r for r in rows if r["variant"] == name and r["ref_pixels"] > 0]
+        area = np.array([r["ref_pixels"] for r in lesion], dtype=np.float64)
+        dice = np.array([r["dice"] for r in lesion], dtype=np.float64)
+        dots = ax.scatter(area, dice, s=8, alpha=0.35, label=f"{name} (per image)")
+        edges = np.quantile(area, np.linspace(0, 1, 6))
+        bins = np.clip(np.searchsorted(edges, area, side="right") - 1, 0, 4)
+        filled = [b for b in range(5) if (bins == b).any()]
+        ax.plot([np.exp(np.log(area[bins == b]).mean()) for b in filled], [dice[bins == b].mean() for b in filled],
+                "-o", color=dots.get_facecolor()[0][:3], label=f"{name} (mean per size quintile)")
+    ax.set_xscale("log")
+    ax.set_xlabel("lesion area (pixels of the mirror's image, log scale)")
+    ax.set_ylabel("test Dice")
+    ax.set_title("Dice against lesion size", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures.save(fig, path)
+
+
 def threshold_figure(curves: dict[str, list[dict]], chosen: dict[str, float], path: Path) -> None:
     plt = figures.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, curve in curves.items():
-        line, = ax.plot([p["threshold"] for p in curve], [p["dice"] for p in curve], label=name)
+    # A model and its ONNX twin give almost the same curve: their own line styles and markers keep both visible.
+    for k, (name, curve) in enumerate(curves.items()):
+        style = "--" if name.endswith("_onnx") else "-." if name.endswith("_int8") else "-"
+        line, = ax.plot([p["threshold"] for p in curve], [p["dice"] for p in curve], label=name, ls=style,
+                        marker="os^vdx*"[k % 7], markersize=3, markevery=(k % 3, 3), alpha=0.85)
         ax.axvline(chosen[name], color=line.get_color(), lw=0.6, ls=":")
     ax.set_xlabel("probability threshold")
     ax.set_ylabel("val Dice (lesion images)")

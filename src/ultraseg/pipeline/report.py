@@ -77,6 +77,7 @@ lesion boundary (1 is untouched).
 
 
 def train_section(train: dict, params: Params) -> str:
+    """The teacher's run, and every learning curve (``plots/report/learning_curves.png``, drawn by the stage)."""
     m = params.train.model
     return f"""## Teacher training
 
@@ -88,6 +89,38 @@ Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Mode
 | val Dice (lesion images) | val IoU | normal val images predicted clean |
 |---|---|---|
 | {train['val_dice']:.4f} | {train['val_iou']:.4f} | {train['val_normal_clean']:.3f} |
+
+![learning curves: teacher, students with and without distillation, pruning rounds (dotted: a new round)](plots/report/learning_curves.png)
+"""
+
+
+def design_section(params: Params) -> str:
+    """Why the run is configured as it is: loss, optimiser, augmentation and the student, from the params."""
+    t, a, st = params.train, params.train.augment, params.distill.student
+    loss = ", ".join(f"{k} ×{v:g}" for k, v in params_mod.to_dict(t.loss).items()
+                     if k in ("bce", "dice", "focal", "tversky") and v)
+    return f"""## Design choices
+
+From `params.yaml`; README's stage notes hold the longer reasons.
+
+- **Loss: {loss}.** Soft Dice per image weighs a small lesion as much as a large one, as the headline metric does;
+  BCE keeps gradients on normal images, where Dice is undefined, so the model learns to leave them empty.
+- **Optimiser: AdamW**, lr {t.lr:g}, weight decay {t.weight_decay:g}, {t.scheduler} schedule with
+  {t.warmup_epochs} warm-up epochs, gradient clipping at {t.grad_clip:g}, batch {t.batch_size}, {t.epochs} epochs
+  with early stopping on val Dice (patience {t.patience}); the epoch of best val Dice is kept.
+- **Augmentation** (train split only, seeded per sample): flips, rotation ±{a.rotate:g}°, zoom
+  {1 - a.scale:.2f}–{1 + a.scale:.2f}, width stretch ±{a.aspect:.0%}; gain, contrast and gamma; speckle (grain up
+  to {a.speckle_grain:g} px) and acoustic shadows; a convex probe's fan-shaped field of view on {a.sector_p:.0%} of
+  samples and burned-in calipers and text on {a.annotations_p:.0%}, normal images included. The geometric, speckle,
+  fan and marks parts imitate other scanners, so that what the model learns transfers: BUSI's own quirks (one
+  hospital's settings, burned-in marks beside many lesions, squashed frames) are exactly what another site lacks.
+  The evaluation shifts of *Scanner shifts* are a separate, fixed-severity code path.
+- **Student:** a `{st.name}` with widths {list(st.widths)} working at 1/{st.stem_stride} of the input resolution
+  (a patchify stem and a pixel-shuffle head), plain convolutions, nearest up-sampling. int8 speeds up plain 3×3 and
+  1×1 convolutions with at least 16 output channels on this CPU, but not depthwise ones, and `ConvTranspose` and
+  bilinear `Resize` stay float; a full-resolution U-Net small enough to be fast keeps only 4–8 channels in its
+  outer levels, where int8 runs slower than fp32. So the student has no layer at full resolution, and after pruning
+  every layer keeps 16 or more channels.
 """
 
 
@@ -122,10 +155,10 @@ teacher in PyTorch eager: {p50['teacher_eager']:.2f} ms). {kd}
 Pruning: MACs ×{prune['macs_ratio']}, params ×{prune['params_ratio']} of the student (teacher / pruned:
 {prune['teacher_to_pruned_macs']}× MACs, {prune['teacher_to_pruned_params']}× params); val Dice
 {prune['val_dice_before']} before, {prune['val_dice_pruned_no_finetune']} pruned in one step (BN re-measured, no fine-tuning),
-{prune['val_dice_after']} after {prune['finetune_epochs_total']} epochs of fine-tuning. int8 speed-up
-(above 1: int8 is faster) over the pruned fp32 ONNX file ×{quant['speedup_int8_vs_fp32']}, over the teacher in
-ONNX Runtime ×{quant['speedup_int8_vs_teacher_onnx']}, over the teacher in PyTorch
-×{quant['speedup_int8_vs_teacher_eager']}; ops left in float: {floats}.
+{prune['val_dice_after']} after {prune['finetune_epochs_total']} epochs of fine-tuning. Ops left in float:
+{floats}. The p50 column is the quantize stage's own check, all four files timed interleaved in one process at the
+network's input size; the speed-ups this report quotes are the benchmark stage's (*Speed, size and memory*), where
+each variant runs in a fresh process, so the two runs' ratios differ a little and neither is copied into the other.
 """
 
 
@@ -155,7 +188,8 @@ def evaluate_section(scores: dict) -> str:
     return f"""## Test results (held-out split)
 
 Source: `metrics/evaluate.json`, per image `results/evaluate/cases.csv`. {scores['n_images']} test images
-({first['n_lesion']} with a lesion, {first['n_normal']} normal), scored at each image's original resolution;
+({first['n_lesion']} with a lesion, {first['n_normal']} normal), scored at each image's resolution in the mirror
+(256 px on the long side, not BUSI's original files: see the data README);
 Dice is the mean over lesion images with its bootstrap 95% CI; pooled Dice sums the pixels of all lesion images
 (what papers that pool report); HD95 in pixels of the mirror's images; *normal clean*: share of normal images
 with no predicted pixel. {_threshold_note(first)}
@@ -168,7 +202,50 @@ ONNX variants ran in ONNX Runtime: `pruned_int8` is scored as an edge device wou
 
 ![val threshold curves](plots/evaluate/threshold_curve.png)
 
-![best, median and worst test cases of the deployed model](plots/evaluate/samples.png)
+![Dice against lesion size](plots/evaluate/dice_vs_size.png)
+
+![best, median and worst lesion cases and two normal images: the deployable file, the teacher and the int8 model](plots/evaluate/samples.png)
+"""
+
+
+def _rate(r: dict) -> str:
+    low, high = r["ci95"]
+    return f"{r['n']} ({_num(r['rate'], '.0%')}; {_num(low, '.0%')}–{_num(high, '.0%')})"
+
+
+def failures_section(scores: dict) -> str:
+    """Missed lesions and false alarms per variant with Wilson CIs, and HD95 with the misses it leaves out."""
+    rows = []
+    for name, m in scores["variants"].items():
+        f = m["failures"]
+        rows.append([name, _rate(f["missed"]), _rate(f["sensitivity"]), _rate(f["false_alarms"]),
+                     _rate(f["normal_clean"]), f"{_num(m['hd95'], '.1f')} ({m['hd95_nan']} left out)"])
+    first = next(iter(scores["variants"].values()))
+    return f"""## How the models fail
+
+Source: `metrics/evaluate.json` (`failures`). Test split: {first['n_lesion']} lesion images, {first['n_normal']}
+normal images. A *missed lesion* is a lesion image whose prediction is empty or has Dice below 0.1; *sensitivity*
+counts lesion images whose prediction touches the lesion at all; a *false alarm* is a normal image with any
+predicted pixel (the rest are *normal clean*, the image-level specificity). Counts with the rate and its Wilson
+95% CI. HD95 is the mean over the lesion images that have one (a prediction and a reference), with the number of
+lesion images it leaves out: read the two together.
+
+{_table(['variant', 'missed lesions', 'sensitivity', 'false alarms', 'normal clean', 'HD95 px (misses)'], rows)}
+"""
+
+
+def paired_section(scores: dict) -> str:
+    """What each optimisation step cost, as a paired CI of the per-image Dice difference."""
+    rows = [[f"`{name}`", step["step"], f"{step['mean_diff']:+.4f}",
+             f"[{step['ci95'][0]:+.4f}, {step['ci95'][1]:+.4f}]",
+             "yes" if step["distinguishable"] else "no (CI holds 0)"] for name, step in scores["paired"].items()]
+    return f"""## What each step cost, paired
+
+Source: `metrics/evaluate.json` (`paired`). The two models of each row are scored on the same test lesion images;
+the paired bootstrap resamples images and keeps each image's two scores together, so an image that is hard for both
+does not widen the interval. A step's loss is distinguishable from zero when its CI excludes zero.
+
+{_table(['after − before', 'step', 'mean Dice difference', '95% CI', 'distinguishable from 0'], rows)}
 """
 
 
@@ -295,8 +372,11 @@ edge model's {deployed['dice']:.4f} (`metrics/evaluate.json`). Published U-Net r
 comparable, and most are optimistic relative to this protocol:
 
 - **Duplicates.** BUSI holds many near-duplicate scans of one lesion (see *Dataset*); a random image-level
-  split puts copies of a test lesion into training. Our groups never cross splits. Studies that control for
-  this (strict protocols) report U-Net Dice of roughly 0.71–0.74; random image-level splits report more.
+  split puts copies of a test lesion into training. Our groups never cross splits. The project brief puts
+  U-Nets under such strict protocols at about 0.71–0.74; that range is the brief's and is not checked here against
+  one source. Works that find and remove BUSI's duplicates before scoring include Pawłowska et al., *Data in Brief*
+  48 (2023) 109247, and Musah et al., arXiv:2508.17768 (2025); their protocols differ from ours, so their numbers
+  are not quoted. Random image-level splits report more.
 - **Held-out test.** Model and threshold selection used val only; the test split was scored once per run.
 - **Normals.** Many papers drop the normal images; we train on them and report them separately (*normal
   clean*), since a deployed model sees normal scans too. Our Dice means cover lesion images only.
@@ -335,9 +415,10 @@ def challenges_section(split: dict, distill: dict, prune: dict, quant: dict, sco
 - **Normal images.** On test, the teacher leaves {teacher['normal_clean']:.0%} of normal images clean and the int8
   model {deployed['normal_clean']:.0%}; the rest get spurious lesion pixels. A minimum-area rule chosen on val, or
   a higher loss weight on normal images, would trade a little lesion Dice for fewer false alarms.
-- **Transfer to other scanners.** Augmentation (gain, contrast, gamma, speckle, acoustic shadows) stands in for
-  other machines' settings; BUSI's burned-in calipers and text remain in the images, and a model may still learn
-  them. Masking annotations or training on a second dataset is the next step; this report measures BUSI only.
+- **Transfer to other scanners.** Training now imitates other scanners' zoom, frame shape, speckle, field of view
+  and burned-in marks (*Design choices*), and *Scanner shifts* measures what is left. This report still measures
+  BUSI only: score your own labelled scans with `ultraseg evaluate-folder` or `evaluate.external`
+  (`metrics/external.json`) before trusting the model on them.
 """
 
 
@@ -370,6 +451,68 @@ def _missing_note(comp: dict) -> str:
     return f"\nNot run to the end in this comparison: {', '.join(missing)}.\n" if missing else ""
 
 
+HEADLINE_DRIFT = "moderate"
+"""The shift-suite severity whose mean Dice drop the headline file carries."""
+
+
+def headline(scores: dict, rob: dict, bench: dict, train: dict) -> dict:
+    """The dozen numbers an experiment is judged by, for `dvc exp show` and `dvc metrics diff` (one screen)."""
+    teacher, deployed = scores["variants"]["teacher"], scores["variants"]["deployed"]
+    drop = {name: m["by_severity"][HEADLINE_DRIFT]["mean_drop"] for name, m in rob["models"].items()}
+    end = bench["end_to_end"]["frames"]["scan"]
+    return {"teacher_val_dice": train["val_dice"], "teacher_dice": teacher["dice"], "deployed_dice": deployed["dice"],
+            "deployed_gap": round(teacher["dice"] - deployed["dice"], 4),
+            "deployed_normal_clean": deployed["normal_clean"],
+            "deployed_missed": deployed["failures"]["missed"]["n"], "teacher_missed": teacher["failures"]["missed"]["n"],
+            "teacher_shift_drop": drop["teacher"], "deployed_shift_drop": drop["deployed"],
+            "end_to_end_ms": end["p50_ms"], "file_mb": bench["variants"][DEPLOYED]["file_mb"]}
+
+
+def headline_file(metrics_dir: Path) -> dict:
+    """:func:`headline` from the metrics files in ``metrics_dir``."""
+    return headline(*(_load(metrics_dir / f"{name}.json") for name in ("evaluate", "robustness", "benchmark", "train")))
+
+
+LEARNING_CURVES = {
+    "teacher": {"val Dice": "train/plots/metrics/val/dice.tsv", "train loss": "train/plots/metrics/train/loss.tsv",
+                "val loss": "train/plots/metrics/val/loss.tsv"},
+    "student, val Dice": {"distilled": "distill/plots/metrics/val/dice.tsv",
+                          "without distillation": "distill_baseline/plots/metrics/val/dice.tsv"},
+    "pruning rounds, val Dice": {"fine-tuning": "prune/plots/metrics/val/dice.tsv"},
+}
+"""Panel title -> line label -> dvclive TSV below dvclive/."""
+
+
+def _tsv(path: Path) -> tuple[list[float], list[float]]:
+    lines = path.read_text().split("\n")[1:]
+    pairs = [line.split("\t") for line in lines if line.strip()]
+    return [float(p[0]) for p in pairs], [float(p[1]) for p in pairs]
+
+
+def learning_curves_figure(dvclive: Path, path: Path, round_epochs: int) -> None:
+    """The teacher's, the two students' and the pruning rounds' curves from dvclive's logs, as one PNG (readable
+    offline, unlike `dvc plots show`'s page). Rounds of pruning are marked every ``round_epochs`` epochs."""
+    from ultraseg import figures
+
+    plt = figures.pyplot()
+    fig, axes = plt.subplots(1, len(LEARNING_CURVES), figsize=(5 * len(LEARNING_CURVES), 3.6))
+    for ax, (title, lines) in zip(axes, LEARNING_CURVES.items()):
+        for label, rel in lines.items():
+            if not (dvclive / rel).exists():
+                raise ReportError(f"{dvclive / rel}: learning curve missing; run the stage that logs it (dvc repro)")
+            x, y = _tsv(dvclive / rel)
+            ax.plot(x, y, label=label, ls="--" if "loss" in label else "-")
+        if title.startswith("pruning"):
+            for k in range(round_epochs, int(max(x)) + 1, round_epochs):
+                ax.axvline(k - 0.5, color="grey", lw=0.7, ls=":")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    figures.save(fig, path)
+
+
 def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Path | None = None) -> str:
     split = _load(metrics_dir / "split.json")
     pre = _load(metrics_dir / "preprocess.json")
@@ -381,8 +524,10 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
     return "\n".join([
         "# ultraseg report",
         "",
-        f"Generated by the `report` stage from `metrics/*.json` of the run at commit {_commit()}, params "
-        f"`{params_path}` (hash {params_mod.digest(params)}). Regenerate with `dvc repro report`.",
+        f"Generated by the `report` stage at commit {_commit()} from `metrics/*.json`, params `{params_path}` (hash "
+        f"{params_mod.digest(params)}). A stage reruns only when its code, params or inputs change, so the models and "
+        "metrics may come from an earlier commit's run: `dvc.lock` records what each stage ran on, and `git log "
+        "dvc.lock` when. Regenerate with `dvc repro report`.",
         "Scores are means over lesion images (benign + malignant) unless stated; see README, *How results are "
         "scored*. Sections before *Test results* use train/val only; the test split is scored once, by the "
         "evaluate stage.",
@@ -390,9 +535,12 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
         dataset_section(split),
         preprocess_section(pre, params),
         train_section(train, params),
+        design_section(params),
         experiments_section(comparison),
         optimisation_section(train, *optimisation),
         evaluate_section(scores),
+        failures_section(scores),
+        paired_section(scores),
         benchmark_section(bench, scores),
         deployable_section(deploy, scores, bench),
         robustness_section(rob),
