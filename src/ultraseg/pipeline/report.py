@@ -456,21 +456,26 @@ HEADLINE_DRIFT = "moderate"
 
 
 def headline(scores: dict, rob: dict, bench: dict, train: dict) -> dict:
-    """The dozen numbers an experiment is judged by, for `dvc exp show` and `dvc metrics diff` (one screen)."""
+    """The dozen numbers an experiment is judged by, for `dvc exp show` and `dvc metrics diff` (one screen), with
+    short names because `dvc exp show` prints them as column headers: test lesion Dice of the ``teacher`` (and its
+    ``teacher_val`` Dice), of the ``deployed`` file, and their ``gap``; the deployed file's ``normal_clean`` share
+    and ``missed`` lesions (and the teacher's); the shift suite's mean Dice drop at moderate severity; the
+    deployable file's end-to-end p50 ``ms`` per frame on one core and its size in ``mb``."""
     teacher, deployed = scores["variants"]["teacher"], scores["variants"]["deployed"]
     drop = {name: m["by_severity"][HEADLINE_DRIFT]["mean_drop"] for name, m in rob["models"].items()}
     end = bench["end_to_end"]["frames"]["scan"]
-    return {"teacher_val_dice": train["val_dice"], "teacher_dice": teacher["dice"], "deployed_dice": deployed["dice"],
-            "deployed_gap": round(teacher["dice"] - deployed["dice"], 4),
-            "deployed_normal_clean": deployed["normal_clean"],
-            "deployed_missed": deployed["failures"]["missed"]["n"], "teacher_missed": teacher["failures"]["missed"]["n"],
-            "teacher_shift_drop": drop["teacher"], "deployed_shift_drop": drop["deployed"],
-            "end_to_end_ms": end["p50_ms"], "file_mb": bench["variants"][DEPLOYED]["file_mb"]}
+    return {"teacher_val": train["val_dice"], "teacher": teacher["dice"], "deployed": deployed["dice"],
+            "gap": round(teacher["dice"] - deployed["dice"], 4), "normal_clean": deployed["normal_clean"],
+            "missed": deployed["failures"]["missed"]["n"], "teacher_missed": teacher["failures"]["missed"]["n"],
+            "shift_drop": drop["deployed"], "teacher_shift_drop": drop["teacher"],
+            "ms": end["p50_ms"], "mb": bench["variants"][DEPLOYED]["file_mb"]}
 
 
 def headline_file(metrics_dir: Path) -> dict:
-    """:func:`headline` from the metrics files in ``metrics_dir``."""
-    return headline(*(_load(metrics_dir / f"{name}.json") for name in ("evaluate", "robustness", "benchmark", "train")))
+    """``{"headline": ...}`` of :func:`headline` from the metrics files in ``metrics_dir``: one key, so that
+    `dvc exp show --keep '^headline\\.'` picks exactly these columns."""
+    files = [_load(metrics_dir / f"{name}.json") for name in ("evaluate", "robustness", "benchmark", "train")]
+    return {"headline": headline(*files)}
 
 
 LEARNING_CURVES = {
