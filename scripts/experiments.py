@@ -1,26 +1,35 @@
-"""Compare speckle filters and architectures with `dvc exp run`, at one reduced training budget, for REPORT.md.
+"""Grids of `dvc exp run` experiments for REPORT.md, queued and run by DVC's own queue, then collected.
 
-Each experiment reruns the pipeline up to the train stage (`dvc exp run train --temp`) with one change from the
-committed params and the same number of epochs; the teacher's val metrics and the filter's speckle/edge scores come
-from the files those stages wrote (metrics/train.json, metrics/preprocess.json). `--collect` gathers them with
-`dvc.api.exp_show` into experiments/comparison.json (committed; the report stage renders it), with the commit the
-experiments were derived from.
+Two grids:
 
-  python scripts/experiments.py --run --collect            # the whole grid: about 6 teacher trainings
-  python scripts/experiments.py --run --only filter-lee    # one of them
-  dvc exp show --only-changed                              # the same experiments, interactively
+  comparison  speckle filters and architectures, each one change from the committed params, training the teacher
+              only (`dvc exp run train`) at one reduced budget (--epochs); collected into
+              experiments/comparison.json with the teacher's val metrics and the filter's speckle/edge scores
+  seeds       the whole pipeline (teacher, distill -> prune -> quantize -> deploy, evaluate ...) at the default
+              budget with other training seeds (--seeds); collected into experiments/seeds.json with the mean and
+              sd of every metrics/headline.json number over the committed run and these seeds
+
+Experiments are queued with `dvc exp run --queue` and run by `dvc queue start --jobs N`; each runs in a copy of the
+project under .dvc/tmp/exps, so fetch.source is passed as an absolute path. The committed run stays the default
+seed; these runs live in DVC's experiment refs and in the JSON this script writes.
+
+  python scripts/experiments.py --grid comparison --run --collect --epochs 8
+  python scripts/experiments.py --grid seeds --run --collect --seeds 43 44 --jobs 1
+  dvc exp show --drop '.*' --keep '^(Experiment|headline\\..*|train\\.seed)$'   # the same runs, interactively
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ultraseg.io import write_json
 
-GRID: dict[str, dict[str, str]] = {
+COMPARISON: dict[str, dict[str, str]] = {
     "filter-none": {"preprocess.filter": "none"},
     "filter-lee": {"preprocess.filter": "lee"},
     "filter-frost": {"preprocess.filter": "frost"},
@@ -31,47 +40,66 @@ GRID: dict[str, dict[str, str]] = {
 METRICS = {"metrics/train.json": ("val_dice", "val_iou", "val_normal_clean", "best_epoch", "epochs_run",
                                     "train_minutes", "params", "gmacs"),
            "metrics/preprocess.json": ("enl_ratio", "edge_preservation")}
-OUT = Path("experiments/comparison.json")
+OUT = {"comparison": Path("experiments/comparison.json"), "seeds": Path("experiments/seeds.json")}
 COMMITS = 20
-"""How many commits back to look for experiments: the grid takes long enough that commits land meanwhile."""
+"""How many commits back to look for experiments: a grid takes long enough that commits land meanwhile."""
+COUNTS = ("params", "best_epoch", "epochs_run")
+POLL_SECONDS = 10
 
 
-def run(names: list[str], epochs: int, source: Path) -> None:
-    for name in names:
-        sets = {"train.epochs": str(epochs), "fetch.source": str(source), **GRID[name]}
-        # --temp runs in a copy under .dvc/tmp/exps, where the relative default fetch.source does not resolve
-        args = ["dvc", "exp", "run", "train", "--temp", "--name", f"{name}-e{epochs}"]
-        args += [arg for key, value in sets.items() for arg in ("-S", f"{key}={value}")]
-        print("+", " ".join(args), flush=True)
-        subprocess.run(args, check=True)
+# ---------------------------------------------------------------------------------------------------- running
 
 
-def collect(epochs: int) -> dict:
+def experiments(grid: str, epochs: int, seeds: list[int]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Name -> (the `dvc exp run` target, if any; the -S settings) of every experiment of ``grid``."""
+    if grid == "comparison":
+        return {f"{name}-e{epochs}": (["train"], {"train.epochs": str(epochs), **sets})
+                for name, sets in COMPARISON.items()}
+    return {f"seed-{seed}": ([], {"train.seed": str(seed)}) for seed in seeds}
+
+
+def queue(todo: dict[str, tuple[list[str], dict[str, str]]], source: Path) -> None:
+    for name, (target, sets) in todo.items():
+        args = ["dvc", "exp", "run", "--queue", *target, "--name", name]
+        for key, value in {"fetch.source": str(source), **sets}.items():
+            args += ["-S", f"{key}={value}"]
+        _run(args)
+
+
+def run_queue(jobs: int) -> list[str]:
+    """Start ``jobs`` workers and wait until the queue is empty; the names of the experiments that failed."""
+    _run(["dvc", "queue", "start", "--jobs", str(jobs)])
+    while True:
+        rows = _queue_status()
+        if not any(state in ("Queued", "Running") for _, state in rows):
+            return [name for name, state in rows if state == "Failed"]
+        time.sleep(POLL_SECONDS)
+
+
+def _queue_status() -> list[tuple[str, str]]:
+    """(name, state) of each queued, running, finished or failed experiment, from `dvc queue status`."""
+    out = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines()[1:]:
+        parts = line.split()
+        states = [p for p in parts if p in ("Queued", "Running", "Success", "Failed")]
+        if len(parts) >= 2 and states:
+            rows.append((parts[1], states[0]))
+    return rows
+
+
+def _run(args: list[str]) -> None:
+    print("+", " ".join(args), flush=True)
+    subprocess.run(args, check=True)
+
+
+# ---------------------------------------------------------------------------------------------------- collecting
+
+
+def _rows() -> list[dict]:
     import dvc.api
 
-    rows, commits, baseline = {}, [], None
-    # exp_show lists each commit, then the experiments derived from it; later commits come first, so the newest
-    # run of an experiment wins
-    for exp in dvc.api.exp_show(num=COMMITS):
-        name = exp.get("Experiment") or ""
-        if not name:
-            baseline = _short_sha(exp.get("rev"))
-            continue
-        base = name.removesuffix(f"-e{epochs}")
-        if base not in GRID or not name.endswith(f"-e{epochs}") or base in rows:
-            continue
-        commits += [baseline] if baseline not in commits else []
-        rows[base] = {"experiment": name, "rev": exp.get("rev"), "derived_from": baseline, "changed": GRID[base],
-                      "filter": exp.get("preprocess.filter"), "model": exp.get("train.model.name"),
-                      **{key: _metric(exp, path, key) for path, keys in METRICS.items() for key in keys}}
-    missing = [name for name in GRID if name not in rows or rows[name]["val_dice"] is None]
-    rows = {name: rows[name] for name in GRID if name not in missing}  # the grid's order
-    if not rows:
-        sys.exit(f"error: no finished experiment at {epochs} epochs; run them first (--run)")
-    if missing:
-        print(f"experiments: not finished at {epochs} epochs, left out: {', '.join(missing)}", file=sys.stderr)
-    return {"derived_from_commit": ", ".join(c for c in commits if c), "epochs": epochs, "missing": missing,
-            "command": f"python scripts/experiments.py --run --collect --epochs {epochs}", "experiments": rows}
+    return list(dvc.api.exp_show(num=COMMITS))
 
 
 def _short_sha(rev: str | None) -> str | None:
@@ -82,34 +110,94 @@ def _short_sha(rev: str | None) -> str | None:
     return out.stdout.strip() or rev
 
 
-COUNTS = ("params", "best_epoch", "epochs_run")
-
-
 def _metric(exp: dict, path: str, key: str):
     """exp_show flattens metrics to their key, prefixed with the file where two files share a key; it reads
     integers back as floats; anything not a number (unfinished experiment) is None."""
     value = exp.get(f"{path}:{key}", exp.get(key))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None  # a running or failed experiment shows "!" or "-"
-    return int(value) if key in COUNTS else value
+    return int(value) if key.split(".")[-1] in COUNTS else value
+
+
+def collect_comparison(epochs: int) -> dict:
+    rows, commits, baseline = {}, [], None
+    # exp_show lists each commit, then the experiments derived from it; later commits come first, so the newest
+    # run of an experiment wins
+    for exp in _rows():
+        name = exp.get("Experiment") or ""
+        if not name:
+            baseline = _short_sha(exp.get("rev"))
+            continue
+        base = name.removesuffix(f"-e{epochs}")
+        if base not in COMPARISON or not name.endswith(f"-e{epochs}") or base in rows:
+            continue
+        commits += [baseline] if baseline not in commits else []
+        rows[base] = {"experiment": name, "rev": exp.get("rev"), "derived_from": baseline, "changed": COMPARISON[base],
+                      "filter": exp.get("preprocess.filter"), "model": exp.get("train.model.name"),
+                      **{key: _metric(exp, path, key) for path, keys in METRICS.items() for key in keys}}
+    missing = [name for name in COMPARISON if name not in rows or rows[name]["val_dice"] is None]
+    rows = {name: rows[name] for name in COMPARISON if name not in missing}  # the grid's order
+    if not rows:
+        sys.exit(f"error: no finished experiment at {epochs} epochs; run them first (--run)")
+    if missing:
+        print(f"experiments: not finished at {epochs} epochs, left out: {', '.join(missing)}", file=sys.stderr)
+    return {"derived_from_commit": ", ".join(c for c in commits if c), "epochs": epochs, "missing": missing,
+            "command": f"python scripts/experiments.py --grid comparison --run --collect --epochs {epochs}",
+            "experiments": rows}
+
+
+def headline_of(exp: dict) -> dict[str, float] | None:
+    """The metrics/headline.json numbers of one exp_show row; None when the run did not finish."""
+    values = {key.removeprefix("headline."): value for key, value in exp.items() if key.startswith("headline.")}
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values.values()):
+        return None
+    return values
+
+
+def collect_seeds(seeds: list[int]) -> dict:
+    """The committed run (the first commit row) and the newest finished run of each seed, with mean and sd."""
+    rows = _rows()
+    base = next(exp for exp in rows if not exp.get("Experiment") and exp.get("rev") != "workspace")
+    runs = {f"committed (train.seed {base.get('train.seed')})": headline_of(base)}
+    for seed in seeds:
+        exp = next((e for e in rows if e.get("Experiment") == f"seed-{seed}" and headline_of(e)), None)
+        runs[f"seed-{seed}"] = headline_of(exp) if exp else None
+    missing = [name for name, values in runs.items() if values is None]
+    done = {name: values for name, values in runs.items() if values is not None}
+    if len(done) < 2:
+        sys.exit(f"error: fewer than two finished runs ({', '.join(missing)} missing); run them first (--run)")
+    keys = list(next(iter(done.values())))
+    summary = {key: {"mean": statistics.fmean(v[key] for v in done.values()),
+                     "sd": statistics.stdev(v[key] for v in done.values())} for key in keys}
+    return {"derived_from_commit": _short_sha(base.get("rev")), "runs": done, "missing": missing, "n": len(done),
+            "summary": summary,
+            "command": "python scripts/experiments.py --grid seeds --run --collect --seeds "
+                       + " ".join(map(str, seeds))}
 
 
 def main(argv: list[str] | None = None) -> None:
     summary, _, details = __doc__.strip().partition("\n")
     ap = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", action="store_true", help="run the experiments (sequentially, in temp copies)")
-    ap.add_argument("--collect", action="store_true", help=f"write {OUT} from the finished experiments")
-    ap.add_argument("--epochs", type=int, default=10, help="training epochs of every experiment (default: 10)")
-    ap.add_argument("--only", nargs="+", choices=list(GRID), default=list(GRID), help="experiments to run")
+    ap.add_argument("--grid", choices=list(OUT), default="comparison", help="which grid (default: %(default)s)")
+    ap.add_argument("--run", action="store_true", help="queue the grid's experiments and run the queue")
+    ap.add_argument("--collect", action="store_true", help="write the grid's JSON from the finished experiments")
+    ap.add_argument("--epochs", type=int, default=8, help="comparison: training epochs (default: %(default)s)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[43, 44], help="seeds: training seeds besides the "
+                    "committed run's (default: 43 44)")
+    ap.add_argument("--jobs", type=int, default=1, help="queue workers run at once (default: %(default)s)")
     ap.add_argument("--source", type=Path, default=Path("../shared/data/busi"), help="the BUSI data (fetch.source)")
     args = ap.parse_args(argv)
     if not (args.run or args.collect):
         ap.error("nothing to do: give --run, --collect or both")
     if args.run:
-        run(args.only, args.epochs, args.source.resolve())
+        queue(experiments(args.grid, args.epochs, args.seeds), args.source.resolve())
+        failed = run_queue(args.jobs)
+        if failed:
+            print(f"experiments: failed: {', '.join(failed)} (see `dvc queue logs NAME`)", file=sys.stderr)
     if args.collect:
-        write_json(OUT, collect(args.epochs))
-        print(f"experiments: -> {OUT}")
+        out = OUT[args.grid]
+        write_json(out, collect_comparison(args.epochs) if args.grid == "comparison" else collect_seeds(args.seeds))
+        print(f"experiments: -> {out}")
 
 
 if __name__ == "__main__":
