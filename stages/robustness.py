@@ -24,12 +24,14 @@ def main(argv=None) -> None:
     ap.add_argument("--split", type=Path, default=Path("data/split.csv"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/robustness.json"))
     ap.add_argument("--figure", type=Path, default=Path("plots/robustness/dice_drop.png"))
+    ap.add_argument("--on", choices=("test", "val"), default="test",
+                    help="split to shift (default: test; val to compare models or training levers by hand)")
     args, params = parse(ap, argv)
     if not args.evaluate.exists():
         raise FileNotFoundError(f"{args.evaluate}: missing; run the evaluate stage first (dvc repro evaluate)")
     threshold = io.read_json(args.evaluate)["variants"]["teacher_onnx"]["threshold"]
     models = robustness.load_models(args.models / onnx_file("teacher"), threshold, args.models / DEPLOY_FILE)
-    summary = robustness.run(models, args.raw, args.split, params.evaluate.seed)
+    summary = robustness.run(models, args.raw, args.split, params.evaluate.seed, args.on)
     robustness.figure(summary, args.figure)
     io.write_json(args.metrics, summary)
     moderate = {name: m["by_severity"]["moderate"]["mean_drop"] for name, m in summary["models"].items()}

@@ -156,3 +156,13 @@ def test_design_section_follows_the_params() -> None:
     params = params_mod.from_dict({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
     text = " ".join(report.design_section(params).split())
     assert "zoom 0.70–1.30" in text and "fan-shaped field of view on 20%" in text and "lr 0.002" in text
+
+
+def test_seed_section_renders_the_spread_or_says_how_to_get_it() -> None:
+    assert "python scripts/experiments.py --grid seeds --run --collect" in report.seeds_section(None)
+    seeds = {"command": "python scripts/experiments.py --grid seeds --run --collect --seeds 43 44",
+             "derived_from_commit": "abc1234", "n": 2, "missing": ["seed-44"],
+             "runs": {"committed (train.seed 42)": {"teacher": 0.76}, "seed-43": {"teacher": 0.74}},
+             "summary": {"teacher": {"mean": 0.75, "sd": 0.0141}}}
+    text = report.seeds_section(seeds)
+    assert "| teacher | 0.7500 ± 0.0141 | 0.7600 | 0.7400 |" in text and "seed-44" in text

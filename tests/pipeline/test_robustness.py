@@ -41,3 +41,10 @@ def test_report_section_quotes_the_file(zoo):
     assert f"| deployed | moderate | {moderate['mean_drop']:.3f} | {moderate['worst_shift']} " in text
     blur = summary["models"]["teacher"]["shifts"]["blur"]["strong"]
     assert "| blur (1.0, 2.0, 3.0) | " in text and f"{blur['dice']:.3f} ({blur['missed']:.0%})" in text
+
+
+def test_the_suite_runs_on_val_for_choosing(zoo):
+    models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                    zoo.models / "deploy" / "ultraseg.int8.onnx")
+    summary = robustness.run(models, zoo.raw, zoo.split, seed=0, split="val")
+    assert summary["split"] == "val" and summary["n_images"] == 3  # the zoo's val images, none of test's

@@ -446,6 +446,27 @@ above). Val Dice on lesion images; ENL ratio and edge preservation β of the exp
 {_missing_note(comp)}"""
 
 
+def seeds_section(seeds: dict | None) -> str:
+    """Mean ± sd of the headline numbers over training seeds (scripts/experiments.py --grid seeds), if run."""
+    title = "## Seed variation"
+    if seeds is None:
+        return f"""{title}
+
+Not measured for this run: `python scripts/experiments.py --grid seeds --run --collect` reruns the whole pipeline
+with two more training seeds through DVC's queue and writes `experiments/seeds.json`, which this section renders.
+"""
+    rows = [[key, f"{v['mean']:.4f} ± {v['sd']:.4f}",
+             *[_num(run[key], ".4f") for run in seeds["runs"].values()]] for key, v in seeds["summary"].items()]
+    return f"""{title}
+
+Source: `experiments/seeds.json`, written by `{seeds['command']}` from `dvc exp` runs derived from commit
+{seeds['derived_from_commit']}: the whole pipeline at the default budget, only the training seed changed
+({seeds['n']} runs; mean ± sd). The tables above are the committed run's.
+{_missing_note(seeds)}
+{_table(['metrics/headline.json', 'mean ± sd', *seeds['runs']], rows)}
+"""
+
+
 def _missing_note(comp: dict) -> str:
     missing = comp.get("missing") or []
     return f"\nNot run to the end in this comparison: {', '.join(missing)}.\n" if missing else ""
@@ -526,6 +547,8 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
     scores, bench = _load(metrics_dir / "evaluate.json"), _load(metrics_dir / "benchmark.json")
     deploy, rob = _load(metrics_dir / "deploy.json"), _load(metrics_dir / "robustness.json")
     comparison = _load(experiments) if experiments is not None and experiments.exists() else None
+    seeds_file = None if experiments is None else experiments.parent / "seeds.json"
+    seeds = _load(seeds_file) if seeds_file is not None and seeds_file.exists() else None
     return "\n".join([
         "# ultraseg report",
         "",
@@ -549,6 +572,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
         benchmark_section(bench, scores),
         deployable_section(deploy, scores, bench),
         robustness_section(rob),
+        seeds_section(seeds),
         published_section(scores),
         challenges_section(split, optimisation[0], optimisation[1], optimisation[3], scores),
     ])

@@ -39,9 +39,11 @@ def conditions() -> list[tuple[str, str]]:
     return [(NONE, NONE)] + [(s.name, level) for s in shifts.SHIFTS for level in shifts.SEVERITIES]
 
 
-def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int) -> dict[str, Any]:
-    """Every model under every condition; drops are the unshifted Dice minus the shifted one (positive = worse)."""
-    ids = split_ids(split_csv, "test")
+def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int,
+        split: str = "test") -> dict[str, Any]:
+    """Every model under every condition on ``split``; drops are the unshifted Dice minus the shifted one (positive =
+    worse). The stage scores test; choosing between models or training levers uses ``split="val"``."""
+    ids = split_ids(split_csv, split)
     classes = {row["id"]: row["class"] for row in read_csv(split_csv)}
     raw = [load_raw(raw_dir, i) for i in ids]
     labels = [classes[i] for i in ids]
@@ -55,7 +57,7 @@ def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int)
             images, refs = [p[0] for p in pairs], [p[1] for p in pairs]
         for name, segmenter in models.items():
             results[name].setdefault(shift, {})[severity] = score(segmenter, images, refs, ids, labels)
-    return {"seed": seed, "n_images": len(ids), "severities": list(shifts.SEVERITIES),
+    return {"split": split, "seed": seed, "n_images": len(ids), "severities": list(shifts.SEVERITIES),
             "shifts": {s.name: {"description": s.description, "levels": list(s.levels)} for s in shifts.SHIFTS},
             "models": {name: summarize(result) for name, result in results.items()}}
 
@@ -101,7 +103,7 @@ def figure(summary: dict[str, Any], path: Path) -> None:
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks(range(len(shift_names)), shift_names, rotation=35, ha="right")
         clean = summary["models"][name]["clean"]["dice"]
-        ax.set_title(f"{name} (unshifted test Dice {clean:.3f})")
+        ax.set_title(f"{name} (unshifted {summary.get('split', 'test')} Dice {clean:.3f})")
     axes[0][0].set_ylabel("lesion Dice drop (unshifted - shifted)")
     axes[0][0].legend(title="severity")
     fig.tight_layout()
