@@ -2,8 +2,9 @@
 
 Reads the `deploy` params section (the grid of rules and the Dice tolerance), models/pruned.int8.onnx, data/raw and
 data/split.csv (val only). Writes models/deploy/ultraseg.int8.onnx (the int8 model with the chosen rule in its
-metadata: everything a user needs) and metrics/deploy.json (the rule, and val lesion Dice and normal_clean with it
-and with the best threshold alone).
+metadata: everything a user needs) and metrics/deploy.json (the rule, whether the model is averaged over a left-right
+flip, and val lesion Dice and normal_clean with the rule and with the best threshold alone, with and without the
+flip).
 """
 
 from pathlib import Path

@@ -124,3 +124,14 @@ def test_runtime_never_imports_torch(model, image, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(image.shape)
+
+
+def test_flip_averages_the_model_over_the_mirrored_input(model, image):
+    seg = Segmenter(model, flip=True)
+    assert seg.flip and not Segmenter(model).flip
+    x = normalize(preprocess(image, seg.preprocess_params), seg.normalize)[None, None]
+    predict = onnx_predictor(model, threads=1)
+    sigmoid = [1 / (1 + np.exp(-predict(np.ascontiguousarray(v))[0, 0])) for v in (x, x[..., ::-1])]
+    expected = resize_probabilities(0.5 * (sigmoid[0] + sigmoid[1][:, ::-1]), image.shape)
+    np.testing.assert_allclose(seg.probability(image)[0], expected, rtol=0, atol=1e-6)
+    assert not np.allclose(expected, Segmenter(model).probability(image)[0], rtol=0, atol=1e-6)

@@ -1,7 +1,8 @@
 """Run the deployable model anywhere: NumPy, OpenCV and ONNX Runtime, no PyTorch and no training code.
 
 Everything that turns a scan into an answer is read from the ONNX file's metadata: the preprocessing params (speckle
-filter, CLAHE), the input size and normalisation, and the threshold and post-processing rule chosen on val. A
+filter, CLAHE), the input size and normalisation, whether to average the model over a left-right flip, and the
+threshold and post-processing rule chosen on val. A
 :class:`Segmenter` takes an image of any size, greyscale, RGB(A) or 16-bit, and returns a :class:`Segmentation` at
 the image's own resolution.
 
@@ -109,9 +110,12 @@ class Segmenter:
 
     ``threads``: ONNX Runtime's intra-op threads (1 suits an edge device and leaves the other cores to the caller).
     ``postprocess`` overrides the rule stored in the file (files exported before deployment carry only a threshold).
+    ``flip`` overrides the file's ``flip``: average the probabilities of the image and of its mirror image, which
+    costs a second model call (a breast scan has no preferred left or right, so both views are equally valid).
     """
 
-    def __init__(self, model: str | Path, threads: int = 1, postprocess: PostProcess | None = None) -> None:
+    def __init__(self, model: str | Path, threads: int = 1, postprocess: PostProcess | None = None,
+                 flip: bool | None = None) -> None:
         self.path = Path(model)
         if not self.path.is_file():
             raise DataError(f"{self.path}: model file not found")
@@ -128,10 +132,11 @@ class Segmenter:
         self.normalize: str = self.meta["normalize"]
         stored = self.meta.get("postprocess") or {"threshold": self.meta["threshold"]}
         self.postprocess = postprocess or PostProcess.from_dict(stored)
+        self.flip: bool = bool(self.meta.get("flip", False)) if flip is None else flip
         self.input = self.session.get_inputs()[0].name
 
     def __repr__(self) -> str:
-        return f"Segmenter({str(self.path)!r}, size={self.size}, postprocess={self.postprocess})"
+        return f"Segmenter({str(self.path)!r}, size={self.size}, flip={self.flip}, postprocess={self.postprocess})"
 
     def probability(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """Lesion probabilities (H, W) at the image's resolution, and the preprocessing and model times (ms)."""
@@ -139,11 +144,17 @@ class Segmenter:
         grey = to_grey(image)
         x = normalize(preprocess(grey, self.preprocess_params), self.normalize)[None, None]
         mid = time.perf_counter()
-        logits = self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0][0, 0]
+        prob = self._sigmoid_of(x)
+        if self.flip:
+            prob = 0.5 * (prob + self._sigmoid_of(x[..., ::-1])[:, ::-1])
         end = time.perf_counter()
-        prob = resize_probabilities(1.0 / (1.0 + np.exp(-logits)), grey.shape)
+        prob = resize_probabilities(prob, grey.shape)
         done = time.perf_counter()
         return prob, {"preprocess_ms": 1000 * (mid - start + done - end), "model_ms": 1000 * (end - mid)}
+
+    def _sigmoid_of(self, x: np.ndarray) -> np.ndarray:
+        logits = self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0][0, 0]
+        return 1.0 / (1.0 + np.exp(-logits))
 
     def segment(self, image: np.ndarray, pixel_spacing: Sequence[float] | None = None,
                 threshold: float | None = None) -> Segmentation:

@@ -25,6 +25,8 @@ def test_choice_prefers_clean_normals_within_the_dice_tolerance():
     assert deploy.choose(scores, 0.005) == 1  # the tie goes to the earlier, simpler rule
     assert deploy.choose(scores, 0.0) == 0
     assert deploy.choose(scores, 0.2) == 2
+    costly = [scores[1] | {"cost": 1}, scores[3]]
+    assert deploy.choose(costly, 0.005) == 1  # the flip's second model call loses a tie
 
 
 def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path):
@@ -35,7 +37,8 @@ def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path):
     rule = PostProcess.from_dict(summary["postprocess"])
     assert Segmenter(out).postprocess == rule
     assert Segmenter(out).meta["threshold"] == rule.threshold
-    assert summary["val_images"] == 3 and summary["rules_tried"] == len(deploy.candidate_rules(params.deploy))
+    assert Segmenter(out).flip is summary["flip"] and isinstance(summary["flip"], bool)
+    assert summary["val_images"] == 3 and summary["rules_tried"] == 2 * len(deploy.candidate_rules(params.deploy))
     assert summary["val_chosen"]["normal_clean"] >= summary["val_threshold_only"]["normal_clean"]
     assert summary["val_chosen"]["dice"] >= summary["val_threshold_only"]["dice"] - 0.005 - 1e-9
     json.dumps(summary)

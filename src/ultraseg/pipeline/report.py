@@ -300,8 +300,12 @@ def deployable_section(deploy: dict, scores: dict, bench: dict) -> str:
     """The file users run: its rule (chosen on val), what the rule does on val and test, and its end-to-end cost."""
     rule, chosen, plain = deploy["postprocess"], deploy["val_chosen"], deploy["val_threshold_only"]
     deployed, int8 = scores["variants"]["deployed"], scores["variants"][DEPLOYED]
+    flipped = deploy.get("val_threshold_only_flip")
     rows = [["val, best threshold alone", plain["threshold"], _num(plain["dice"]), _num(plain["normal_clean"])],
-            ["val, deployed rule", rule["threshold"], _num(chosen["dice"]), _num(chosen["normal_clean"])],
+            *([["val, best threshold alone, flip-averaged", flipped["threshold"], _num(flipped["dice"]),
+                _num(flipped["normal_clean"])]] if flipped else []),
+            [f"val, deployed rule{', flip-averaged' if deploy.get('flip') else ''}", rule["threshold"],
+             _num(chosen["dice"]), _num(chosen["normal_clean"])],
             [f"test, `{DEPLOYED}` (threshold from val, no post-processing)", _num(int8["threshold"], ".2f"),
              _num(int8["dice"]), _num(int8["normal_clean"])],
             ["test, deployed file through the runtime", rule["threshold"], _num(deployed["dice"]),
@@ -317,8 +321,9 @@ Sources: `metrics/deploy.json`, `metrics/evaluate.json` (`deployed`), `metrics/b
 preprocessing, input size, normalisation, and the threshold and post-processing rule the deploy stage chose on val
 (among {deploy['rules_tried']} rules, the one leaving the most normal val images clean within
 {deploy['dice_tolerance']} of the best val lesion Dice): threshold {rule['threshold']}, gate {rule['gate']},
-smallest lesion {rule['min_area']} of the image, keep largest {str(rule['keep_largest']).lower()}. The
-evaluate stage scores the file through the same runtime the command line and the viewer use.
+smallest lesion {rule['min_area']} of the image, keep largest {str(rule['keep_largest']).lower()}; averaged over a
+left-right flip: {str(deploy.get('flip', False)).lower()} (the flip, a second model call per frame, is tried on val
+with every rule and kept only when it wins there). The evaluate stage scores the file through the same runtime the command line and the viewer use.
 
 {_table(['scored on', 'threshold', 'lesion Dice', 'normal clean'], rows)}
 
