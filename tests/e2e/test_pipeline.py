@@ -93,7 +93,7 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     dvc = str(Path(sys.executable).parent / "dvc")
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
         if check:
             assert result.returncode == 0, f"{args}:\n{result.stdout}\n{result.stderr}"
         return result
