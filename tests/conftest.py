@@ -291,3 +291,33 @@ def zoo(tmp_path_factory) -> Zoo:
     onnx_io.write_with_metadata(models / "pruned.int8.onnx", models / "deploy" / "ultraseg.int8.onnx",
                                 {"postprocess": {"threshold": 0.5, "gate": 0.0, "min_area": 0.0, "keep_largest": False}})
     return Zoo(root, root / "raw", root / "data", root / "split.csv", models, masks, size)
+
+
+# ---------------------------------------------------------------------------------------------------- other layouts
+
+
+def build_csv_source(mirror: Path, dest: Path, picks: dict[str, range], groups: bool = True) -> dict[str, str]:
+    """A labelled source in the generic CSV layout made of mirror images: renamed ``scan_<cls>_<n>.jpg`` JPEGs,
+    masks at half size in ``masks/`` (the lesion's mask files joined), and ``labels.csv`` (image, mask, group) with
+    no class column. Images ``n`` and ``n + 1`` share a group when ``groups``. Returns id -> expected class."""
+    from ultraseg.data import busi
+
+    (dest / "images").mkdir(parents=True)
+    (dest / "masks").mkdir()
+    rows, expected = [], {}
+    for cls, numbers in picks.items():
+        for n in numbers:
+            record = next(r for r in busi.scan_folder(mirror / cls, cls) if r.id == f"{cls} ({n})")
+            image, mask = busi.load_record(record)
+            stem = f"scan_{cls}_{n}"
+            Image.fromarray(image).save(dest / "images" / f"{stem}.jpg", quality=92)
+            half = Image.fromarray(mask.astype(np.uint8) * 255).resize((image.shape[1] // 2, image.shape[0] // 2),
+                                                                      Image.NEAREST)
+            half.save(dest / "masks" / f"{stem}.png")
+            rows.append({"image": f"images/{stem}.jpg", "mask": f"masks/{stem}.png",
+                         "group": f"patient-{cls}-{(n + 1) // 2}" if groups else ""})
+            expected[f"images/{stem}"] = "normal" if cls == "normal" else "lesion"
+    from ultraseg.io import write_csv
+
+    write_csv(dest / "labels.csv", rows, ["image", "mask", "group"])
+    return expected

@@ -230,8 +230,8 @@ def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     out (precision: images with an empty prediction; ``hd95_nan`` counts the lesion images without an HD95);
     ``dice_ci95`` is the percentile bootstrap 95% CI of the headline over lesion images; ``dice_pooled`` is the
     micro Dice of the TP/FP/FN pixels summed over lesion images (what some papers report); ``by_class`` has the
-    lesion-image means per lesion class; ``normal_clean`` is the fraction of normal images with no predicted pixel;
-    ``both_empty`` counts the cases with NaN Dice; ``failures`` holds :func:`failures`.
+    lesion-image means per lesion class (BUSI's two always, then any other class of lesion images);
+    ``normal_clean`` is the fraction of normal images with no predicted pixel; ``both_empty`` counts the cases with NaN Dice; ``failures`` holds :func:`failures`.
     """
     col = {key: np.array([row[key] for row in rows], dtype=np.float64)
            for key in ("dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn", "pred_pixels", "ref_pixels")}
@@ -239,7 +239,7 @@ def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     lesion, normal = col["ref_pixels"] > 0, col["ref_pixels"] == 0
     tp, fp, fn = (col[key][lesion].sum() for key in ("tp", "fp", "fn"))
     by_class = {}
-    for name in LESION_CLASSES:
+    for name in dict.fromkeys([*LESION_CLASSES, *sorted(set(cls[lesion].tolist()))]):
         sel = lesion & (cls == name)
         by_class[name] = {"n": int(sel.sum()), **{key: _mean(col[key][sel]) for key in ("dice", "iou", "hd95")}}
     return {

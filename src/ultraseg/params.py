@@ -91,6 +91,9 @@ class FetchParams(Section):
     """A directory (mirror or original ``Dataset_BUSI_with_GT`` layout), a ``.zip`` of either, or an http(s) URL."""
     sha256: str | None = None
     """Expected sha256 of a downloaded or zipped archive; ``null`` skips the check."""
+    extra_sources: tuple[str, ...] = ()
+    """More labelled data, each ``[name=]path``: a folder or CSV in a layout :mod:`ultraseg.data.labelled` reads.
+    Their ids become ``<name>/<id>``; ``source`` stays a single path because DVC tracks it as a dependency."""
 
 
 @dataclass(frozen=True)

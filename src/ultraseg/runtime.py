@@ -39,6 +39,7 @@ from ultraseg.data.preprocess import normalize, preprocess, resize_probabilities
 from ultraseg.errors import DataError
 from ultraseg.params import PreprocessParams
 from ultraseg.postprocess import PostProcess
+from ultraseg.sources import to_grey, to_grey_channels  # noqa: F401  (part of the runtime's API)
 
 REQUIRED_METADATA = ("preprocess", "size", "normalize", "threshold")
 """What a model file must carry for the runtime to use it (the pipeline's export writes all of them)."""
@@ -64,32 +65,6 @@ class Segmentation:
     """Outer contour of the largest lesion, (N, 2) pixel coordinates (x, y); None when there is none."""
     timings: dict[str, float] = field(default_factory=dict)
     """Milliseconds spent in ``preprocess_ms``, ``model_ms`` and ``postprocess_ms``."""
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """Any image array as 8-bit greyscale: RGB(A) by ITU-R 601 luma with PIL's integer rounding (alpha ignored),
-    16-bit by /257 (full range to full range), other integer or float arrays clipped to [0, 255]."""
-    array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        rgb = array[..., :3].astype(np.uint32) if array.dtype == np.uint8 else to_grey_channels(array[..., :3])
-        grey = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
-        return grey.astype(np.uint8)
-    if array.ndim == 3 and array.shape[2] == 1:
-        array = array[..., 0]
-    if array.ndim != 2 or array.size == 0:
-        raise DataError(f"expected a greyscale, RGB or RGBA image, got an array of shape {array.shape}")
-    return to_grey_channels(array).astype(np.uint8)
-
-
-def to_grey_channels(array: np.ndarray) -> np.ndarray:
-    """8-bit levels (as uint32) of any numeric array, channel by channel."""
-    if array.dtype == np.uint8:
-        return array.astype(np.uint32)
-    if array.dtype == np.uint16:
-        return np.rint(array / 257.0).astype(np.uint32)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.number):
-        raise DataError(f"expected a numeric image, got dtype {array.dtype}")
-    return np.clip(np.rint(np.nan_to_num(array.astype(np.float64))), 0, 255).astype(np.uint32)
 
 
 def read_metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from ultraseg.data import busi
 from ultraseg.errors import DataError
 from ultraseg.io import read_csv
 
-COLUMNS = ["id", "class", "file", "width", "height", "mask_files", "sha256"]
+COLUMNS = ["id", "class", "file", "width", "height", "mask_files", "sha256", "source", "group"]
 
 
 def sha256(path: Path) -> str:
@@ -44,6 +44,7 @@ def assert_fetched(rows: list[dict], out: Path, fake) -> None:
         assert (int(row["width"]), int(row["height"])) == (expected.shape[1], expected.shape[0])
         assert int(row["mask_files"]) == len(fake.mask_files[image_id])
         assert row["sha256"] == sha256(fake.image_files[image_id])
+        assert row["source"] == manifest[0]["source"] != "" and row["group"] == ""
         with Image.open(out / "images" / f"{image_id}.png") as im:
             assert im.mode == "L"  # written greyscale whatever the source
             np.testing.assert_array_equal(np.asarray(im), expected)
@@ -67,7 +68,8 @@ def test_mirror_layout(tmp_path, make_busi):
     rows, out = run_fetch(fake.root, tmp_path)
     assert len(rows) == 7
     assert rows[0] == {"id": "benign (1)", "class": "benign", "file": "benign/benign (1).webp", "width": 52,
-                       "height": 40, "mask_files": 2, "sha256": sha256(fake.image_files["benign (1)"])}
+                       "height": 40, "mask_files": 2, "sha256": sha256(fake.image_files["benign (1)"]),
+                       "source": "src", "group": ""}
     assert_fetched(rows, out, fake)
 
 

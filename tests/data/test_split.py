@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ultraseg.data import busi
-from ultraseg.data.split import SPLITS, Link, find_duplicates, group_ids, stratified_group_split
+from ultraseg.data.split import SPLITS, Link, find_duplicates, given_links, group_ids, stratified_group_split
 from ultraseg.params import DuplicateParams, SplitFractions
 
 FRACTIONS = SplitFractions(0.7, 0.1, 0.2)
@@ -99,6 +99,31 @@ def test_cross_class_group_goes_to_its_most_severe_stratum():
         assert assignment[:2] == ["test", "test"]
         relabelled = stratified_group_split(["normal"] * 13, groups, SplitFractions(0.2, 0.1, 0.7), seed=seed)
         assert relabelled[:2] == ["val", "val"]
+
+
+def test_given_groups_link_within_their_source_only():
+    links = given_links(["p1", "", "p1", "p2", "p2", "p1"], ["a", "a", "a", "a", "b", "a"])
+    assert [(k.a, k.b, k.kind) for k in links] == [(0, 2, "group"), (0, 5, "group")]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_each_source_gets_its_own_fractions(seed):
+    rng = np.random.default_rng(seed)
+    classes, groups = random_structure(rng, n_groups=120)
+    sources = ["big"] * 100 + ["small"] * (len(classes) - 100)
+    assignment = stratified_group_split(classes, groups, FRACTIONS, seed, sources)
+    for name in ("big", "small"):
+        mine = [a for a, s in zip(assignment, sources) if s == name]
+        counts = Counter(mine)
+        for split, share in zip(SPLITS, (0.7, 0.1, 0.2)):
+            assert abs(counts[split] - share * len(mine)) <= 8  # whole groups of up to 4 images, 3 strata
+
+
+def test_one_source_splits_as_without_sources():
+    rng = np.random.default_rng(3)
+    classes, groups = random_structure(rng, n_groups=60)
+    assert stratified_group_split(classes, groups, FRACTIONS, 1, ["busi"] * len(classes)) == \
+        stratified_group_split(classes, groups, FRACTIONS, 1)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -1,5 +1,5 @@
-"""The whole pipeline through DVC on 24 real mirror images with tiny training settings: it runs, skips what did
-not change, and reruns only what did."""
+"""The whole pipeline through DVC on 24 real mirror images and a second source of 6, with tiny training settings:
+it runs, skips what did not change, and reruns only what did."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import STAGES
+from tests.conftest import STAGES, build_csv_source
 from ultraseg.variants import VARIANTS as ALL_VARIANTS
 
 PER_CLASS = 8
+EXTRA = {"benign": range(9, 12), "malignant": range(9, 10), "normal": range(9, 11)}
+"""A second source in the generic CSV layout, JPEG, renamed, without classes: 4 lesion and 2 normal images."""
+N_IMAGES = 3 * PER_CLASS + 6
 VARIANTS = [v.name for v in ALL_VARIANTS]
 # Outputs of the pipeline that a copy of the working tree may carry; removed so that everything really runs.
 OUTPUTS = ("dvc.lock", "metrics", "plots", "data", "dvclive", "models", "REPORT.md")
@@ -74,9 +77,13 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     shutil.copytree(repo_root / ".dvc" / "plots", repo / ".dvc" / "plots")
     assert (repo / "dvc.yaml").is_file() and (repo / "params.yaml").is_file() and (repo / ".dvc").is_dir()
     tiny_busi(busi_mirror, tmp_path / "busi")
+    extra = build_csv_source(busi_mirror, tmp_path / "siteB", EXTRA)
+
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["fetch"]["source"] = "../busi"
+    # absolute: DVC's queue runs experiments in a copy of the repository elsewhere
+    params["fetch"]["extra_sources"] = [str(tmp_path / "siteB" / "labels.csv")]
     params["preprocess"]["quality_sample"] = 4
     params["preprocess"]["size"] = 32
     params["train"].update(epochs=2, batch_size=4, warmup_epochs=1)
@@ -101,11 +108,11 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     run("git", "init", "-q")
     run("git", "add", "-A")
     run("git", "-c", "user.name=e2e", "-c", "user.email=e2e@example.com", "commit", "-q", "-m", "tiny pipeline")
-    return repo, run, dvc
+    return repo, run, dvc, extra
 
 
 def test_pipeline_end_to_end(pipeline):
-    repo, run, dvc = pipeline
+    repo, run, dvc, extra = pipeline
 
     # 1. everything runs, with the copied code
     first = run(dvc, "repro")
@@ -114,11 +121,13 @@ def test_pipeline_end_to_end(pipeline):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in first.stdout
     manifest = read_rows(repo / "data/raw/manifest.csv")
-    assert len(manifest) == 3 * PER_CLASS
-    assert [r["class"] for r in manifest] == ["benign"] * 8 + ["malignant"] * 8 + ["normal"] * 8
+    assert len(manifest) == N_IMAGES
+    assert [r["class"] for r in manifest] == ["benign"] * 8 + ["malignant"] * 8 + ["normal"] * 8 + list(extra.values())
+    assert [r["id"] for r in manifest[24:]] == [f"siteB/{i}" for i in extra]
+    assert {r["source"] for r in manifest} == {"busi", "siteB"}
     images = np.load(repo / "data/preprocessed/images.npy")
     masks = np.load(repo / "data/preprocessed/masks.npy")
-    assert images.shape == masks.shape == (24, 32, 32) and images.dtype == np.uint8
+    assert images.shape == masks.shape == (N_IMAGES, 32, 32) and images.dtype == np.uint8
     assert set(np.unique(masks).tolist()) == {0, 1}
 
     split_rows = read_rows(repo / "data/split.csv")
@@ -131,12 +140,13 @@ def test_pipeline_end_to_end(pipeline):
     assert all(len(s) == 1 for s in by_group.values())
 
     pre = json.loads((repo / "metrics/preprocess.json").read_text())
-    assert pre["filter"] == "none" and pre["images"] == 24 and pre["quality_sample"] == 4
+    assert pre["filter"] == "none" and pre["images"] == N_IMAGES and pre["quality_sample"] == 4
     assert pre["enl_ratio"] == 1.0
     assert pre["filters"]["lee"]["enl_ratio"] > 1.0
     split_metrics = json.loads((repo / "metrics/split.json").read_text())
-    assert split_metrics["images"] == 24
-    assert sum(split_metrics["counts"][s]["total"] for s in ("train", "val", "test")) == 24
+    assert split_metrics["images"] == N_IMAGES and split_metrics["group_pairs"] == 2  # two patients of two scans
+    assert sum(split_metrics["counts"][s]["total"] for s in ("train", "val", "test")) == N_IMAGES
+    assert split_metrics["by_source"]["test"]["siteB"] >= 1  # each source is stratified on its own
     assert (repo / "plots/preprocess/filters.png").stat().st_size > 1000
     assert (repo / "dvc.lock").is_file()
 
@@ -182,6 +192,9 @@ def test_pipeline_end_to_end(pipeline):
     assert len(read_rows(repo / "results/evaluate/cases.csv")) == n_test * (len(VARIANTS) + 1)
     deployed = json.loads((repo / "metrics/deploy.json").read_text())
     assert scores["variants"]["deployed"]["postprocess"] == deployed["postprocess"]
+    per_source = scores["variants"]["deployed"]["by_source"]
+    assert set(per_source) == {"busi", "siteB"}
+    assert per_source["busi"]["n_lesion"] + per_source["siteB"]["n_lesion"] == scores["variants"]["deployed"]["n_lesion"]
     robust = json.loads((repo / "metrics/robustness.json").read_text())
     assert set(robust["models"]) == {"teacher", "deployed"} and robust["n_images"] == n_test
     for name in ("dice_distribution", "threshold_curve", "samples"):

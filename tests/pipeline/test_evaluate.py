@@ -190,3 +190,18 @@ def test_the_deployable_file_scores_as_its_int8_model_through_the_runtime(zoo):
     int8 = [(r["id"], r["tp"], r["fp"], r["fn"]) for r in rows if r["variant"] == "pruned_int8"]
     deployed = [(r["id"], r["tp"], r["fp"], r["fn"]) for r in rows if r["variant"] == "deployed"]
     assert int8 == deployed and len(int8) == 6
+
+
+def test_scores_are_broken_down_by_source_only_when_there_are_several(zoo):
+    test = evaluate.Split(zoo.data, zoo.raw, zoo.split, "test", "zscore")
+    preds = [ref.copy() for ref in test.refs]
+    preds[0] = ~preds[0]
+    rows = evaluate.metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
+    params = EvaluateParams(bootstrap=50)
+    assert evaluate.by_source(rows, test, params) == {}
+    test.sources = ["a"] + ["b"] * (len(test.ids) - 1)
+    both = evaluate.by_source(rows, test, params)["by_source"]
+    assert list(both) == ["a", "b"]
+    assert both["a"]["n_lesion"] + both["a"]["n_normal"] == 1
+    assert both["b"]["n_lesion"] + both["b"]["n_normal"] == len(test.ids) - 1
+    assert both["b"]["dice"] == 1.0 and not both["a"]["dice"] == 1.0

@@ -166,3 +166,17 @@ def test_seed_section_renders_the_spread_or_says_how_to_get_it() -> None:
              "summary": {"teacher": {"mean": 0.75, "sd": 0.0141}}}
     text = report.seeds_section(seeds)
     assert "| teacher | 0.7500 ± 0.0141 | 0.7600 | 0.7400 |" in text and "seed-44" in text
+
+
+def test_by_source_table_only_with_several_sources() -> None:
+    def scored(dice: float, n_lesion: int, clean: float) -> dict:
+        return {"dice": dice, "dice_ci95": [dice - 0.1, dice + 0.1], "n_lesion": n_lesion, "n_normal": 2,
+                "normal_clean": clean}
+
+    one = {"variants": {"teacher": scored(0.7, 5, 0.5)}}
+    assert report.by_source_table(one) == ""
+    both = {"variants": {"teacher": {**scored(0.7, 5, 0.5), "by_source": {"busi": scored(0.75, 4, 0.5),
+                                                                         "siteB": scored(float("nan"), 0, 1.0)}}}}
+    table = report.by_source_table(both)
+    assert "busi: 4 lesion + 2 normal, siteB: 0 lesion + 2 normal" in table
+    assert "| teacher | 0.7500 [0.650, 0.850]; clean 0.50 | –; clean 1.00 |" in table

@@ -10,7 +10,10 @@ with several lesions has one mask file per lesion; its lesion mask is their unio
 
     <out>/images/<id>.png   8-bit greyscale, original resolution
     <out>/masks/<id>.png    0/255 union of the image's mask files
-    <out>/manifest.csv      id,class,file,width,height,mask_files,sha256
+    <out>/manifest.csv      id,class,file,width,height,mask_files,sha256,source,group
+
+:func:`write_raw` writes that set from the :class:`Entry` items of any number of sources (the fetch stage adds
+labelled folders in the other layouts, :mod:`ultraseg.data.labelled`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -36,7 +42,7 @@ from ultraseg.io import atomic_path, read_csv, write_csv
 CLASSES = ("benign", "malignant", "normal")
 IMAGE_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_\d+)?$")
-MANIFEST_COLUMNS = ("id", "class", "file", "width", "height", "mask_files", "sha256")
+MANIFEST_COLUMNS = ("id", "class", "file", "width", "height", "mask_files", "sha256", "source", "group")
 IGNORED_NAMES = {"__MACOSX"}
 
 
@@ -46,6 +52,24 @@ class Record:
     cls: str | None
     image: Path
     masks: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of any source on its way into the normalised set: where it is and how to read it."""
+
+    id: str
+    cls: str | None
+    """None: ``lesion`` or ``normal``, from the mask."""
+    source: str
+    file: str
+    """The image's path below its source's root, for the manifest."""
+    image: Path
+    mask_files: int
+    load: Callable[[], tuple[np.ndarray, np.ndarray]]
+    """The 8-bit greyscale image and its boolean lesion mask of the same size."""
+    group: str | None = None
+    """A patient or study id: images of one group never go to different splits."""
 
 
 # ---------------------------------------------------------------------------------------------------- sources
@@ -219,48 +243,73 @@ def verify_checksums(root: Path) -> None:
 
 def fetch(source: str, out_dir: Path, cache_dir: Path, sha256: str | None = None) -> list[dict]:
     """Read ``source`` (directory, ``.zip`` or http(s) URL) and write the normalised set to ``out_dir``."""
+    with opened(source, cache_dir, sha256, out_dir.parent) as root:
+        return write_raw(entries(root, source_name(source)), out_dir)
+
+
+@contextmanager
+def opened(source: str, cache_dir: Path, sha256: str | None, scratch: Path) -> Iterator[Path]:
+    """The dataset root of ``source``: a directory as it is, a ``.zip`` (or a download of one) extracted below
+    ``scratch`` for as long as the context lasts."""
     if source.startswith(("http://", "https://")):
-        return _fetch_path(download(source, cache_dir, sha256), out_dir)
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: fetch.source does not exist (a directory, a .zip or an http(s) URL)")
-    if path.is_dir() and sha256 is not None:
-        raise DataError(f"{path}: fetch.sha256 applies to a .zip or URL source, not a directory")
-    if path.is_file():
-        _check_sha256(path, sha256)
-    return _fetch_path(path, out_dir)
-
-
-def _fetch_path(path: Path, out_dir: Path) -> list[dict]:
+        path = download(source, cache_dir, sha256)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"{path}: fetch.source does not exist (a directory, a .zip or an http(s) URL)")
+        if path.is_dir() and sha256 is not None:
+            raise DataError(f"{path}: fetch.sha256 applies to a .zip or URL source, not a directory")
+        if path.is_file():
+            _check_sha256(path, sha256)
     if path.is_dir():
-        return _fetch_dir(find_root(path), out_dir)
+        yield find_root(path)
+        return
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a directory or a .zip archive")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".extract.") as tmp:
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".extract.") as tmp:
         try:
             with zipfile.ZipFile(path) as archive:
                 archive.extractall(tmp)
         except (zipfile.BadZipFile, OSError) as err:
             raise DataError(f"{path}: corrupt .zip archive ({err})") from None
-        return _fetch_dir(find_root(Path(tmp)), out_dir)
+        yield find_root(Path(tmp))
 
 
-def _fetch_dir(root: Path, out_dir: Path) -> list[dict]:
+def source_name(source: str) -> str:
+    """What the manifest calls a source: its folder's or archive's name (``busi`` for the mirror)."""
+    name = Path(urllib.parse.urlparse(source).path if "://" in source else source).name
+    return name.removesuffix(".zip").removesuffix(".ZIP") or "source"
+
+
+def entries(root: Path, source: str) -> list[Entry]:
+    """The images of a BUSI-layout dataset root, checked against its ``SHA256SUMS`` when it ships one."""
     records = scan(root)
     verify_checksums(root)
+    return [Entry(r.id, r.cls, source, r.image.relative_to(root).as_posix(), r.image, len(r.masks),
+                  partial(load_record, r)) for r in records]
+
+
+def write_raw(items: Sequence[Entry], out_dir: Path) -> list[dict]:
+    """Write every entry's 8-bit image and 0/255 mask and the manifest to ``out_dir``, all or nothing."""
+    seen: dict[str, Entry] = {}
+    for item in items:
+        if item.id in seen:
+            raise DataError(f"{item.image}: the id {item.id!r} is also used by {seen[item.id].image}")
+        seen[item.id] = item
     rows = []
     with atomic_path(out_dir) as tmp:
-        (tmp / "images").mkdir(parents=True)
-        (tmp / "masks").mkdir()
-        for record in tqdm(records, desc="fetch", unit="img"):
-            image, mask = load_record(record)
-            cv2.imwrite(str(tmp / "images" / f"{record.id}.png"), image)
-            cv2.imwrite(str(tmp / "masks" / f"{record.id}.png"), mask.astype(np.uint8) * 255)
+        for item in tqdm(items, desc="fetch", unit="img"):
+            image, mask = item.load()
+            for folder, array in (("images", image), ("masks", mask.astype(np.uint8) * 255)):
+                target = tmp / folder / f"{item.id}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(target), array)
+            cls = item.cls or ("lesion" if mask.any() else "normal")
             rows.append({
-                "id": record.id, "class": record.cls, "file": record.image.relative_to(root).as_posix(),
-                "width": image.shape[1], "height": image.shape[0], "mask_files": len(record.masks),
-                "sha256": sha256_file(record.image),
+                "id": item.id, "class": cls, "file": item.file, "width": image.shape[1], "height": image.shape[0],
+                "mask_files": item.mask_files, "sha256": sha256_file(item.image), "source": item.source,
+                "group": item.group or "",
             })
         write_csv(tmp / "manifest.csv", rows, MANIFEST_COLUMNS)
     return rows

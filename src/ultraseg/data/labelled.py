@@ -24,6 +24,7 @@ import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from ultraseg.data import busi
 from ultraseg.errors import DataError
-from ultraseg.sources import IMAGE_SUFFIXES, read_image
+from ultraseg.sources import IMAGE_SUFFIXES, read_image, to_grey
 
 Layout = Literal["auto", "csv", "folders", "busi"]
 LAYOUTS: tuple[str, ...] = ("auto", "csv", "folders", "busi")
@@ -204,6 +205,20 @@ def load(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """The image as stored (what the runtime takes) and its boolean reference at the image's size."""
     image = read_image(case.image)
     return image, read_reference(case.masks, image.shape[:2])
+
+
+def entries(path: str | Path, source: str) -> list[busi.Entry]:
+    """The labelled images below ``path`` as training data of the fetch stage: ids ``<source>/<id>``, images in
+    8-bit grey (as the runtime converts them), references as :func:`load` reads them."""
+    root = Path(path)
+    base = root if root.is_dir() else root.parent
+    return [busi.Entry(f"{source}/{case.id}", case.cls, source, case.image.relative_to(base).as_posix(), case.image,
+                       len(case.masks), partial(_load_grey, case), case.group) for case in scan(root)]
+
+
+def _load_grey(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    image, reference = load(case)
+    return to_grey(image), reference
 
 
 def class_of(case: Case, reference: np.ndarray) -> str:

@@ -13,14 +13,19 @@ adjacent frames of one lesion (Pawłowska et al., Data in Brief 48 (2023) 109247
 Candidate pairs come from an approximate nearest-neighbour vote over every descriptor (FLANN), so the check is
 far from quadratic. Groups are the connected components of the links.
 
+Images that a source gives the same patient or study id (its ``group`` column) are linked as well, so no patient
+spans two splits.
+
 Cross-class groups (the same scan filed as benign and malignant, or benign and normal) keep all their images, each
-with its own class and mask, and are stratified by their most severe class (malignant > benign > normal); the
-``conflict`` column marks them so evaluation can report them apart.
+with its own class and mask, and are stratified by their most severe class (malignant > benign > normal; a class of
+a source's own, such as ``lesion``, ranks with benign); the ``conflict`` column marks them so evaluation can report
+them apart. With several sources, each source is stratified on its own, so every split gets its share of each.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -32,6 +37,7 @@ from tqdm import tqdm
 from ultraseg.params import DuplicateParams, SplitFractions
 
 SEVERITY = {"normal": 0, "benign": 1, "malignant": 2}
+"""BUSI's classes by severity; any other class is a lesion class and ranks with benign (:func:`severity`)."""
 SPLITS = ("train", "val", "test")
 _NEIGHBOURS = 6
 _MIN_SIMILARITY = 0.93  # RootSIFT cosine similarity of a matching descriptor pair
@@ -43,7 +49,7 @@ _TISSUE = 8  # grey level under which a pixel is background, not tissue
 class Link:
     a: int
     b: int
-    kind: str  # "exact" or "near"
+    kind: str  # "exact", "near" or "group" (the same patient or study, as its source says)
     inliers: int = 0
     scale: float = 1.0
     ncc: float = 1.0
@@ -144,23 +150,48 @@ def group_ids(n: int, links: list[Link]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- split
 
 
-def stratified_group_split(
-    classes: list[str], groups: np.ndarray, fractions: SplitFractions, seed: int
-) -> list[str]:
-    """Assign whole groups to splits so that every class stratum gets the fractions' share of its images.
+def severity(cls: str) -> tuple[int, str]:
+    """Sort key of a class: BUSI's order, other (lesion) classes with benign, then by name."""
+    return SEVERITY.get(cls, 1), cls
 
-    Within a stratum (a group's most severe class), groups are shuffled with ``seed`` and, largest first, each goes
-    to the split that is furthest below its target; ties go to the earlier split in ``train, val, test`` order.
+
+def given_links(groups: Sequence[str], sources: Sequence[str]) -> list[Link]:
+    """Links between the images that one source gives the same non-empty group id, each to the group's first."""
+    first: dict[tuple[str, str], int] = {}
+    links = []
+    for i, key in enumerate(zip(sources, groups)):
+        if key[1]:
+            if key in first:
+                links.append(Link(first[key], i, "group"))
+            first.setdefault(key, i)
+    return links
+
+
+def stratified_group_split(
+    classes: list[str], groups: np.ndarray, fractions: SplitFractions, seed: int, sources: Sequence[str] | None = None
+) -> list[str]:
+    """Assign whole groups to splits so that every stratum gets the fractions' share of its images.
+
+    A group's stratum is its source (that of its first image) and its most severe class. Strata are taken source by
+    source, most severe class first; within one, groups are shuffled with ``seed`` and, largest first, each goes to
+    the split that is furthest below its target; ties go to the earlier split in ``train, val, test`` order.
     """
     rng = np.random.default_rng(seed)
     shares = np.array([fractions.train, fractions.val, fractions.test])
+    sources = list(sources) if sources is not None else [""] * len(classes)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups.tolist()):
         members.setdefault(g, []).append(i)
-    stratum = {g: max((classes[i] for i in idx), key=SEVERITY.__getitem__) for g, idx in members.items()}
+    stratum = {g: (sources[idx[0]], max((classes[i] for i in idx), key=severity)) for g, idx in members.items()}
+    source_order = list(dict.fromkeys(sources))
+
+    def order(key: tuple[str, str]) -> tuple[int, int, str]:
+        rank, name = severity(key[1])
+        return source_order.index(key[0]), -rank, name
+
     assignment = [""] * len(classes)
-    for cls in sorted(SEVERITY, key=SEVERITY.__getitem__, reverse=True):
-        ids = [g for g in members if stratum[g] == cls]
+    for key in sorted(set(stratum.values()), key=order):
+        ids = [g for g in members if stratum[g] == key]
         ids = [ids[k] for k in rng.permutation(len(ids))]
         ids.sort(key=lambda g: -len(members[g]))  # stable: shuffled order kept among equal sizes
         total = sum(len(members[g]) for g in ids)

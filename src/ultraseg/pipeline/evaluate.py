@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ultraseg import figures, metrics
-from ultraseg.data.busi import load_raw
+from ultraseg.data.busi import load_raw, read_manifest
 from ultraseg.data.dataset import load_split
 from ultraseg.data.preprocess import resize_probabilities
 from ultraseg.io import read_csv
@@ -45,6 +45,8 @@ class Split:
         self.inputs, _, self.ids = load_split(data_dir, split_csv, name, normalize)
         classes = {row["id"]: row["class"] for row in read_csv(split_csv)}
         self.classes = [classes[i] for i in self.ids]
+        sources = {row["id"]: row.get("source", "") for row in read_manifest(raw_dir / "manifest.csv")}
+        self.sources = [sources[i] for i in self.ids]
         raw = [load_raw(raw_dir, i) for i in self.ids]
         self.images = [image for image, _ in raw]
         self.refs = [mask for _, mask in raw]
@@ -69,7 +71,7 @@ def score_variant(variant: Variant, models_dir: Path, val: Split, test: Split,
     preds = [p > threshold for p in test.probabilities(predict)]
     rows = metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
     summary = {"threshold": threshold, "threshold_from": "val" if params.threshold == "val" else "params",
-               **metrics.aggregate(rows, params.bootstrap, params.seed)}
+               **metrics.aggregate(rows, params.bootstrap, params.seed), **by_source(rows, test, params)}
     rows = [{"variant": variant.name, "threshold": threshold, **row} for row in rows]
     return summary, rows, curve, preds
 
@@ -85,9 +87,19 @@ def score_deployed(path: Path, val: Split, test: Split,
     preds = [segmenter.segment(image).mask for image in test.images]
     rows = metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
     summary = {"threshold": rule.threshold, "threshold_from": "deploy", "postprocess": rule.to_dict(),
-               **metrics.aggregate(rows, params.bootstrap, params.seed)}
+               **metrics.aggregate(rows, params.bootstrap, params.seed), **by_source(rows, test, params)}
     rows = [{"variant": DEPLOYABLE, "threshold": rule.threshold, **row} for row in rows]
     return summary, rows, curve, preds
+
+
+def by_source(rows: Sequence[dict], split: Split, params: EvaluateParams) -> dict:
+    """``{"by_source": {name: aggregates}}`` when the split holds images of more than one source, else nothing."""
+    names = list(dict.fromkeys(split.sources))
+    if len(names) < 2:
+        return {}
+    source_of = dict(zip(split.ids, split.sources))
+    return {"by_source": {name: metrics.aggregate([row for row in rows if source_of[row["id"]] == name],
+                                                  params.bootstrap, params.seed) for name in names}}
 
 
 def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_csv: Path,

@@ -197,7 +197,7 @@ ONNX variants ran in ONNX Runtime: `pruned_int8` is scored as an edge device wou
 
 {_table(['variant', 'Dice [95% CI]', 'IoU', 'precision', 'recall', 'HD95 px', 'pooled Dice', 'benign',
          'malignant', 'normal clean', 'threshold'], rows)}
-
+{by_source_table(scores)}
 ![test Dice per image](plots/evaluate/dice_distribution.png)
 
 ![val threshold curves](plots/evaluate/threshold_curve.png)
@@ -206,6 +206,22 @@ ONNX variants ran in ONNX Runtime: `pruned_int8` is scored as an edge device wou
 
 ![best, median and worst lesion cases and two normal images: the deployable file, the teacher and the int8 model](plots/evaluate/samples.png)
 """
+
+
+def by_source_table(scores: dict) -> str:
+    """Lesion Dice and normal clean of every variant on each source's test images, when there are several."""
+    sources = list(next(iter(scores["variants"].values())).get("by_source", {}))
+    if not sources:
+        return ""
+    rows = [[name, *(_source_cell(m["by_source"][s]) for s in sources)] for name, m in scores["variants"].items()]
+    counts = ", ".join(f"{s}: {m['n_lesion']} lesion + {m['n_normal']} normal"
+                       for s, m in next(iter(scores["variants"].values()))["by_source"].items())
+    return f"\nBy source ({counts} test images):\n\n{_table(['variant', *sources], rows)}\n"
+
+
+def _source_cell(m: dict) -> str:
+    dice = _ci(m) if m["n_lesion"] else "–"
+    return f"{dice}; clean {_num(m['normal_clean'], '.2f')}"
 
 
 def _rate(r: dict) -> str:

@@ -10,7 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ultraseg.data import busi
-from ultraseg.data.split import SEVERITY, SPLITS, Link, find_duplicates, group_ids, stratified_group_split
+from ultraseg.data.split import (SPLITS, Link, find_duplicates, given_links, group_ids, severity,
+                                 stratified_group_split)
 from ultraseg.params import SplitParams
 
 SPLIT_COLUMNS = ("id", "class", "split", "group", "group_size", "conflict")
@@ -23,10 +24,12 @@ def run(raw_dir: Path, params: SplitParams) -> tuple[list[dict], list[dict], dic
     manifest = busi.read_manifest(raw_dir / "manifest.csv")
     ids = [row["id"] for row in manifest]
     classes = [row["class"] for row in manifest]
+    sources = [row.get("source", "") for row in manifest]
     images = [busi.load_raw(raw_dir, i)[0] for i in tqdm(ids, desc="split: read", unit="img")]
     links = find_duplicates(images, params.duplicates)
+    links += given_links([row.get("group", "") for row in manifest], sources)
     groups = group_ids(len(ids), links)
-    splits = stratified_group_split(classes, groups, params.fractions, params.seed)
+    splits = stratified_group_split(classes, groups, params.fractions, params.seed, sources)
     sizes = np.bincount(groups)
     group_classes: dict[int, set[str]] = {}
     for g, cls in zip(groups.tolist(), classes):
@@ -38,15 +41,25 @@ def run(raw_dir: Path, params: SplitParams) -> tuple[list[dict], list[dict], dic
     ]
     link_rows = [{"a": ids[k.a], "b": ids[k.b], "kind": k.kind, "inliers": k.inliers, "scale": k.scale,
                   "ncc": k.ncc} for k in links]
-    return rows, link_rows, _metrics(rows, links, sizes, time.perf_counter() - start)
+    metrics = _metrics(rows, links, sizes, time.perf_counter() - start)
+    if len(set(sources)) > 1:
+        metrics["by_source"] = _counts(sources, splits, list(dict.fromkeys(sources)))
+    return rows, link_rows, metrics
+
+
+def _counts(labels: list[str], splits: list[str], order: list[str]) -> dict[str, dict[str, int]]:
+    """Images per label (``order``'s) in each split, with each split's total."""
+    counts = {s: {label: 0 for label in order} for s in SPLITS}
+    for label, split in zip(labels, splits):
+        counts[split][label] += 1
+    for split in SPLITS:
+        counts[split]["total"] = sum(counts[split].values())
+    return counts
 
 
 def _metrics(rows: list[dict], links: list[Link], sizes: np.ndarray, seconds: float) -> dict:
-    counts = {s: {c: 0 for c in SEVERITY} for s in SPLITS}
-    for row in rows:
-        counts[row["split"]][row["class"]] += 1
-    for split in SPLITS:
-        counts[split]["total"] = sum(counts[split].values())
+    classes = [row["class"] for row in rows]
+    counts = _counts(classes, [row["split"] for row in rows], sorted(set(classes), key=severity))
     conflicted = {row["group"] for row in rows if row["conflict"]}
     return {
         "images": len(rows),
@@ -56,6 +69,7 @@ def _metrics(rows: list[dict], links: list[Link], sizes: np.ndarray, seconds: fl
         "cross_class_groups": len(conflicted),
         "exact_pairs": sum(link.kind == "exact" for link in links),
         "near_pairs": sum(link.kind == "near" for link in links),
+        "group_pairs": sum(link.kind == "group" for link in links),
         "counts": counts,
         "seconds": round(seconds, 1),
     }
