@@ -3,12 +3,12 @@
 Reads the `distill` params section (model, epochs, lr, temperature, weights), `train` for the shared settings,
 models/teacher.pt, data/preprocessed and data/split.csv. Writes models/student.pt, metrics/distill.json (student
 val Dice with distillation and, with `distill.baseline`, without it on the same budget) and dvclive curves in
-dvclive/distill (and dvclive/distill_baseline).
+dvclive/distill (and dvclive/distill_baseline). Runs on several processes (DDP) as train.distributed says.
 """
 
 from pathlib import Path
 
-from ultraseg import io
+from ultraseg import distributed, io
 from ultraseg.pipeline import distill
 from ultraseg.cli import fail_cleanly, parse, parser
 
@@ -25,8 +25,10 @@ def main(argv=None) -> None:
     ap.add_argument("--resume", type=Path, default=Path("models/.resume/distill"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/distill.json"))
     args, params = parse(ap, argv)
-    summary = distill.run(params, args.data, args.split, args.teacher, args.out, args.live, args.baseline_live,
-                          args.resume)
+    summary = distributed.run_stage(__file__, argv, params.train, lambda: distill.run(
+        params, args.data, args.split, args.teacher, args.out, args.live, args.baseline_live, args.resume))
+    if summary is None:  # a launcher, or a rank other than 0
+        return
     io.write_json(args.metrics, summary)
     gain = summary.get("kd_gain_val_dice")
     print(f"distill: student val Dice {summary['student']['val_dice']}"

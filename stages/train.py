@@ -3,12 +3,13 @@
 Reads the `train` params section (and `preprocess` for the checkpoint's metadata), data/preprocessed and
 data/split.csv. Writes models/teacher.pt (weights + everything needed to rebuild and use them),
 metrics/train.json and dvclive learning curves in dvclive/train. An interrupted run resumes from
-models/.resume/train.pt when started again with the same params and data.
+models/.resume/train.pt when started again with the same params and data. With train.distributed asking for
+several processes it starts itself again under torchrun (DDP); rank 0 writes the outputs.
 """
 
 from pathlib import Path
 
-from ultraseg import io
+from ultraseg import distributed, io
 from ultraseg.pipeline import train
 from ultraseg.cli import fail_cleanly, parse, parser
 
@@ -23,7 +24,10 @@ def main(argv=None) -> None:
     ap.add_argument("--resume", type=Path, default=Path("models/.resume/train.pt"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
     args, params = parse(ap, argv)
-    summary = train.run(params, args.data, args.split, args.out, args.live, args.resume)
+    summary = distributed.run_stage(__file__, argv, params.train, lambda: train.run(
+        params, args.data, args.split, args.out, args.live, args.resume))
+    if summary is None:  # a launcher, or a rank other than 0
+        return
     io.write_json(args.metrics, summary)
     print(f"train: best val Dice {summary['val_dice']} at epoch {summary['best_epoch']} "
           f"in {summary['train_minutes']} min -> {args.out}")

@@ -225,8 +225,14 @@ def test_digest_same_in_a_fresh_interpreter():
 def test_to_dict_is_plain_json_data():
     data = P.to_dict(P.Params())
     assert data["preprocess"]["clahe"] == {"enabled": True, "clip": 2.0, "tiles": 8}
-    assert data["fetch"] == {"source": "../shared/data/busi", "sha256": None}
+    assert data["fetch"] == {"source": "../shared/data/busi", "sha256": None, "extra_sources": []}
     assert P.from_dict(data) == P.Params()
+
+
+def test_extra_sources_must_be_a_list_of_paths():
+    assert P.from_dict({"fetch": {"extra_sources": ["a", "b=/c"]}}).fetch.extra_sources == ("a", "b=/c")
+    with pytest.raises(P.ParamsError, match=r"^fetch.extra_sources: expected a list, got '/data/a'"):
+        P.from_dict({"fetch": {"extra_sources": "/data/a"}})
 
 
 def test_val_split_cannot_be_empty():

@@ -371,6 +371,36 @@ class AugmentParams(Section):
 
 
 @dataclass(frozen=True)
+class DistributedParams(Section):
+    """Training on several processes with PyTorch DDP (:mod:`ultraseg.distributed`); each process takes an equal
+    share of every global batch of ``train.batch_size``."""
+
+    nproc: int = 1
+    """Processes per node; more than 1 (or ``nnodes`` > 1) makes the stage start itself again under torchrun."""
+    nnodes: int = 1
+    """Nodes (machines) taking part; each runs the same stage with the same params."""
+    rdzv_endpoint: str = ""
+    """``host:port`` where the nodes meet (torchrun's c10d rendezvous); empty on one node: a free local port."""
+    rdzv_id: str = "ultraseg"
+    """Name of the job at the rendezvous, the same on every node."""
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    """``auto``: NCCL on CUDA, gloo on the CPU."""
+    sync_bn: bool = False
+    """BatchNorm statistics over the global batch instead of each process's share."""
+
+    def check(self, prefix: str) -> None:
+        _positive(self, prefix, "nproc", "nnodes")
+        if self.nnodes > 1:
+            _require(self, prefix, "rdzv_endpoint", lambda v: re.fullmatch(r"\S+:\d+", v) is not None,
+                     "host:port where the nodes meet (nnodes > 1)")
+
+    @property
+    def world(self) -> int:
+        """Processes in all: ``nproc * nnodes``."""
+        return self.nproc * self.nnodes
+
+
+@dataclass(frozen=True)
 class TrainParams(Section):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -399,9 +429,15 @@ class TrainParams(Section):
     model: ModelParams = field(default_factory=ModelParams)
     loss: LossParams = field(default_factory=LossParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
+    distributed: DistributedParams = field(default_factory=DistributedParams)
+    """Several training processes (DDP); distill and prune-finetune train the same way."""
 
     def check(self, prefix: str) -> None:
         _positive(self, prefix, "epochs", "batch_size", "lr")
+        world = self.distributed.world
+        _require(self, prefix, "batch_size", lambda v: v % world == 0,
+                 f"a multiple of the {world} training processes ({prefix}.distributed: nproc x nnodes), "
+                 "which share each batch equally")
         for name in ("threads", "workers", "warmup_epochs", "patience", "weight_decay", "grad_clip"):
             _within(self, prefix, name, 0, math.inf)
         _within(self, prefix, "threshold", 0.0, 1.0)

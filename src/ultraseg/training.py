@@ -4,11 +4,13 @@
 the teacher and the distilled student share it. Every epoch it validates, logs to dvclive, keeps the best weights
 by val Dice and writes a resume file; an interrupted run started again with the same params continues from its last
 finished epoch. :func:`fit_and_save` wraps it for a stage: the splits in, a rebuildable checkpoint and a summary
-out.
+out. Run by several processes (:mod:`ultraseg.distributed`), each trains on its share of every batch and rank 0
+alone validates, logs and writes files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -28,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ultraseg import checkpoint, metadata, metrics
+from ultraseg import checkpoint, distributed, metadata, metrics
 from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet, load_split
 from ultraseg.io import atomic_path
@@ -52,8 +54,9 @@ def select_device(name: str) -> torch.device:
 
 
 def configure_cpu(threads: int) -> int:
-    """Use ``threads`` (0: every core) for PyTorch; keep OpenCV single-threaded so it does not fight PyTorch."""
-    threads = threads or len(os.sched_getaffinity(0))
+    """Use ``threads`` (0: every core, shared out among this machine's training processes) for PyTorch; keep OpenCV
+    single-threaded so it does not fight PyTorch."""
+    threads = threads or max(1, len(os.sched_getaffinity(0)) // distributed.local_world_size())
     torch.set_num_threads(threads)
     cv2.setNumThreads(1)
     return threads
@@ -128,7 +131,10 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ParamsError(f"train.batch_size: {cfg.batch_size} is larger than the training set ({len(train_set)})")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    local_batch = distributed.local_batch_size(cfg.batch_size)
+    net = distributed.parallel(model, cfg.distributed, device)  # the step's forward: DDP averages the gradients
+    trained = distributed.unwrap(net)  # the weights stepped, validated and saved (model itself in one process)
+    optimizer = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.scheduler == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=5)
     else:
@@ -139,14 +145,15 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
     dtype = amp_dtype(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     # the weight average is what gets validated and kept: it smooths the epoch-to-epoch swings of a small val set
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
-    evaluated = model if ema is None else ema.module
+    ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    evaluated = trained if ema is None else ema.module
 
-    result = FitResult(copy.deepcopy(model.state_dict()), 0, {"dice": float("nan")}, 0)
+    result = FitResult(copy.deepcopy(trained.state_dict()), 0, {"dice": float("nan")}, 0)
     best_score = -math.inf
     start_epoch, elapsed = 0, 0.0
-    if (resumed := _load_resume(resume_path, run_id)) is not None:
-        model.load_state_dict(resumed["model"])
+    # rank 0 reads the resume file and sends it: every rank resumes from the same state, with or without a shared disk
+    if (resumed := distributed.from_main(lambda: _load_resume(resume_path, run_id))) is not None:
+        trained.load_state_dict(resumed["model"])
         if ema is not None:
             ema.load_state_dict(resumed["ema"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -156,41 +163,46 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         best_score = _score(result.best)
         for row in result.history:  # the dvclive folder is a stage output, so DVC removed it: replay the curves
             _log(live, row)
-        print(f"{desc}: resuming after epoch {start_epoch} from {resume_path}")
+        if distributed.is_main():
+            print(f"{desc}: resuming after epoch {start_epoch} from {resume_path}")
 
     started = time.perf_counter() - elapsed
     for epoch in range(start_epoch, cfg.epochs):
         train_set.set_epoch(epoch)
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 10_000 + epoch))
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=order.tolist(), drop_last=True,
+        # each rank its share of the same global batches (in one process: all of them, in this order)
+        mine = distributed.shard(order.tolist(), cfg.batch_size, distributed.rank(), distributed.world_size())
+        loader = DataLoader(train_set, batch_size=local_batch, sampler=mine, drop_last=True,
                             num_workers=cfg.workers, worker_init_fn=_worker_init)
-        model.train()
+        trained.train()
         losses = []
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not distributed.is_main())
         for images, masks, *extra in bar:
             images, masks, extra = images.to(device), masks.to(device), [e.to(device) for e in extra]
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(model(images).float(), images, masks, *extra)
+                loss = loss_fn(net(images).float(), images, masks, *extra)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             if cfg.scheduler != "plateau":
                 scheduler.step()
             if ema is not None:
-                ema.update_parameters(model)
+                ema.update_parameters(trained)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
 
-        val = validate(evaluated, val_images, val_masks, loss_fn, device, cfg.threshold)
+        # validated on rank 0 and sent to all, so every rank takes the same best-epoch and stopping decisions
+        val = distributed.from_main(lambda: validate(evaluated, val_images, val_masks, loss_fn, device, cfg.threshold))
         if cfg.scheduler == "plateau":
             scheduler.step(val["dice"])
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val["loss"],
+        row = {"epoch": epoch + 1, "train_loss": distributed.mean(float(np.mean(losses))), "val_loss": val["loss"],
                "val_dice": val["dice"], "val_iou": val["iou"], "val_normal_clean": val["normal_clean"],
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         result.history.append(row)
@@ -200,14 +212,19 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
             result.best, result.best_epoch = val, epoch + 1
             result.best_state = {k: v.detach().cpu().clone() for k, v in evaluated.state_dict().items()}
         result.epochs_run, result.seconds = epoch + 1, row["seconds"]
-        tqdm.write(f"{desc} epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
-                   f"val dice {val['dice']:.4f}  iou {val['iou']:.4f}  best {result.best['dice']:.4f} "
-                   f"(epoch {result.best_epoch})  {row['seconds'] / 60:.1f} min")
-        _save_resume(resume_path, run_id, model, ema, optimizer, scheduler, result, epoch)
+        if distributed.is_main():
+            tqdm.write(f"{desc} epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
+                       f"val dice {val['dice']:.4f}  iou {val['iou']:.4f}  best {result.best['dice']:.4f} "
+                       f"(epoch {result.best_epoch})  {row['seconds'] / 60:.1f} min")
+            _save_resume(resume_path, run_id, trained, ema, optimizer, scheduler, result, epoch)
         if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
-            tqdm.write(f"{desc}: no better val Dice for {cfg.patience} epochs, stopping early")
+            if distributed.is_main():
+                tqdm.write(f"{desc}: no better val Dice for {cfg.patience} epochs, stopping early")
             break
 
+    # rank 0's best weights on every rank: BatchNorm statistics differ between ranks without sync_bn, and pruning
+    # must see the same network everywhere
+    result.best_state = distributed.from_main(lambda: result.best_state)
     model.load_state_dict(result.best_state)
     return result
 
@@ -224,16 +241,21 @@ def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: Lo
     train_x, train_y, _ = load_split(data_dir, split_csv, "train", mode)
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
     config = cfg.model.config()
-    print(f"{kind}: {config['name']} {count_parameters(model):,} params on {device} ({threads} threads), "
-          f"{len(train_x)} train / {len(val_x)} val images at {params.preprocess.size}px")
+    if distributed.is_main():
+        print(f"{kind}: {config['name']} {count_parameters(model):,} params on {device} ({threads} threads"
+              f"{f' x {distributed.world_size()} processes' if distributed.world_size() > 1 else ''}), "
+              f"{len(train_x)} train / {len(val_x)} val images at {params.preprocess.size}px")
 
-    with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    with open_live(live_dir) as live:
+        # soft maps are indexed like the images, so every rank's share of a batch gets its own samples' maps
         train_set = SegmentationSet(train_x, train_y, Augment(cfg.augment), cfg.seed, soft)
         result = fit(model, train_set, val_x, val_y, cfg, loss_fn, device, live, resume, rid, desc=kind)
 
     meta = metadata.model_meta(params, config, kind, rid) | {"epoch": result.best_epoch, "val": result.best}
-    checkpoint.save(out, model.cpu(), meta)
-    resume.unlink(missing_ok=True)  # finished: a later run with the same params starts afresh
+    model.cpu()
+    if distributed.is_main():
+        checkpoint.save(out, model, meta)
+        resume.unlink(missing_ok=True)  # finished: a later run with the same params starts afresh
     return {
         "model": config["name"], "params": count_parameters(model),
         "gmacs": round(count_macs(model, params.preprocess.size) / 1e9, 4),
@@ -244,12 +266,21 @@ def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: Lo
     }
 
 
+def open_live(folder: Path) -> contextlib.AbstractContextManager:
+    """The stage's dvclive logger on rank 0; on the other ranks, which log nothing, ``None``."""
+    if not distributed.is_main():
+        return contextlib.nullcontext()
+    return Live(str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+
+
 def _score(val: dict[str, float]) -> float:
     """Val Dice for model selection; a val set without lesions (Dice NaN) keeps the first epoch."""
     return val["dice"] if math.isfinite(val["dice"]) else -1.0
 
 
 def _log(live: Any, row: dict[str, float]) -> None:
+    if live is None:  # a rank other than 0
+        return
     for key, value in row.items():
         if key != "epoch":
             live.log_metric(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value)

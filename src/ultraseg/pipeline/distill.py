@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ultraseg import checkpoint, params as params_mod, training
+from ultraseg import checkpoint, distributed, params as params_mod, training
 from ultraseg.data.dataset import load_split
 from ultraseg.distillation import DistillLoss, teacher_targets
 from ultraseg.losses import build_loss
@@ -46,7 +46,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
         summary["baseline"] = student_run(0.0, scratch, baseline_live_dir, "baseline")
         summary["kd_gain_val_dice"] = round(summary["student"]["val_dice"] - summary["baseline"]["val_dice"], 4)
         if cfg.keep == "best" and summary["kd_gain_val_dice"] < 0:
-            scratch.replace(out)  # same folder tree, so an atomic rename: out is never half-written
+            if distributed.is_main():  # the one process that wrote the checkpoints
+                scratch.replace(out)  # same folder tree, so an atomic rename: out is never half-written
             summary["kept"] = "baseline"
         scratch.unlink(missing_ok=True)
     return summary

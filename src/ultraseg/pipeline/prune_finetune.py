@@ -9,9 +9,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from dvclive import Live
 
-from ultraseg import checkpoint, params as params_mod, training
+from ultraseg import checkpoint, distributed, params as params_mod, training
 from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet, load_split
 from ultraseg.distillation import DistillLoss, teacher_targets
@@ -51,8 +50,7 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     one_shot = prune(copy.deepcopy(student).eval(), example, dataclasses.replace(cfg, steps=1),
                      example_batch=batch, loss_fn=loss, calibration=calibration)
     rid = run_id(params, split_csv, *data_files(data_dir), student_path) + params_mod.digest(cfg)
-    with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live, \
-            tempfile.TemporaryDirectory() as scratch:
+    with training.open_live(live_dir) as live, tempfile.TemporaryDirectory() as scratch:
 
         def finetune(model, step: int) -> None:
             training.fit(model, train_set, val_x, val_y, budget, loss, device, live, Path(scratch) / f"{step}.pt",
@@ -66,8 +64,9 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     pruned = pruned.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = model_meta(params, student_meta["model"], "pruned_student", rid) | {
         "pruned_widths": pruned_widths(pruned), "prune": params_mod.to_dict(cfg), "val_dice": after}
-    checkpoint.save(out, pruned, meta)
-    _check_reload(out, pruned, example.cpu())
+    if distributed.is_main():  # every rank holds the same pruned network (fit ends on rank 0's weights)
+        checkpoint.save(out, pruned, meta)
+        _check_reload(out, pruned, example.cpu())
     sizes = summary(before.cpu(), pruned, size)
     return {
         **{k: round(v, 4) if isinstance(v, float) else v for k, v in sizes.items()},
