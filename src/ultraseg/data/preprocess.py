@@ -17,8 +17,11 @@ from ultraseg.params import PreprocessParams
 def enhance(image: np.ndarray, params: PreprocessParams, filter_name: str | None = None) -> np.ndarray:
     """Speckle filter then CLAHE, at the image's own resolution; uint8 in, uint8 out."""
     name = params.filter if filter_name is None else filter_name
-    out = filters.apply_filter(image, name, **params.filters.kwargs(name))
-    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if name == "none" and image.dtype == np.uint8:  # the same pixels without a float round trip, on every frame
+        out = image
+    else:
+        out = filters.apply_filter(image, name, **params.filters.kwargs(name))
+        out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     if params.clahe.enabled:
         tiles = (params.clahe.tiles, params.clahe.tiles)
         out = cv2.createCLAHE(clipLimit=params.clahe.clip, tileGridSize=tiles).apply(out)
