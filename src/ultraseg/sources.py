@@ -152,14 +152,20 @@ def decode_image(data: np.ndarray, path: Path) -> np.ndarray:
     return bgr_to_rgb(image)
 
 
+_LUMA = np.array([[19595, 38470, 7471]], np.float32) / np.float32(65536)
+"""ITU-R 601 luma weights in PIL's 16-bit fixed point."""
+
+
 def to_grey(image: np.ndarray) -> np.ndarray:
     """Any image array as 8-bit greyscale: RGB(A) by ITU-R 601 luma with PIL's integer rounding (alpha ignored),
     16-bit by /257 (full range to full range), other integer or float arrays clipped to [0, 255]."""
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] in (3, 4):
-        rgb = array[..., :3].astype(np.uint32) if array.dtype == np.uint8 else to_grey_channels(array[..., :3])
-        grey = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
-        return grey.astype(np.uint8)
+        levels = array[..., :3] if array.dtype == np.uint8 else to_grey_channels(array[..., :3])
+        # PIL's (19595 R + 38470 G + 7471 B + 2^15) >> 16 in float32: every term and sum is a multiple of 2^-16
+        # below 2^8, so float32 holds it exactly and the result matches PIL's bit for bit, several times faster
+        luma = cv2.transform(levels.astype(np.float32), _LUMA)
+        return np.floor(luma + np.float32(0.5)).astype(np.uint8)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim != 2 or array.size == 0:
