@@ -53,10 +53,14 @@ class PostProcess:
             return np.zeros(prob.shape, bool)
         if self.min_area <= 0 and not self.keep_largest:
             return mask
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-        areas = stats[1:, cv2.CC_STAT_AREA]
+        count, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
+        areas = np.bincount(labels.ravel(), minlength=count)[1:]  # cheaper than OpenCV's full statistics
         keep = areas >= self.min_area * prob.size
         if self.keep_largest and keep.any():
             keep &= areas == areas[keep].max()
             keep &= np.cumsum(keep) == 1  # one component even when two tie
+        if keep.all():
+            return mask
+        if keep.sum() == 1:  # the common case, and a comparison is cheaper than a lookup
+            return labels == 1 + int(np.argmax(keep))
         return np.concatenate([[False], keep])[labels]
