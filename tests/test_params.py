@@ -267,3 +267,15 @@ def test_directly_built_sections_get_the_file_checks():
         P.PruneParams(importance="random").validate("prune")
     with pytest.raises(ParamsError, match=r"^train\.model\.widths\[1\]: expected int, got 2\.5$"):
         P.TrainParams(model=P.ModelParams(widths=(1, 2.5))).validate("train")
+
+
+def test_student_augment_overrides_only_the_ranges_it_sets():
+    """distill.augment changes the student's geometric ranges and nothing else; the teacher keeps train's."""
+    p = P.from_dict({"train": {"augment": {"scale": 0.1, "aspect": 0.05}}, "distill": {"augment": {"scale": 0.35}}})
+    student = p.distill.budget(p.train).augment
+    assert (student.scale, student.aspect, student.translate) == (0.35, 0.05, p.train.augment.translate)
+    assert dataclasses.replace(student, scale=0.1) == p.train.augment
+    with pytest.raises(ParamsError, match=r"^distill\.augment\.scale: expected a value in \[0\.0, 1\.0\), got 1\.0$"):
+        P.from_dict({"distill": {"augment": {"scale": 1.0}}})
+    with pytest.raises(ParamsError, match=r"^unknown key distill\.augment\.rotate; valid keys here: scale, aspect"):
+        P.from_dict({"distill": {"augment": {"rotate": 5.0}}})

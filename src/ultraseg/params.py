@@ -371,6 +371,28 @@ class AugmentParams(Section):
 
 
 @dataclass(frozen=True)
+class StudentAugmentParams(Section):
+    """The student's own geometric ranges, each ``null`` for ``train.augment``'s: a student that sees a quarter of
+    the resolution loses small lesions first when another scanner's depth or aspect shrinks them, so it may need a
+    wider zoom range than the teacher, whose distilled logits follow every warp (see :mod:`ultraseg.distillation`)."""
+
+    scale: float | None = None
+    """As ``train.augment.scale``."""
+    aspect: float | None = None
+    """As ``train.augment.aspect``."""
+    translate: float | None = None
+    """As ``train.augment.translate``."""
+
+    def check(self, prefix: str) -> None:
+        self.apply(AugmentParams()).check(prefix)
+
+    def apply(self, augment: AugmentParams) -> AugmentParams:
+        """``augment`` with this section's ranges where they are set."""
+        given = {name: value for name, value in dataclasses.asdict(self).items() if value is not None}
+        return dataclasses.replace(augment, **given)
+
+
+@dataclass(frozen=True)
 class DistributedParams(Section):
     """Training on several processes with PyTorch DDP (:mod:`ultraseg.distributed`); each process takes an equal
     share of every global batch of ``train.batch_size``."""
@@ -453,10 +475,12 @@ def _default_student() -> ModelParams:
 
 @dataclass(frozen=True)
 class DistillParams(Section):
-    """Knowledge distillation into a small student; batch size, augmentation, task loss, schedule and seed are
-    those of ``train``."""
+    """Knowledge distillation into a small student; batch size, augmentation (but for ``augment``'s geometric
+    ranges), task loss, schedule and seed are those of ``train``."""
 
     student: ModelParams = field(default_factory=_default_student)
+    augment: StudentAugmentParams = field(default_factory=StudentAugmentParams)
+    """The student's zoom, stretch and shift ranges where they differ from ``train.augment``'s."""
     temperature: float = 2.0
     """Softens teacher and student logits before they are compared (Hinton et al. 2015)."""
     kd_weight: float = 1.0
@@ -488,8 +512,10 @@ class DistillParams(Section):
                               "or keep: distilled")
 
     def budget(self, train: TrainParams) -> TrainParams:
-        """The training settings of the student: ``train``'s, with this section's model, epochs, lr and ema."""
-        return dataclasses.replace(train, model=self.student, epochs=self.epochs, lr=self.lr, ema=self.ema)
+        """The training settings of the student: ``train``'s, with this section's model, augmentation ranges, epochs,
+        lr and ema."""
+        return dataclasses.replace(train, model=self.student, augment=self.augment.apply(train.augment),
+                                   epochs=self.epochs, lr=self.lr, ema=self.ema)
 
 
 @dataclass(frozen=True)
