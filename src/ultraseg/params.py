@@ -640,6 +640,9 @@ class DeployParams(Section):
     min_areas: tuple[float, ...] = (0.0, 0.0025, 0.005, 0.01, 0.02)
     """Smallest lesion kept, as fractions of the image area, tried (0 = keep all)."""
     keep_largest: tuple[bool, ...] = (False, True)
+    flips: tuple[bool, ...] = (False,)
+    """Test-time flip averaging tried (true: the model also runs on the mirror image). A second model call per frame
+    does not fit the one-core budget of ``benchmark``'s end-to-end time, so only ``false`` is tried by default."""
     dice_tolerance: float = 0.005
     """Among the rules whose val lesion Dice is within this of the best rule's, the one that leaves the most normal
     val images clean is deployed: a user scanning healthy tissue should mostly see "no lesion"."""
@@ -648,7 +651,8 @@ class DeployParams(Section):
         _within(self, prefix, "threshold_step", 0.001, 0.5)
         _require(self, prefix, "gates", lambda v: len(v) > 0 and all(0 <= g < 1 for g in v), "values in [0, 1)")
         _require(self, prefix, "min_areas", lambda v: len(v) > 0 and all(0 <= a < 1 for a in v), "values in [0, 1)")
-        _require(self, prefix, "keep_largest", lambda v: len(v) > 0, "at least one of true, false")
+        for name in ("keep_largest", "flips"):
+            _require(self, prefix, name, lambda v: len(v) > 0, "at least one of true, false")
         _within(self, prefix, "dice_tolerance", 0.0, 1.0)
 
 

@@ -29,16 +29,21 @@ def test_choice_prefers_clean_normals_within_the_dice_tolerance():
     assert deploy.choose(costly, 0.005) == 1  # the flip's second model call loses a tie
 
 
-def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path):
+@pytest.mark.parametrize("flips", [[False, True], [False]])
+def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, flips):
     params = params_mod.from_dict({"preprocess": {"size": zoo.size},
-                                   "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01]}})
+                                   "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01],
+                                              "flips": flips}})
     out = tmp_path / "deploy" / "ultraseg.int8.onnx"
     summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, zoo.split, out)
     rule = PostProcess.from_dict(summary["postprocess"])
     assert Segmenter(out).postprocess == rule
     assert Segmenter(out).meta["threshold"] == rule.threshold
     assert Segmenter(out).flip is summary["flip"] and isinstance(summary["flip"], bool)
-    assert summary["val_images"] == 3 and summary["rules_tried"] == 2 * len(deploy.candidate_rules(params.deploy))
+    assert summary["val_images"] == 3
+    assert summary["rules_tried"] == len(flips) * len(deploy.candidate_rules(params.deploy))
+    assert ("val_threshold_only_flip" in summary) == (True in flips)
+    assert summary["flip"] in flips
     assert summary["val_chosen"]["normal_clean"] >= summary["val_threshold_only"]["normal_clean"]
     assert summary["val_chosen"]["dice"] >= summary["val_threshold_only"]["dice"] - 0.005 - 1e-9
     json.dumps(summary)

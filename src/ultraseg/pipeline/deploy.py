@@ -2,9 +2,9 @@
 user runs, and write the one deployable file that carries them.
 
 The rule (:class:`ultraseg.postprocess.PostProcess`) is searched over the ``deploy`` params grid on the val images
-at their original resolution, with the model run once per image and averaged over a left-right flip: among the
-rules whose lesion-mean Dice is within ``dice_tolerance`` of the best one, the rule that leaves the most normal
-images clean wins (ties: higher Dice, then without the flip, which costs a second model call, then the simpler
+at their original resolution, with the model run once per image and, where ``deploy.flips`` allows, averaged over
+a left-right flip: among the rules whose lesion-mean Dice is within ``dice_tolerance`` of the best one, the rule
+that leaves the most normal images clean wins (ties: higher Dice, then without the flip, which costs a second model call, then the simpler
 rule, earlier in the grid). Test is never looked at.
 """
 
@@ -61,11 +61,11 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
     refs = [mask for _, mask in raw]
     rules = candidate_rules(params.deploy)
     scores = {}
-    for flip in (False, True):
+    for flip in sorted(set(params.deploy.flips)):
         probs = val_probabilities(int8_path, raw, flip)
         scores[flip] = [score(rule, probs, refs) | {"cost": int(flip)}
                         for rule in tqdm(rules, desc="deploy: rules", unit="rule")]
-    options = [(flip, k) for flip in (False, True) for k in range(len(rules))]
+    options = [(flip, k) for flip in scores for k in range(len(rules))]
     flip, chosen = options[choose([scores[f][k] for f, k in options], params.deploy.dice_tolerance)]
     rule = rules[chosen]
     onnx_io.write_with_metadata(int8_path, out, {"postprocess": rule.to_dict(), "threshold": rule.threshold,
@@ -76,9 +76,7 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
         "flip": flip,
         "postprocess": rule.to_dict(),
         "val_chosen": rounded(scores[flip][chosen]),
-        "val_threshold_only": best_plain(rules, scores[False]),
-        "val_threshold_only_flip": best_plain(rules, scores[True]),
-    }
+    } | {f"val_threshold_only{'_flip' if flip else ''}": best_plain(rules, scores[flip]) for flip in scores}
 
 
 def best_plain(rules: list[PostProcess], scores: list[dict[str, float]]) -> dict[str, float]:

@@ -339,7 +339,7 @@ preprocessing, input size, normalisation, and the threshold and post-processing 
 {deploy['dice_tolerance']} of the best val lesion Dice): threshold {rule['threshold']}, gate {rule['gate']},
 smallest lesion {rule['min_area']} of the image, keep largest {str(rule['keep_largest']).lower()}; averaged over a
 left-right flip: {str(deploy.get('flip', False)).lower()} (the flip, a second model call per frame, is tried on val
-with every rule and kept only when it wins there). The evaluate stage scores the file through the same runtime the command line and the viewer use.
+only where `deploy.flips` allows it, and kept only when it wins there). The evaluate stage scores the file through the same runtime the command line and the viewer use.
 
 {_table(['scored on', 'threshold', 'lesion Dice', 'normal clean'], rows)}
 
