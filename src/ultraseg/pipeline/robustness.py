@@ -82,7 +82,9 @@ def _rounded(scores: dict[str, float]) -> dict[str, float]:
 
 
 def load_models(teacher_onnx: Path, teacher_threshold: float, deployable: Path) -> dict[str, Segmenter]:
-    return {"teacher": Segmenter(teacher_onnx, postprocess=PostProcess(threshold=teacher_threshold)),
+    # every core for the teacher, whose calls are most of the stage's time; the small student gains little from
+    # threads
+    return {"teacher": Segmenter(teacher_onnx, threads=0, postprocess=PostProcess(threshold=teacher_threshold)),
             "deployed": Segmenter(deployable)}
 
 
