@@ -242,17 +242,7 @@ def test_pipeline_end_to_end(pipeline):
     assert (clone / "models/deploy/ultraseg.int8.onnx").read_bytes() == \
         (repo / "models/deploy/ultraseg.int8.onnx").read_bytes()
 
-    # 4. the seed grid, queued and run by DVC's queue with two workers, then collected with its spread
-    grid = run(sys.executable, "scripts/experiments.py", "--grid", "seeds", "--run", "--collect", "--seeds", "1", "2",
-               "--jobs", "2", "--source", str(repo.parent / "busi"))
-    seeds = json.loads((repo / "experiments/seeds.json").read_text())
-    assert seeds["n"] == 3 and seeds["missing"] == [], grid.stdout + grid.stderr
-    teacher = [r["teacher_val"] for r in seeds["runs"].values()]
-    assert len(set(teacher)) > 1  # another training seed trains another teacher
-    assert seeds["summary"]["teacher_val"]["mean"] == pytest.approx(np.mean(teacher))
-    assert seeds["summary"]["teacher_val"]["sd"] == pytest.approx(np.std(teacher, ddof=1))
-
-    # 5. another filter reruns preprocess and what depends on it; the data and the split are untouched
+    # 4. another filter reruns preprocess and what depends on it; the data and the split are untouched
     third = run(dvc, "exp", "run", "-S", "preprocess.filter=lee")
     for stage in ("preprocess", "train", "distill", "prune_finetune", "export", "quantize", "evaluate", "benchmark",
                   "report"):
@@ -269,3 +259,22 @@ def test_pipeline_end_to_end(pipeline):
     assert not np.array_equal(np.load(repo / "data/preprocessed/images.npy"), images)
     assert (repo / "data/split.csv").read_bytes() == split_before
     assert (repo / "data/duplicates.csv").read_bytes() == duplicates_before
+
+
+@pytest.mark.slow
+def test_seed_grid_through_the_queue(pipeline):
+    """The seed grid of scripts/experiments.py, queued and run by DVC's queue with two workers, then collected with
+    its spread (slow: two more pipelines; the tiny run above already covers every stage)."""
+    repo, run, dvc, _ = pipeline
+    run(dvc, "repro")
+    run("git", "add", "-A")
+    run("git", "commit", "-q", "-m", "tiny pipeline run")
+    grid = run(sys.executable, "scripts/experiments.py", "--grid", "seeds", "--run", "--collect", "--seeds", "1", "2",
+               "--jobs", "2", "--source", str(repo.parent / "busi"))
+    seeds = json.loads((repo / "experiments/seeds.json").read_text())
+    assert seeds["n"] == 3 and seeds["missing"] == [], grid.stdout + grid.stderr
+    teacher = [r["teacher_val"] for r in seeds["runs"].values()]
+    assert len(set(teacher)) > 1  # another training seed trains another teacher
+    assert seeds["summary"]["teacher_val"]["mean"] == pytest.approx(np.mean(teacher))
+    assert seeds["summary"]["teacher_val"]["sd"] == pytest.approx(np.std(teacher, ddof=1))
+
