@@ -1,6 +1,6 @@
 """Grids of `dvc exp run` experiments for REPORT.md, queued and run by DVC's own queue, then collected.
 
-Two grids:
+Three grids:
 
   comparison  speckle filters and architectures, each one change from the committed params, training the teacher
               only (`dvc exp run train`) at one reduced budget (--epochs); collected into
@@ -8,6 +8,10 @@ Two grids:
   seeds       the whole pipeline (teacher, distill -> prune -> quantize -> deploy, evaluate ...) at the default
               budget with other training seeds (--seeds); collected into experiments/seeds.json with the mean and
               sd of every metrics/headline.json number over the committed run and these seeds
+  levers      accuracy levers, each one change from the committed params, run through the whole pipeline (DVC's
+              run cache restores the stages a lever leaves unchanged); collected into experiments/levers.json with
+              the val numbers a lever is chosen by (the student's and the deployed file's Dice, clean normals, and
+              the deployed file's shift-suite drop and misses on val) and, for the record only, the test headline
 
 Experiments are queued with `dvc exp run --queue` and run by `dvc queue start --jobs N`; each runs in a copy of the
 project under .dvc/tmp/exps, so fetch.source is passed as an absolute path. The committed run stays the default
@@ -15,6 +19,7 @@ seed; these runs live in DVC's experiment refs and in the JSON this script write
 
   python scripts/experiments.py --grid comparison --run --collect --epochs 8
   python scripts/experiments.py --grid seeds --run --collect --seeds 43 44 --jobs 1
+  python scripts/experiments.py --grid levers --run --collect
   dvc exp show --drop '.*' --keep '^(Experiment|headline\\..*|train\\.seed)$'   # the same runs, interactively
 """
 
@@ -37,10 +42,22 @@ COMPARISON: dict[str, dict[str, str]] = {
     "arch-attention_unet": {"train.model.name": "attention_unet"},
     "arch-res_unet": {"train.model.name": "res_unet"},
 }
+LEVERS: dict[str, dict[str, str]] = {
+    # the stride-4 student lost small lesions when the content shrank (zoom_out) or narrowed (aspect): its own,
+    # wider zoom and stretch ranges, at strengths other than the shift suite's levels
+    "student-geometry": {"distill.augment.scale": "0.35", "distill.augment.aspect": "0.2"},
+}
+VAL_METRICS = {"metrics/distill.json": ("student.val_dice",), "metrics/prune.json": ("val_dice_after",),
+               "metrics/quantize.json": ("val_dice_int8",),
+               "metrics/deploy.json": ("val_chosen.dice", "val_chosen.normal_clean"),
+               "metrics/robustness.json": ("val.deployed.by_severity.moderate.mean_drop",
+                                           "val.deployed.by_severity.moderate.most_missed")}
+"""What a lever is chosen by: val only."""
 METRICS = {"metrics/train.json": ("val_dice", "val_iou", "val_normal_clean", "best_epoch", "epochs_run",
                                     "train_minutes", "params", "gmacs"),
            "metrics/preprocess.json": ("enl_ratio", "edge_preservation")}
-OUT = {"comparison": Path("experiments/comparison.json"), "seeds": Path("experiments/seeds.json")}
+OUT = {"comparison": Path("experiments/comparison.json"), "seeds": Path("experiments/seeds.json"),
+       "levers": Path("experiments/levers.json")}
 COMMITS = 20
 """How many commits back to look for experiments: a grid takes long enough that commits land meanwhile."""
 COUNTS = ("params", "best_epoch", "epochs_run")
@@ -55,6 +72,8 @@ def experiments(grid: str, epochs: int, seeds: list[int]) -> dict[str, tuple[lis
     if grid == "comparison":
         return {f"{name}-e{epochs}": (["train"], {"train.epochs": str(epochs), **sets})
                 for name, sets in COMPARISON.items()}
+    if grid == "levers":
+        return {name: ([], sets) for name, sets in LEVERS.items()}
     return {f"seed-{seed}": ([], {"train.seed": str(seed)}) for seed in seeds}
 
 
@@ -175,6 +194,24 @@ def collect_seeds(seeds: list[int]) -> dict:
                        + " ".join(map(str, seeds))}
 
 
+def collect_levers() -> dict:
+    """The committed run and the newest finished run of each lever: val numbers to choose by, test for the record."""
+    rows = _rows()
+    base = next(exp for exp in rows if not exp.get("Experiment") and exp.get("rev") != "workspace")
+    found = {"committed": base} | {name: next((e for e in rows if e.get("Experiment") == name and headline_of(e)),
+                                              None) for name in LEVERS}
+    runs = {name: None if exp is None else {
+        "changed": LEVERS.get(name, {}),
+        "val": {key: _metric(exp, path, key) for path, keys in VAL_METRICS.items() for key in keys},
+        "test_headline": headline_of(exp)} for name, exp in found.items()}
+    missing = [name for name, run in runs.items() if run is None]
+    if len(missing) == len(runs) - 1:
+        sys.exit("error: no finished lever experiment; run them first (--run)")
+    return {"derived_from_commit": _short_sha(base.get("rev")), "missing": missing,
+            "runs": {name: run for name, run in runs.items() if run is not None},
+            "command": "python scripts/experiments.py --grid levers --run --collect"}
+
+
 def main(argv: list[str] | None = None) -> None:
     summary, _, details = __doc__.strip().partition("\n")
     ap = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,7 +233,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"experiments: failed: {', '.join(failed)} (see `dvc queue logs NAME`)", file=sys.stderr)
     if args.collect:
         out = OUT[args.grid]
-        write_json(out, collect_comparison(args.epochs) if args.grid == "comparison" else collect_seeds(args.seeds))
+        collect = {"comparison": lambda: collect_comparison(args.epochs), "seeds": lambda: collect_seeds(args.seeds),
+                   "levers": collect_levers}[args.grid]
+        write_json(out, collect())
         print(f"experiments: -> {out}")
 
 

@@ -48,3 +48,12 @@ def test_the_suite_runs_on_val_for_choosing(zoo):
                                     zoo.models / "deploy" / "ultraseg.int8.onnx")
     summary = robustness.run(models, zoo.raw, zoo.split, seed=0, split="val")
     assert summary["split"] == "val" and summary["n_images"] == 3  # the zoo's val images, none of test's
+
+
+def test_val_summary_is_the_deployed_files_val_run(zoo):
+    """The stage's val summary is the val run of the deployed file alone, cut to what a lever is chosen by."""
+    deployed = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                      zoo.models / "deploy" / "ultraseg.int8.onnx")["deployed"]
+    summary = robustness.val_summary(deployed, zoo.raw, zoo.split, seed=0)
+    full = robustness.run({"deployed": deployed}, zoo.raw, zoo.split, seed=0, split="val")["models"]["deployed"]
+    assert summary == {"split": "val", "deployed": {"clean": full["clean"], "by_severity": full["by_severity"]}}

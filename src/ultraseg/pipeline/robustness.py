@@ -62,6 +62,13 @@ def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int,
             "models": {name: summarize(result) for name, result in results.items()}}
 
 
+def val_summary(deployed: Segmenter, raw_dir: Path, split_csv: Path, seed: int) -> dict[str, Any]:
+    """The deployed file's drops per severity on shifted val, with its unshifted val Dice: a training lever may be
+    chosen by these, never by test's."""
+    result = run({"deployed": deployed}, raw_dir, split_csv, seed, split="val")["models"]["deployed"]
+    return {"split": "val", "deployed": {"clean": result["clean"], "by_severity": result["by_severity"]}}
+
+
 def summarize(result: dict[str, dict[str, dict]]) -> dict[str, Any]:
     """Per condition scores with their Dice drop, and the mean and worst drop at each severity."""
     base = result[NONE][NONE]["dice"]
