@@ -488,6 +488,38 @@ Source: `experiments/seeds.json`, written by `{seeds['command']}` from `dvc exp`
 """
 
 
+LEVER_COLUMNS = {"student val": "student.val_dice", "pruned val": "val_dice_after", "int8 val": "val_dice_int8",
+                 "deployed val": "val_chosen.dice", "normal clean (val)": "val_chosen.normal_clean",
+                 "shift drop (val)": "val.deployed.by_severity.moderate.mean_drop",
+                 "most missed (val)": "val.deployed.by_severity.moderate.most_missed"}
+"""Column -> key of experiments/levers.json's ``val``: what a lever is chosen by."""
+
+
+def levers_section(levers: dict | None) -> str:
+    """Each accuracy lever's val effect against the committed run (scripts/experiments.py --grid levers), if run."""
+    title = "## Accuracy levers"
+    if levers is None:
+        return f"""{title}
+
+Not measured for this run: `python scripts/experiments.py --grid levers --run --collect` runs each lever through
+DVC's queue and writes `experiments/levers.json`, which this section renders.
+"""
+    rows = [[name, ", ".join(f"`{k}={v}`" for k, v in run["changed"].items()) or "(committed params)",
+             *[_num(run["val"][key], ".4f") for key in LEVER_COLUMNS.values()],
+             _num((run["test_headline"] or {}).get("deployed"), ".4f")] for name, run in levers["runs"].items()]
+    return f"""{title}
+
+Source: `experiments/levers.json`, written by `{levers['command']}` from `dvc exp` runs derived from commit
+{levers['derived_from_commit']}; each lever changes one thing from that commit's params and runs the whole
+pipeline. A lever is chosen by the val columns only (shift drop and most missed: the deployed file on the shifted
+val split at moderate severity, from `metrics/robustness.json`); the last column, the deployed file's test lesion
+Dice, is there for the record, not for choosing. One seed each: compare with *Seed variation* before reading a
+small difference as an effect.
+{_missing_note(levers)}
+{_table(['run', 'changed', *LEVER_COLUMNS, 'deployed test'], rows)}
+"""
+
+
 def _missing_note(comp: dict) -> str:
     missing = comp.get("missing") or []
     return f"\nNot run to the end in this comparison: {', '.join(missing)}.\n" if missing else ""
@@ -570,6 +602,8 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
     comparison = _load(experiments) if experiments is not None and experiments.exists() else None
     seeds_file = None if experiments is None else experiments.parent / "seeds.json"
     seeds = _load(seeds_file) if seeds_file is not None and seeds_file.exists() else None
+    levers_file = None if experiments is None else experiments.parent / "levers.json"
+    levers = _load(levers_file) if levers_file is not None and levers_file.exists() else None
     return "\n".join([
         "# ultraseg report",
         "",
@@ -594,6 +628,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
         deployable_section(deploy, scores, bench),
         robustness_section(rob),
         seeds_section(seeds),
+        levers_section(levers),
         published_section(scores),
         challenges_section(split, optimisation[0], optimisation[1], optimisation[3], scores),
     ])
