@@ -46,6 +46,8 @@ LEVERS: dict[str, dict[str, str]] = {
     # the stride-4 student lost small lesions when the content shrank (zoom_out) or narrowed (aspect): its own,
     # wider zoom and stretch ranges, at strengths other than the shift suite's levels
     "student-geometry": {"distill.augment.scale": "0.35", "distill.augment.aspect": "0.2"},
+    # what distillation gains: the same student on the masks alone (the default run no longer trains this baseline)
+    "no-distillation": {"distill.kd_weight": "0"},
 }
 VAL_METRICS = {"metrics/distill.json": ("student.val_dice",), "metrics/prune.json": ("val_dice_after",),
                "metrics/quantize.json": ("val_dice_int8",),

@@ -3,7 +3,7 @@
 Reads the `distill` params section (model, epochs, lr, temperature, weights), `train` for the shared settings,
 models/teacher.pt, data/preprocessed and data/split.csv. Writes models/student.pt, metrics/distill.json (student
 val Dice with distillation and, with `distill.baseline`, without it on the same budget) and dvclive curves in
-dvclive/distill (and dvclive/distill_baseline). Runs on several processes (DDP) as train.distributed says.
+dvclive/distill (and, not a declared output, dvclive/distill_baseline). Runs on several processes (DDP) as train.distributed says.
 """
 
 from pathlib import Path

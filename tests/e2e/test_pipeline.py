@@ -88,7 +88,7 @@ def pipeline(tmp_path, repo_root, busi_mirror):
     params["preprocess"]["size"] = 32
     params["train"].update(epochs=2, batch_size=4, warmup_epochs=1)
     params["train"]["model"]["widths"] = [4, 8, 16, 32]
-    params["distill"].update(epochs=1)
+    params["distill"].update(epochs=1, baseline=True, keep="best")  # off by default; covered here
     params["distill"]["student"]["widths"] = [8, 16, 32, 64]
     params["prune"].update(steps=2, finetune_epochs=1, calibration_batches=2)
     params["quantize"].update(calibration_images=8)

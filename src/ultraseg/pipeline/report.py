@@ -560,6 +560,8 @@ LEARNING_CURVES = {
     "pruning rounds, val Dice": {"fine-tuning": "prune/plots/metrics/val/dice.tsv"},
 }
 """Panel title -> line label -> dvclive TSV below dvclive/."""
+OPTIONAL_CURVES = {"without distillation"}
+"""Lines drawn only when their run happened (``distill.baseline``)."""
 
 
 def _tsv(path: Path) -> tuple[list[float], list[float]]:
@@ -577,6 +579,8 @@ def learning_curves_figure(dvclive: Path, path: Path, round_epochs: int) -> None
     fig, axes = plt.subplots(1, len(LEARNING_CURVES), figsize=(5 * len(LEARNING_CURVES), 3.6))
     for ax, (title, lines) in zip(axes, LEARNING_CURVES.items()):
         for label, rel in lines.items():
+            if not (dvclive / rel).exists() and label in OPTIONAL_CURVES:
+                continue
             if not (dvclive / rel).exists():
                 raise ReportError(f"{dvclive / rel}: learning curve missing; run the stage that logs it (dvc repro)")
             x, y = _tsv(dvclive / rel)
