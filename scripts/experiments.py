@@ -223,13 +223,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=8, help="comparison: training epochs (default: %(default)s)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[43, 44], help="seeds: training seeds besides the "
                     "committed run's (default: 43 44)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments of the grid (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="queue workers run at once (default: %(default)s)")
     ap.add_argument("--source", type=Path, default=Path("../shared/data/busi"), help="the BUSI data (fetch.source)")
     args = ap.parse_args(argv)
     if not (args.run or args.collect):
         ap.error("nothing to do: give --run, --collect or both")
     if args.run:
-        queue(experiments(args.grid, args.epochs, args.seeds), args.source.resolve())
+        todo = experiments(args.grid, args.epochs, args.seeds)
+        unknown = sorted(set(args.only or ()) - set(todo))
+        if unknown:
+            ap.error(f"--only: no experiment {unknown[0]!r} in the {args.grid} grid; it has {', '.join(todo)}")
+        queue({name: todo[name] for name in args.only or todo}, args.source.resolve())
         failed = run_queue(args.jobs)
         if failed:
             print(f"experiments: failed: {', '.join(failed)} (see `dvc queue logs NAME`)", file=sys.stderr)

@@ -1,0 +1,53 @@
+"""scripts/experiments.py: the levers grid collects the val numbers a lever is chosen by from `dvc exp show` rows."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def experiments():
+    spec = importlib.util.spec_from_file_location("experiments", REPO_ROOT / "scripts" / "experiments.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(name: str, deployed_val: float, **extra) -> dict:
+    """One `dvc exp show` row as dvc.api.exp_show flattens it (file-prefixed where two files share a key)."""
+    return {"Experiment": name, "rev": "abc1234" if not name else "f00", "headline.deployed": 0.7,
+            "headline.teacher": 0.76, "val_chosen.dice": deployed_val, "student.val_dice": 0.79,
+            "metrics/prune.json:val_dice_after": 0.78, "val_dice_int8": 0.77, "val_chosen.normal_clean": 0.8,
+            "val.deployed.by_severity.moderate.mean_drop": 0.05,
+            "val.deployed.by_severity.moderate.most_missed": 0.2, **extra}
+
+
+def test_levers_are_collected_by_val_with_test_for_the_record(experiments, monkeypatch):
+    rows = [{"Experiment": None, "rev": "workspace"}, row("", 0.81), row("student-geometry", 0.83),
+            row("student-geometry", 0.5, **{"headline.deployed": "!"}), row("other", 0.9)]
+    monkeypatch.setattr(experiments, "_rows", lambda: rows)
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    out = experiments.collect_levers()
+    assert list(out["runs"]) == ["committed", "student-geometry"] and out["missing"] == ["no-distillation"]
+    lever = out["runs"]["student-geometry"]
+    assert lever["changed"] == experiments.LEVERS["student-geometry"]
+    assert lever["val"]["val_chosen.dice"] == 0.83 and lever["val"]["val_dice_after"] == 0.78
+    assert lever["test_headline"] == {"deployed": 0.7, "teacher": 0.76}
+    assert out["derived_from_commit"] == "abc1234"
+
+
+def test_levers_collection_refuses_when_no_lever_finished(experiments, monkeypatch):
+    monkeypatch.setattr(experiments, "_rows", lambda: [row("", 0.81)])
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    with pytest.raises(SystemExit, match="no finished lever experiment"):
+        experiments.collect_levers()
+
+
+def test_only_names_an_experiment_of_the_grid(experiments, capsys):
+    with pytest.raises(SystemExit):
+        experiments.main(["--grid", "levers", "--run", "--only", "nope"])
+    assert "no experiment 'nope' in the levers grid" in capsys.readouterr().err
