@@ -130,8 +130,11 @@ def measure_end_to_end(deployable: Path, frames: dict[str, np.ndarray], params: 
     """The deployable file through the torch-free runtime, frame in and answer out (preprocess, model,
     post-process), one thread, on each frame; with the median of each part and this process's peak memory. Meant to
     run in a fresh process, which then holds the runtime alone."""
+    import cv2
+
     from ultraseg.runtime import Segmenter
 
+    cv2.setNumThreads(1)  # OpenCV's own pool would lend the preprocessing other cores: one core means one thread
     segmenter = Segmenter(deployable, threads=1)
     out: dict[str, Any] = {}
     for name, frame in frames.items():
