@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from ultraseg.io import write_json
+from ultraseg.io import read_json, write_json
 
 COMPARISON: dict[str, dict[str, str]] = {
     "filter-none": {"preprocess.filter": "none"},
@@ -48,6 +48,12 @@ LEVERS: dict[str, dict[str, str]] = {
     "student-geometry": {"distill.augment.scale": "0.35", "distill.augment.aspect": "0.2"},
     # what distillation gains: the same student on the masks alone (the default run no longer trains this baseline)
     "no-distillation": {"distill.kd_weight": "0"},
+    # the teacher (and, through train.augment, the student) shown what other scanners do: a wider zoom, other aspect
+    # ratios, coarser and stronger speckle, and burned-in calipers and text on any image, normals included; at
+    # ranges other than the shift suite's levels, so that the suite stays a proxy rather than a target
+    "scanner-augment": {"train.augment.scale": "0.25", "train.augment.aspect": "0.15", "train.augment.speckle": "0.25",
+                        "train.augment.speckle_p": "0.5", "train.augment.speckle_grain": "2.0",
+                        "train.augment.annotations_p": "0.3"},
 }
 VAL_METRICS = {"metrics/distill.json": ("student.val_dice",), "metrics/prune.json": ("val_dice_after",),
                "metrics/quantize.json": ("val_dice_int8",),
@@ -196,8 +202,11 @@ def collect_seeds(seeds: list[int]) -> dict:
                        + " ".join(map(str, seeds))}
 
 
-def collect_levers() -> dict:
-    """The committed run and the newest finished run of each lever: val numbers to choose by, test for the record."""
+def collect_levers(previous: dict | None = None) -> dict:
+    """The committed run and the newest finished run of each lever: val numbers to choose by, test for the record.
+
+    Levers run against one commit are compared with that commit's run only, so each commit gets its own
+    comparison; those of other commits in ``previous`` (the file as it was) are kept after it, newest first."""
     rows = _rows()
     base = next(exp for exp in rows if not exp.get("Experiment") and exp.get("rev") != "workspace")
     found = {"committed": base} | {name: next((e for e in rows if e.get("Experiment") == name and headline_of(e)),
@@ -209,9 +218,11 @@ def collect_levers() -> dict:
     missing = [name for name, run in runs.items() if run is None]
     if len(missing) == len(runs) - 1:
         sys.exit("error: no finished lever experiment; run them first (--run)")
-    return {"derived_from_commit": _short_sha(base.get("rev")), "missing": missing,
-            "runs": {name: run for name, run in runs.items() if run is not None},
-            "command": "python scripts/experiments.py --grid levers --run --collect"}
+    comparison = {"derived_from_commit": _short_sha(base.get("rev")), "missing": missing,
+                  "runs": {name: run for name, run in runs.items() if run is not None}}
+    return {"command": "python scripts/experiments.py --grid levers --run --collect",
+            "comparisons": [comparison, *(c for c in (previous or {}).get("comparisons", [])
+                                          if c["derived_from_commit"] != comparison["derived_from_commit"])]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"experiments: failed: {', '.join(failed)} (see `dvc queue logs NAME`)", file=sys.stderr)
     if args.collect:
         out = OUT[args.grid]
+        previous = read_json(out) if out.exists() else None
         collect = {"comparison": lambda: collect_comparison(args.epochs), "seeds": lambda: collect_seeds(args.seeds),
-                   "levers": collect_levers}[args.grid]
+                   "levers": lambda: collect_levers(previous)}[args.grid]
         write_json(out, collect())
         print(f"experiments: -> {out}")
 

@@ -31,13 +31,25 @@ def test_levers_are_collected_by_val_with_test_for_the_record(experiments, monke
             row("student-geometry", 0.5, **{"headline.deployed": "!"}), row("other", 0.9)]
     monkeypatch.setattr(experiments, "_rows", lambda: rows)
     monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
-    out = experiments.collect_levers()
-    assert list(out["runs"]) == ["committed", "student-geometry"] and out["missing"] == ["no-distillation"]
+    [out] = experiments.collect_levers()["comparisons"]
+    assert list(out["runs"]) == ["committed", "student-geometry"]
+    assert out["missing"] == [name for name in experiments.LEVERS if name != "student-geometry"]
     lever = out["runs"]["student-geometry"]
     assert lever["changed"] == experiments.LEVERS["student-geometry"]
     assert lever["val"]["val_chosen.dice"] == 0.83 and lever["val"]["val_dice_after"] == 0.78
     assert lever["test_headline"] == {"deployed": 0.7, "teacher": 0.76}
     assert out["derived_from_commit"] == "abc1234"
+
+
+def test_levers_of_other_commits_are_kept_after_this_commits(experiments, monkeypatch):
+    monkeypatch.setattr(experiments, "_rows", lambda: [row("", 0.81), row("student-geometry", 0.83)])
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    older = {"derived_from_commit": "0ld", "missing": [], "runs": {"committed": {}}}
+    stale = {"derived_from_commit": "abc1234", "missing": [], "runs": {}}
+    out = experiments.collect_levers({"command": "x", "comparisons": [stale, older]})
+    assert [c["derived_from_commit"] for c in out["comparisons"]] == ["abc1234", "0ld"]
+    assert out["comparisons"][0]["runs"]["student-geometry"]["val"]["val_chosen.dice"] == 0.83
+    assert out["comparisons"][1] == older
 
 
 def test_levers_collection_refuses_when_no_lever_finished(experiments, monkeypatch):

@@ -171,16 +171,19 @@ def test_seed_section_renders_the_spread_or_says_how_to_get_it() -> None:
 def test_levers_section_renders_val_columns_and_test_for_the_record() -> None:
     assert "python scripts/experiments.py --grid levers --run --collect" in report.levers_section(None)
     val = dict.fromkeys(report.LEVER_COLUMNS.values(), 0.5) | {"val_chosen.dice": 0.81}
-    levers = {"command": "python scripts/experiments.py --grid levers --run --collect", "derived_from_commit": "abc1234",
-              "missing": [], "runs": {
-                  "committed": {"changed": {}, "val": val, "test_headline": {"deployed": 0.71}},
-                  "student-geometry": {"changed": {"distill.augment.scale": "0.35"},
-                                       "val": val | {"val_chosen.dice": None}, "test_headline": None}}}
-    text = report.levers_section(levers)
-    assert "| committed | (committed params) | 0.5000 | 0.5000 | 0.5000 | 0.8100 | 0.5000 | 0.5000 | 0.5000 | " \
-           "0.7100 |" in text
-    assert "| student-geometry | `distill.augment.scale=0.35` | 0.5000 | 0.5000 | 0.5000 | – |" in text
-    assert "abc1234" in text
+    newer = {"derived_from_commit": "abc1234", "missing": ["no-distillation"], "runs": {
+        "committed": {"changed": {}, "val": val, "test_headline": {"deployed": 0.71, "teacher_val": 0.8}},
+        "student-geometry": {"changed": {"distill.augment.scale": "0.35"},
+                             "val": val | {"val_chosen.dice": None}, "test_headline": None}}}
+    older = {"derived_from_commit": "0ld1234", "missing": [], "runs": {
+        "committed": {"changed": {}, "val": {}, "test_headline": {"deployed": 0.69}}}}
+    text = report.levers_section({"command": "python scripts/experiments.py --grid levers --run --collect",
+                                  "comparisons": [newer, older]})
+    assert "| committed | (committed params) | 0.8000 | 0.5000 | 0.5000 | 0.5000 | 0.8100 | 0.5000 | 0.5000 | " \
+           "0.5000 | 0.7100 |" in text
+    assert "| student-geometry | `distill.augment.scale=0.35` | – | 0.5000 | 0.5000 | 0.5000 | – |" in text
+    assert "| committed | (committed params) | – | – | – | – | – | – | – | – | 0.6900 |" in text
+    assert text.index("commit abc1234") < text.index("no-distillation") < text.index("commit 0ld1234")
 
 
 def test_by_source_table_only_with_several_sources() -> None:

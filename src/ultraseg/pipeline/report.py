@@ -493,15 +493,18 @@ Source: `experiments/seeds.json`, written by `{seeds['command']}` from `dvc exp`
 """
 
 
-LEVER_COLUMNS = {"student val": "student.val_dice", "pruned val": "val_dice_after", "int8 val": "val_dice_int8",
-                 "deployed val": "val_chosen.dice", "normal clean (val)": "val_chosen.normal_clean",
+LEVER_COLUMNS = {"teacher val": "teacher_val", "student val": "student.val_dice", "pruned val": "val_dice_after",
+                 "int8 val": "val_dice_int8", "deployed val": "val_chosen.dice",
+                 "normal clean (val)": "val_chosen.normal_clean",
                  "shift drop (val)": "val.deployed.by_severity.moderate.mean_drop",
                  "most missed (val)": "val.deployed.by_severity.moderate.most_missed"}
-"""Column -> key of experiments/levers.json's ``val``: what a lever is chosen by."""
+"""Column -> key of a lever run's ``val`` in experiments/levers.json (or, for the teacher's val Dice, of its
+headline): what a lever is chosen by."""
 
 
 def levers_section(levers: dict | None) -> str:
-    """Each accuracy lever's val effect against the committed run (scripts/experiments.py --grid levers), if run."""
+    """Each accuracy lever's val effect against the committed run it was derived from (scripts/experiments.py
+    --grid levers), one table per commit, newest first; if run."""
     title = "## Accuracy levers"
     if levers is None:
         return f"""{title}
@@ -509,20 +512,29 @@ def levers_section(levers: dict | None) -> str:
 Not measured for this run: `python scripts/experiments.py --grid levers --run --collect` runs each lever through
 DVC's queue and writes `experiments/levers.json`, which this section renders.
 """
-    rows = [[name, ", ".join(f"`{k}={v}`" for k, v in run["changed"].items()) or "(committed params)",
-             *[_num(run["val"][key], ".4f") for key in LEVER_COLUMNS.values()],
-             _num((run["test_headline"] or {}).get("deployed"), ".4f")] for name, run in levers["runs"].items()]
     return f"""{title}
 
-Source: `experiments/levers.json`, written by `{levers['command']}` from `dvc exp` runs derived from commit
-{levers['derived_from_commit']}; each lever changes one thing from that commit's params and runs the whole
-pipeline. A lever is chosen by the val columns only (shift drop and most missed: the deployed file on the shifted
-val split at moderate severity, from `metrics/robustness.json`); the last column, the deployed file's test lesion
-Dice, is there for the record, not for choosing. One seed each: compare with *Seed variation* before reading a
-small difference as an effect.
-{_missing_note(levers)}
-{_table(['run', 'changed', *LEVER_COLUMNS, 'deployed test'], rows)}
-"""
+Source: `experiments/levers.json`, written by `{levers['command']}` from `dvc exp` runs. Each lever changes one
+thing from the params of the commit it was derived from and runs the whole pipeline; it is compared with that
+commit's run only. A lever is chosen by the val columns only (shift drop and most missed: the deployed file on the
+shifted val split at moderate severity, from `metrics/robustness.json`); the last column, the deployed file's test
+lesion Dice, is there for the record, not for choosing. One seed each: compare with *Seed variation* before reading
+a small difference as an effect.
+{"".join(_lever_table(comparison) for comparison in levers["comparisons"])}"""
+
+
+def _lever_table(comparison: dict) -> str:
+    rows = [[name, ", ".join(f"`{k}={v}`" for k, v in run["changed"].items()) or "(committed params)",
+             *[_num(_lever_value(run, key), ".4f") for key in LEVER_COLUMNS.values()],
+             _num((run["test_headline"] or {}).get("deployed"), ".4f")] for name, run in comparison["runs"].items()]
+    return f"""
+Derived from commit {comparison['derived_from_commit']}:
+{_missing_note(comparison)}
+{_table(['run', 'changed', *LEVER_COLUMNS, 'deployed test'], rows)}"""
+
+
+def _lever_value(run: dict, key: str):
+    return (run["test_headline"] or {}).get(key) if key == "teacher_val" else run["val"].get(key)
 
 
 def _missing_note(comp: dict) -> str:
