@@ -26,6 +26,7 @@ seed; these runs live in DVC's experiment refs and in the JSON this script write
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -95,12 +96,21 @@ def queue(todo: dict[str, tuple[list[str], dict[str, str]]], source: Path) -> No
 
 def run_queue(jobs: int) -> list[str]:
     """Start ``jobs`` workers and wait until the queue is empty; the names of the experiments that failed."""
+    os.environ["PATH"] = absolute_search_path(os.environ.get("PATH", ""))
     _run(["dvc", "queue", "start", "--jobs", str(jobs)])
     while True:
         rows = _queue_status()
         if not any(state in ("Queued", "Running") for _, state in rows):
             return [name for name, state in rows if state == "Failed"]
         time.sleep(POLL_SECONDS)
+
+
+def absolute_search_path(path: str) -> str:
+    """``path`` (a PATH value) with relative entries made absolute: each experiment runs its stages in its own copy
+    of the project, where a relative entry such as `.venv/bin` names no interpreter, and `python` would then be one
+    without ultraseg installed."""
+    return os.pathsep.join(entry if not entry or os.path.isabs(entry) else os.path.abspath(entry)
+                           for entry in path.split(os.pathsep))
 
 
 def _queue_status() -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -63,3 +64,9 @@ def test_only_names_an_experiment_of_the_grid(experiments, capsys):
     with pytest.raises(SystemExit):
         experiments.main(["--grid", "levers", "--run", "--only", "nope"])
     assert "no experiment 'nope' in the levers grid" in capsys.readouterr().err
+
+
+def test_queue_workers_get_a_search_path_that_holds_in_each_experiments_copy(experiments, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = experiments.absolute_search_path(f".venv/bin{os.pathsep}/usr/bin")
+    assert path.split(os.pathsep) == [str(tmp_path / ".venv" / "bin"), "/usr/bin"]
