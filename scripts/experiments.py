@@ -55,6 +55,10 @@ LEVERS: dict[str, dict[str, str]] = {
     "scanner-augment": {"train.augment.scale": "0.25", "train.augment.aspect": "0.15", "train.augment.speckle": "0.25",
                         "train.augment.speckle_p": "0.5", "train.augment.speckle_grain": "2.0",
                         "train.augment.annotations_p": "0.3"},
+    # speckle alone, in the network input between the suite's mild and moderate levels (scripts/speckle_strength.py),
+    # though drawn after CLAHE, not before it as the suite's is
+    "speckle-strength": {"train.augment.speckle": "0.3", "train.augment.speckle_grain": "1.5",
+                         "train.augment.speckle_p": "0.5"},
 }
 VAL_METRICS = {"metrics/distill.json": ("student.val_dice",), "metrics/prune.json": ("val_dice_after",),
                "metrics/quantize.json": ("val_dice_int8",),
