@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -17,6 +19,15 @@ TINY = [4, 8, 16]
 """Channel widths small enough that every model variant builds and runs in milliseconds."""
 STAGES = tuple(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
 """The pipeline's stages, in dvc.yaml's order (which is the order they run in)."""
+
+
+def load_script(path: str | Path) -> ModuleType:
+    """A script under the repository (stages/ and scripts/ are not packages) as a module."""
+    path = REPO_ROOT / path
+    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,13 @@ which this tolerance would catch.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, TINY, tiny_workspace, write_params
+from tests.conftest import TINY, load_script, tiny_workspace, write_params
 from ultraseg import distributed, params as params_mod
 from ultraseg.params import ParamsError
 
@@ -29,11 +28,7 @@ DISTILL = {"student": {"widths": TINY, "stem_stride": 1}, "epochs": 2, "baseline
 
 
 def stage(name: str):
-    """The stage script as a module (stages/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO_ROOT / "stages" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"stages/{name}.py")
 
 
 def params_for(folder: Path, nproc: int) -> Path:

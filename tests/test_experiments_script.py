@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture
 def experiments():
-    spec = importlib.util.spec_from_file_location("experiments", REPO_ROOT / "scripts" / "experiments.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/experiments.py")
 
 
 def row(name: str, deployed_val: float, **extra) -> dict:

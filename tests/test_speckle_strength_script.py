@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
 import pytest
 
-from tests.conftest import REPO_ROOT, write_params
+from tests.conftest import load_script, write_params
 
 
 @pytest.fixture
 def script():
-    spec = importlib.util.spec_from_file_location("speckle_strength", REPO_ROOT / "scripts" / "speckle_strength.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/speckle_strength.py")
 
 
 def test_stronger_severities_and_stronger_training_speckle_measure_larger(script, busi_mirror, tmp_path):
