@@ -51,8 +51,10 @@ def test_test_and_speed_sections_quote_the_stage_outputs(zoo) -> None:
     assert f"{int8['p50_ms']:.2f} / {int8['p95_ms']:.2f}" in text
     speedup = bench["speedups"]["vs_teacher_threads_1"]["pruned_int8"]
     assert f"`pruned_int8` is {speedup}× faster than the teacher in PyTorch eager" in text
-    published = report.published_section(scores)
+    deployed = dict(scores["variants"]["pruned_int8"], dice=0.6543)
+    published = report.published_section({"variants": {**scores["variants"], "deployed": deployed}})
     assert f"{scores['variants']['teacher']['dice']:.4f}" in published
+    assert "deployed file's 0.6543" in " ".join(published.split())
 
 
 def test_deployable_section_quotes_deploy_evaluate_and_benchmark(zoo, tmp_path) -> None:
@@ -156,6 +158,12 @@ def test_design_section_follows_the_params() -> None:
     params = params_mod.from_dict({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
     text = " ".join(report.design_section(params).split())
     assert "zoom 0.70–1.30" in text and "fan-shaped field of view on 20%" in text and "lr 0.002" in text
+    assert "(width stretch and burned-in marks off in this run)" in text and "width stretch ±" not in text
+    marks = params_mod.from_dict({"train": {"augment": {"annotations_p": 0.3}}})
+    text = " ".join(report.design_section(marks).split())
+    assert "calipers and text on 30%" in text and "(width stretch off in this run)" in text
+    off = params_mod.from_dict({"train": {"augment": {"enabled": False}}})
+    assert "none (`train.augment.enabled: false`)" in " ".join(report.design_section(off).split())
 
 
 def test_seed_section_renders_the_spread_or_says_how_to_get_it() -> None:

@@ -90,8 +90,29 @@ Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Mode
 |---|---|---|
 | {train['val_dice']:.4f} | {train['val_iou']:.4f} | {train['val_normal_clean']:.3f} |
 
-![learning curves: teacher, students with and without distillation, pruning rounds (dotted: a new round)](plots/report/learning_curves.png)
+![learning curves: teacher, {_students(params)}, pruning rounds (dotted: a new round)](plots/report/learning_curves.png)
 """
+
+
+def _students(params: Params) -> str:
+    return ("students with and without distillation" if params.distill.baseline else
+            "the distilled student (the one without distillation is drawn when `distill.baseline` is on)")
+
+
+def _augment_parts(a) -> str:
+    """``train.augment`` in words: the parts that are on, then the scanner-like parts that are off."""
+    if not a.enabled:
+        return "none (`train.augment.enabled: false`)"
+    parts = {f"flips, rotation ±{a.rotate:g}°": a.hflip or a.rotate,
+             f"zoom {1 - a.scale:.2f}–{1 + a.scale:.2f}": a.scale, f"width stretch ±{a.aspect:.0%}": a.aspect,
+             "gain, contrast and gamma": a.intensity_p,
+             f"speckle CV {a.speckle:g} (grain up to {a.speckle_grain:g} px) on {a.speckle_p:.0%}": a.speckle_p,
+             "acoustic shadows": a.shadow_p,
+             f"a convex probe's fan-shaped field of view on {a.sector_p:.0%}": a.sector_p,
+             f"burned-in calipers and text on {a.annotations_p:.0%}, normal images included": a.annotations_p}
+    on = [text for text, value in parts.items() if value]
+    off = [name for name, value in (("width stretch", a.aspect), ("burned-in marks", a.annotations_p)) if not value]
+    return "; ".join(on) + (f" ({' and '.join(off)} off in this run)" if off else "")
 
 
 def design_section(params: Params) -> str:
@@ -108,13 +129,10 @@ From `params.yaml`; README's stage notes hold the longer reasons.
 - **Optimiser: AdamW**, lr {t.lr:g}, weight decay {t.weight_decay:g}, {t.scheduler} schedule with
   {t.warmup_epochs} warm-up epochs, gradient clipping at {t.grad_clip:g}, batch {t.batch_size}, {t.epochs} epochs
   with early stopping on val Dice (patience {t.patience}); the epoch of best val Dice is kept.
-- **Augmentation** (train split only, seeded per sample): flips, rotation ±{a.rotate:g}°, zoom
-  {1 - a.scale:.2f}–{1 + a.scale:.2f}, width stretch ±{a.aspect:.0%}; gain, contrast and gamma; speckle (grain up
-  to {a.speckle_grain:g} px) and acoustic shadows; a convex probe's fan-shaped field of view on {a.sector_p:.0%} of
-  samples and burned-in calipers and text on {a.annotations_p:.0%}, normal images included. The geometric, speckle,
-  fan and marks parts imitate other scanners, so that what the model learns transfers: BUSI's own quirks (one
-  hospital's settings, burned-in marks beside many lesions, squashed frames) are exactly what another site lacks.
-  The evaluation shifts of *Scanner shifts* are a separate, fixed-severity code path.
+- **Augmentation** (train split only, seeded per sample): {_augment_parts(a)}. Zoom, width stretch, speckle
+  grain, the fan and the marks imitate other scanners, so that what the model learns transfers: BUSI's own quirks
+  (one hospital's settings, burned-in marks beside many lesions, squashed frames) are exactly what another site
+  lacks. The evaluation shifts of *Scanner shifts* are a separate, fixed-severity code path.
 - **Student:** a `{st.name}` with widths {list(st.widths)} working at 1/{st.stem_stride} of the input resolution
   (a patchify stem and a pixel-shuffle head), plain convolutions, nearest up-sampling. int8 speeds up plain 3×3 and
   1×1 convolutions with at least 16 output channels on this CPU, but not depthwise ones, and `ConvTranspose` and
@@ -246,7 +264,7 @@ predicted pixel (the rest are *normal clean*, the image-level specificity). Coun
 95% CI. HD95 is the mean over the lesion images that have one (a prediction and a reference), with the number of
 lesion images it leaves out: read the two together.
 
-{_table(['variant', 'missed lesions', 'sensitivity', 'false alarms', 'normal clean', 'HD95 px (misses)'], rows)}
+{_table(['variant', 'missed lesions', 'sensitivity', 'false alarms', 'normal clean', 'HD95 px (left out)'], rows)}
 """
 
 
@@ -380,17 +398,17 @@ the model predicts nothing.
 
 {_table(header, rows)}
 
-{_table(['model', 'severity', 'mean Dice drop', 'worst shift (drop)', 'most images missed'], summary)}
+{_table(['model', 'severity', 'mean Dice drop', 'worst shift (drop)', 'most lesions predicted empty'], summary)}
 """
 
 
 def published_section(scores: dict) -> str:
-    teacher, deployed = scores["variants"]["teacher"], scores["variants"][DEPLOYED]
+    teacher, deployed = scores["variants"]["teacher"], scores["variants"]["deployed"]
     return f"""## Compared with published BUSI results
 
-Our headline is the teacher's test Dice {teacher['dice']:.4f} (pooled {teacher['dice_pooled']:.4f}) and the int8
-edge model's {deployed['dice']:.4f} (`metrics/evaluate.json`). Published U-Net results on BUSI are not directly
-comparable, and most are optimistic relative to this protocol:
+Our headline is the teacher's test Dice {teacher['dice']:.4f} (pooled {teacher['dice_pooled']:.4f}) and the deployed
+file's {deployed['dice']:.4f}: the int8 model with the post-processing chosen on val (`metrics/evaluate.json`).
+Published U-Net results on BUSI are not directly comparable, and most are optimistic relative to this protocol:
 
 - **Duplicates.** BUSI holds many near-duplicate scans of one lesion (see *Dataset*); a random image-level
   split puts copies of a test lesion into training. Our groups never cross splits. The project brief puts
@@ -398,7 +416,7 @@ comparable, and most are optimistic relative to this protocol:
   one source. Works that find and remove BUSI's duplicates before scoring include Pawłowska et al., *Data in Brief*
   48 (2023) 109247, and Musah et al., arXiv:2508.17768 (2025); their protocols differ from ours, so their numbers
   are not quoted. Random image-level splits report more.
-- **Held-out test.** Model and threshold selection used val only; the test split was scored once per run.
+- **Held-out test.** Model, threshold and post-processing were chosen on val only; test chose nothing.
 - **Normals.** Many papers drop the normal images; we train on them and report them separately (*normal
   clean*), since a deployed model sees normal scans too. Our Dice means cover lesion images only.
 - **Resolution.** We score at the mirror's resolution (256 px on the long side), after resizing predictions
@@ -462,7 +480,7 @@ writes `experiments/comparison.json`, which this section renders.
     return f"""## Experiments: filters and architectures
 
 Source: `experiments/comparison.json`, written by `{comp['command']}` from `dvc exp run` experiments derived
-from commit(s) {comp['derived_from_commit']}: each changes one thing from the default params and trains the teacher
+from commit(s) {comp['derived_from_commit']}: each changes one thing from that commit's params and trains the teacher
 for {comp['epochs']} epochs (not the default's budget, so compare rows with each other, not with the tables
 above). Val Dice on lesion images; ENL ratio and edge preservation β of the experiment's filter as in
 *Preprocessing*.
@@ -547,7 +565,7 @@ HEADLINE_DRIFT = "moderate"
 
 
 def headline(scores: dict, rob: dict, bench: dict, train: dict) -> dict:
-    """The dozen numbers an experiment is judged by, for `dvc exp show` and `dvc metrics diff` (one screen), with
+    """The numbers an experiment is judged by, for `dvc exp show` and `dvc metrics diff` (one screen), with
     short names because `dvc exp show` prints them as column headers: test lesion Dice of the ``teacher`` (and its
     ``teacher_val`` Dice), of the ``deployed`` file, and their ``gap``; the deployed file's ``normal_clean`` share
     and ``missed`` lesions (and the teacher's); the shift suite's mean Dice drop at moderate severity; the
@@ -633,8 +651,8 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
         "metrics may come from an earlier commit's run: `dvc.lock` records what each stage ran on, and `git log "
         "dvc.lock` when. Regenerate with `dvc repro report`.",
         "Scores are means over lesion images (benign + malignant) unless stated; see README, *How results are "
-        "scored*. Sections before *Test results* use train/val only; the test split is scored once, by the "
-        "evaluate stage.",
+        "scored*. Sections before *Test results* use train/val only; the test split chooses nothing: the evaluate "
+        "stage scores it, and the robustness stage scores shifted copies of it.",
         "",
         dataset_section(split),
         preprocess_section(pre, params),
