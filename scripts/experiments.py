@@ -60,6 +60,9 @@ LEVERS: dict[str, dict[str, str]] = {
     "speckle-strength": {"train.augment.speckle": "0.3", "train.augment.speckle_grain": "1.5",
                          "train.augment.speckle_p": "0.5"},
 }
+LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
+"""Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
+baseline the committed run's distilled student is drawn against (the default run no longer trains it)."""
 VAL_METRICS = {"metrics/distill.json": ("student.val_dice",), "metrics/prune.json": ("val_dice_after",),
                "metrics/quantize.json": ("val_dice_int8",),
                "metrics/deploy.json": ("val_chosen.dice", "val_chosen.normal_clean"),
@@ -216,6 +219,14 @@ def collect_seeds(seeds: list[int]) -> dict:
                        + " ".join(map(str, seeds))}
 
 
+def _curve(rev: str | None, path: str) -> list[list[float]]:
+    """The (step, value) rows of a dvclive TSV as the experiment's commit holds it."""
+    out = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"error: {path} at {rev}: {out.stderr.strip()}")
+    return [[float(cell) for cell in line.split("\t")[:2]] for line in out.stdout.splitlines()[1:] if line.strip()]
+
+
 def collect_levers(previous: dict | None = None) -> dict:
     """The committed run and the newest finished run of each lever: val numbers to choose by, test for the record.
 
@@ -229,6 +240,9 @@ def collect_levers(previous: dict | None = None) -> dict:
         "changed": LEVERS.get(name, {}),
         "val": {key: _metric(exp, path, key) for path, keys in VAL_METRICS.items() for key in keys},
         "test_headline": headline_of(exp)} for name, exp in found.items()}
+    for name, path in LEVER_CURVES.items():
+        if runs.get(name) is not None:
+            runs[name]["curve"] = {"path": path, "points": _curve(found[name].get("rev"), path)}
     missing = [name for name, run in runs.items() if run is None]
     if len(missing) == len(runs) - 1:
         sys.exit("error: no finished lever experiment; run them first (--run)")
@@ -241,7 +255,8 @@ def collect_levers(previous: dict | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     summary, _, details = __doc__.strip().partition("\n")
-    ap = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=summary, epilog=details,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", choices=list(OUT), default="comparison", help="which grid (default: %(default)s)")
     ap.add_argument("--run", action="store_true", help="queue the grid's experiments and run the queue")
     ap.add_argument("--collect", action="store_true", help="write the grid's JSON from the finished experiments")

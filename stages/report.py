@@ -1,10 +1,11 @@
 """report: regenerate REPORT.md from the metrics files (fails if one is missing).
 
 Reads metrics/*.json, dvclive/ (the learning curves, drawn into plots/report/learning_curves.png), params.yaml
-and, where it exists, experiments/comparison.json (scripts/experiments.py).
-Writes REPORT.md and metrics/headline.json, the dozen numbers an experiment is judged by (teacher and deployed
-test Dice and their gap, normal images left clean, missed lesions, the shift suite's mean drop, end-to-end ms,
-file size), for `dvc exp show` and `dvc metrics diff` (README, *Experiments*).
+and, where they exist, experiments/comparison.json, seeds.json and levers.json (scripts/experiments.py; the
+no-distillation lever's student curve joins the figure when this run did not train that student itself).
+Writes REPORT.md and metrics/headline.json, the numbers an experiment is judged by (teacher and deployed test Dice
+and their gap, normal images left clean, missed lesions, the shift suite's mean drop, end-to-end ms, file size),
+for `dvc exp show` and `dvc metrics diff` (README, *Experiments*).
 """
 
 from pathlib import Path
@@ -28,7 +29,8 @@ def main(argv=None) -> None:
     try:
         text = report.render(args.metrics, params, Path(args.params), args.experiments)
         headline = report.headline_file(args.metrics)
-        report.learning_curves_figure(args.dvclive, args.figure, params.prune.finetune_epochs)
+        baseline = report.lever_baseline(args.experiments.parent / "levers.json", args.metrics)
+        report.learning_curves_figure(args.dvclive, args.figure, params.prune.finetune_epochs, baseline)
     except report.ReportError as err:
         raise SystemExit(f"error: {err}") from None
     io.write_json(args.headline, headline)

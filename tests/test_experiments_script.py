@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -36,6 +37,21 @@ def test_levers_are_collected_by_val_with_test_for_the_record(experiments, monke
     assert lever["val"]["val_chosen.dice"] == 0.83 and lever["val"]["val_dice_after"] == 0.78
     assert lever["test_headline"] == {"deployed": 0.7, "teacher": 0.76}
     assert out["derived_from_commit"] == "abc1234"
+
+
+def test_the_no_distillation_lever_keeps_its_student_curve(experiments, monkeypatch):
+    rows = [row("", 0.81), row("no-distillation", 0.8, rev="e1e1e1e")]
+    monkeypatch.setattr(experiments, "_rows", lambda: rows)
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    shown = []
+
+    def git_show(args, **_):
+        shown.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout="step\tdice\n0\t0.25\n1\t0.5\n", stderr="")
+    monkeypatch.setattr(experiments.subprocess, "run", git_show)
+    [out] = experiments.collect_levers()["comparisons"]
+    assert out["runs"]["no-distillation"]["curve"]["points"] == [[0.0, 0.25], [1.0, 0.5]]
+    assert shown == [["git", "show", f"e1e1e1e:{experiments.LEVER_CURVES['no-distillation']}"]]
 
 
 def test_levers_of_other_commits_are_kept_after_this_commits(experiments, monkeypatch):

@@ -154,6 +154,39 @@ def test_learning_curves_figure_needs_every_log(tmp_path) -> None:
         report.learning_curves_figure(tmp_path, tmp_path / "curves.png", round_epochs=1)
 
 
+def test_the_baseline_student_curve_comes_from_the_no_distillation_lever_of_this_run(tmp_path, monkeypatch) -> None:
+    import matplotlib.axes
+
+    (tmp_path / "distill.json").write_text(json.dumps({"student": {"val_dice": 0.79}}))
+    levers = tmp_path / "levers.json"
+    assert report.lever_baseline(levers, tmp_path) is None
+
+    def comparison(student_val: float, points: list) -> dict:
+        return {"runs": {"committed": {"val": {"student.val_dice": student_val}},
+                         "no-distillation": {"curve": {"path": "x.tsv", "points": points}}}}
+    levers.write_text(json.dumps({"comparisons": [comparison(0.7, [[0, 0.1]]), comparison(0.79, [[0, 0.3]])]}))
+    assert report.lever_baseline(levers, tmp_path) == [[0, 0.3]]
+    levers.write_text(json.dumps({"comparisons": [comparison(0.7, [[0, 0.1]])]}))
+    assert report.lever_baseline(levers, tmp_path) is None  # another run's baseline is not this run's
+
+    for lines in report.LEARNING_CURVES.values():
+        for label, rel in lines.items():
+            if label not in report.OPTIONAL_CURVES:
+                (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / rel).write_text("step\tvalue\n0\t0.5\n1\t0.6\n")
+    labels, plot = [], matplotlib.axes.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return plot(ax, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    report.learning_curves_figure(tmp_path, tmp_path / "curves.png", 1, [[0, 0.3], [1, 0.4]])
+    assert "without distillation (levers run)" in labels
+    labels.clear()
+    report.learning_curves_figure(tmp_path, tmp_path / "curves.png", 1)
+    assert "distilled" in labels and not any(str(label).startswith("without") for label in labels)
+
+
 def test_design_section_follows_the_params() -> None:
     params = params_mod.from_dict({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
     text = " ".join(report.design_section(params).split())

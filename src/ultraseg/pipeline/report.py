@@ -605,20 +605,40 @@ def _tsv(path: Path) -> tuple[list[float], list[float]]:
     return [float(p[0]) for p in pairs], [float(p[1]) for p in pairs]
 
 
-def learning_curves_figure(dvclive: Path, path: Path, round_epochs: int) -> None:
+def lever_baseline(levers_file: Path, metrics_dir: Path) -> list[list[float]] | None:
+    """The val Dice curve of the student trained without distillation, from the `no-distillation` lever run against
+    this very run (its committed row carries this run's student val Dice), when there is one."""
+    if not levers_file.exists():
+        return None
+    student = _load(metrics_dir / "distill.json")["student"]["val_dice"]
+    for comparison in _load(levers_file)["comparisons"]:
+        runs = comparison["runs"]
+        same_run = runs.get("committed", {}).get("val", {}).get("student.val_dice") == student
+        if same_run and "curve" in runs.get("no-distillation", {}):
+            return runs["no-distillation"]["curve"]["points"]
+    return None
+
+
+def learning_curves_figure(dvclive: Path, path: Path, round_epochs: int,
+                           baseline: list[list[float]] | None = None) -> None:
     """The teacher's, the two students' and the pruning rounds' curves from dvclive's logs, as one PNG (readable
-    offline, unlike `dvc plots show`'s page). Rounds of pruning are marked every ``round_epochs`` epochs."""
+    offline, unlike `dvc plots show`'s page). Rounds of pruning are marked every ``round_epochs`` epochs. The student
+    without distillation is drawn from its own run when this one trained it, else from ``baseline`` (a lever run's
+    (step, value) points) if given."""
     from ultraseg import figures
 
     plt = figures.pyplot()
     fig, axes = plt.subplots(1, len(LEARNING_CURVES), figsize=(5 * len(LEARNING_CURVES), 3.6))
     for ax, (title, lines) in zip(axes, LEARNING_CURVES.items()):
         for label, rel in lines.items():
-            if not (dvclive / rel).exists() and label in OPTIONAL_CURVES:
+            if (dvclive / rel).exists():
+                x, y = _tsv(dvclive / rel)
+            elif label in OPTIONAL_CURVES and baseline is not None:
+                x, y, label = [p[0] for p in baseline], [p[1] for p in baseline], f"{label} (levers run)"
+            elif label in OPTIONAL_CURVES:
                 continue
-            if not (dvclive / rel).exists():
+            else:
                 raise ReportError(f"{dvclive / rel}: learning curve missing; run the stage that logs it (dvc repro)")
-            x, y = _tsv(dvclive / rel)
             ax.plot(x, y, label=label, ls="--" if "loss" in label else "-")
         if title.startswith("pruning"):
             for k in range(round_epochs, int(max(x)) + 1, round_epochs):
