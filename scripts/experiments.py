@@ -228,29 +228,37 @@ def _curve(rev: str | None, path: str) -> list[list[float]]:
 
 
 def collect_levers(previous: dict | None = None) -> dict:
-    """The committed run and the newest finished run of each lever: val numbers to choose by, test for the record.
+    """The levers run against each commit, with that commit's run: val numbers to choose by, test for the record.
 
-    Levers run against one commit are compared with that commit's run only, so each commit gets its own
-    comparison; those of other commits in ``previous`` (the file as it was) are kept after it, newest first."""
-    rows = _rows()
-    base = next(exp for exp in rows if not exp.get("Experiment") and exp.get("rev") != "workspace")
-    found = {"committed": base} | {name: next((e for e in rows if e.get("Experiment") == name and headline_of(e)),
-                                              None) for name in LEVERS}
-    runs = {name: None if exp is None else {
-        "changed": LEVERS.get(name, {}),
-        "val": {key: _metric(exp, path, key) for path, keys in VAL_METRICS.items() for key in keys},
-        "test_headline": headline_of(exp)} for name, exp in found.items()}
-    for name, path in LEVER_CURVES.items():
-        if runs.get(name) is not None:
-            runs[name]["curve"] = {"path": path, "points": _curve(found[name].get("rev"), path)}
-    missing = [name for name, run in runs.items() if run is None]
-    if len(missing) == len(runs) - 1:
+    A lever is compared only with the run of the commit it was derived from, so each such commit gets its own
+    comparison, newest first; those of other commits in ``previous`` (the file as it was) are kept after them."""
+    groups: list[tuple[dict, dict[str, dict]]] = []
+    # exp_show lists each commit, then the experiments derived from it, newest first: the newest run of a lever wins
+    for exp in _rows():
+        name = exp.get("Experiment")
+        if not name and exp.get("rev") != "workspace":
+            groups.append((exp, {}))
+        elif groups and name in LEVERS and name not in groups[-1][1] and headline_of(exp):
+            groups[-1][1][name] = exp
+    comparisons = [_comparison(base, levers) for base, levers in groups if levers]
+    if not comparisons:
         sys.exit("error: no finished lever experiment; run them first (--run)")
-    comparison = {"derived_from_commit": _short_sha(base.get("rev")), "missing": missing,
-                  "runs": {name: run for name, run in runs.items() if run is not None}}
+    commits = {c["derived_from_commit"] for c in comparisons}
     return {"command": "python scripts/experiments.py --grid levers --run --collect",
-            "comparisons": [comparison, *(c for c in (previous or {}).get("comparisons", [])
-                                          if c["derived_from_commit"] != comparison["derived_from_commit"])]}
+            "comparisons": [*comparisons, *(c for c in (previous or {}).get("comparisons", [])
+                                            if c["derived_from_commit"] not in commits)]}
+
+
+def _comparison(base: dict, levers: dict[str, dict]) -> dict:
+    runs = {}
+    for name, exp in {"committed": base, **levers}.items():
+        runs[name] = {"changed": LEVERS.get(name, {}),
+                      "val": {key: _metric(exp, path, key) for path, keys in VAL_METRICS.items() for key in keys},
+                      "test_headline": headline_of(exp)}
+        if name in LEVER_CURVES:
+            runs[name]["curve"] = {"path": LEVER_CURVES[name], "points": _curve(exp.get("rev"), LEVER_CURVES[name])}
+    return {"derived_from_commit": _short_sha(base.get("rev")), "missing": [n for n in LEVERS if n not in levers],
+            "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> None:

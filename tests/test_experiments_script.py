@@ -65,6 +65,19 @@ def test_levers_of_other_commits_are_kept_after_this_commits(experiments, monkey
     assert out["comparisons"][1] == older
 
 
+def test_each_lever_is_compared_with_the_commit_it_was_derived_from(experiments, monkeypatch):
+    rows = [{"Experiment": None, "rev": "workspace"}, row("", 0.81, rev="new1"), row("student-geometry", 0.83),
+            row("", 0.7, rev="0ld"), row("scanner-augment", 0.6), row("student-geometry", 0.5)]
+    monkeypatch.setattr(experiments, "_rows", lambda: rows)
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    new, old = experiments.collect_levers()["comparisons"]
+    assert new["derived_from_commit"] == "new1" and list(new["runs"]) == ["committed", "student-geometry"]
+    assert old["derived_from_commit"] == "0ld"
+    assert list(old["runs"]) == ["committed", "scanner-augment", "student-geometry"]
+    assert old["runs"]["committed"]["val"]["val_chosen.dice"] == 0.7
+    assert old["runs"]["student-geometry"]["val"]["val_chosen.dice"] == 0.5
+
+
 def test_levers_collection_refuses_when_no_lever_finished(experiments, monkeypatch):
     monkeypatch.setattr(experiments, "_rows", lambda: [row("", 0.81)])
     monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
