@@ -202,7 +202,8 @@ def collect_seeds(seeds: list[int]) -> dict:
     """The committed run (the first commit row) and the newest finished run of each seed, with mean and sd."""
     rows = _rows()
     base = next(exp for exp in rows if not exp.get("Experiment") and exp.get("rev") != "workspace")
-    runs = {f"committed (train.seed {base.get('train.seed')})": headline_of(base)}
+    seed = base.get("train.seed")  # exp_show reads integers back as floats
+    runs = {f"committed (train.seed {seed if seed is None else format(seed, 'g')})": headline_of(base)}
     for seed in seeds:
         exp = next((e for e in rows if e.get("Experiment") == f"seed-{seed}" and headline_of(e)), None)
         runs[f"seed-{seed}"] = headline_of(exp) if exp else None

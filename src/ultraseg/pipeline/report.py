@@ -10,6 +10,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from ultraseg import params as params_mod
 from ultraseg.params import Params
 from ultraseg.variants import DEPLOYED
@@ -548,7 +550,8 @@ def _lever_table(comparison: dict) -> str:
     return f"""
 Derived from commit {comparison['derived_from_commit']}:
 {_missing_note(comparison)}
-{_table(['run', 'changed', *LEVER_COLUMNS, 'deployed test'], rows)}"""
+{_table(['run', 'changed', *LEVER_COLUMNS, 'deployed test'], rows)}
+"""
 
 
 def _lever_value(run: dict, key: str):
@@ -630,6 +633,7 @@ def learning_curves_figure(dvclive: Path, path: Path, round_epochs: int,
     plt = figures.pyplot()
     fig, axes = plt.subplots(1, len(LEARNING_CURVES), figsize=(5 * len(LEARNING_CURVES), 3.6))
     for ax, (title, lines) in zip(axes, LEARNING_CURVES.items()):
+        top = 0.0
         for label, rel in lines.items():
             if (dvclive / rel).exists():
                 x, y = _tsv(dvclive / rel)
@@ -640,12 +644,14 @@ def learning_curves_figure(dvclive: Path, path: Path, round_epochs: int,
             else:
                 raise ReportError(f"{dvclive / rel}: learning curve missing; run the stage that logs it (dvc repro)")
             ax.plot(x, y, label=label, ls="--" if "loss" in label else "-")
+            top = max(top, float(np.percentile(y, 90)))
         if title.startswith("pruning"):
             for k in range(round_epochs, int(max(x)) + 1, round_epochs):
                 ax.axvline(k - 0.5, color="grey", lw=0.7, ls=":")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1.25 * top)  # the first epochs' losses would flatten every later curve
         ax.legend(fontsize=7)
     fig.tight_layout()
     figures.save(fig, path)
