@@ -92,13 +92,8 @@ Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Mode
 |---|---|---|
 | {train['val_dice']:.4f} | {train['val_iou']:.4f} | {train['val_normal_clean']:.3f} |
 
-![learning curves: teacher, {_students(params)}, pruning rounds (dotted: a new round)](plots/report/learning_curves.png)
+![learning curves: teacher, students with and without distillation (the second from this run with `distill.baseline` on, else from the no-distillation lever run against it, when there is one), pruning rounds (dotted: a new round)](plots/report/learning_curves.png)
 """
-
-
-def _students(params: Params) -> str:
-    return ("students with and without distillation" if params.distill.baseline else
-            "the distilled student (the one without distillation is drawn when `distill.baseline` is on)")
 
 
 def _augment_parts(a) -> str:
