@@ -11,7 +11,9 @@ Three grids:
   levers      accuracy levers, each one change from the committed params, run through the whole pipeline (DVC's
               run cache restores the stages a lever leaves unchanged); collected into experiments/levers.json with
               the val numbers a lever is chosen by (the student's and the deployed file's Dice, clean normals, and
-              the deployed file's shift-suite drop and misses on val) and, for the record only, the test headline
+              the deployed file's shift-suite drop and misses on val) and, for the record only, the test headline;
+              with --seeds, each lever also runs at those training seeds (LEVER-sSEED) beside the committed params
+              (seed-SEED), and every lever run at two or more seeds gets its mean and sd
 
 Experiments are queued with `dvc exp run --queue` and run by `dvc queue start --jobs N`; each runs in a copy of the
 project under .dvc/tmp/exps, so fetch.source is passed as an absolute path. The committed run stays the default
@@ -20,13 +22,16 @@ seed; these runs live in DVC's experiment refs and in the JSON this script write
   python scripts/experiments.py --grid comparison --run --collect --epochs 8
   python scripts/experiments.py --grid seeds --run --collect --seeds 43 44 --jobs 1
   python scripts/experiments.py --grid levers --run --collect
+  python scripts/experiments.py --grid levers --run --collect --seeds 43 44 --only scanner-augment-s43 seed-43
   dvc exp show --drop '.*' --keep '^(Experiment|headline\\..*|train\\.seed)$'   # the same runs, interactively
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -88,9 +93,23 @@ def experiments(grid: str, epochs: int, seeds: list[int]) -> dict[str, tuple[lis
     if grid == "comparison":
         return {f"{name}-e{epochs}": (["train"], {"train.epochs": str(epochs), **sets})
                 for name, sets in COMPARISON.items()}
+    reseeded = {f"seed-{seed}": ([], {"train.seed": str(seed)}) for seed in seeds}
     if grid == "levers":
-        return {name: ([], sets) for name, sets in LEVERS.items()}
-    return {f"seed-{seed}": ([], {"train.seed": str(seed)}) for seed in seeds}
+        return {**{name: ([], sets) for name, sets in LEVERS.items()}, **reseeded,
+                **{f"{name}-s{seed}": ([], {**sets, "train.seed": str(seed)})
+                   for name, sets in LEVERS.items() for seed in seeds}}
+    return reseeded
+
+
+def lever_and_seed(name: str) -> tuple[str, int | None] | None:
+    """(lever, training seed) an experiment name of the levers grid stands for, "committed" being the committed
+    params and None the committed seed; None for a name of no lever."""
+    if name in LEVERS or name == "committed":
+        return name, None
+    match = re.fullmatch(r"seed-(\d+)", name) or re.fullmatch(rf"({'|'.join(map(re.escape, LEVERS))})-s(\d+)", name)
+    if match is None:
+        return None
+    return ("committed", int(match[1])) if len(match.groups()) == 1 else (match[1], int(match[2]))
 
 
 def queue(todo: dict[str, tuple[list[str], dict[str, str]]], source: Path) -> None:
@@ -228,38 +247,71 @@ def _curve(rev: str | None, path: str) -> list[list[float]]:
     return [[float(cell) for cell in line.split("\t")[:2]] for line in out.stdout.splitlines()[1:] if line.strip()]
 
 
-def collect_levers(previous: dict | None = None) -> dict:
+def collect_levers(previous: dict | None = None, seeds: list[int] | None = None) -> dict:
     """The levers run against each commit, with that commit's run: val numbers to choose by, test for the record.
 
     A lever is compared only with the run of the commit it was derived from, so each such commit gets its own
-    comparison, newest first; those of other commits in ``previous`` (the file as it was) are kept after them."""
+    comparison, newest first; those of other commits in ``previous`` (the file as it was) are kept after them.
+    Levers run at several training seeds get their mean and sd (:func:`spreads`)."""
     groups: list[tuple[dict, dict[str, dict]]] = []
     # exp_show lists each commit, then the experiments derived from it, newest first: the newest run of a lever wins
     for exp in _rows():
         name = exp.get("Experiment")
         if not name and exp.get("rev") != "workspace":
             groups.append((exp, {}))
-        elif groups and name in LEVERS and name not in groups[-1][1] and headline_of(exp):
+        elif groups and name and lever_and_seed(name) and name not in groups[-1][1] and headline_of(exp):
             groups[-1][1][name] = exp
     comparisons = [_comparison(base, levers) for base, levers in groups if levers]
     if not comparisons:
         sys.exit("error: no finished lever experiment; run them first (--run)")
     commits = {c["derived_from_commit"] for c in comparisons}
-    return {"command": "python scripts/experiments.py --grid levers --run --collect",
-            "comparisons": [*comparisons, *(c for c in (previous or {}).get("comparisons", [])
-                                            if c["derived_from_commit"] not in commits)]}
+    comparisons += [c for c in (previous or {}).get("comparisons", []) if c["derived_from_commit"] not in commits]
+    return {"command": "python scripts/experiments.py --grid levers --run --collect"
+                       + (" --seeds " + " ".join(map(str, seeds)) if seeds else ""),
+            "comparisons": comparisons, "spreads": spreads(comparisons)}
 
 
 def _comparison(base: dict, levers: dict[str, dict]) -> dict:
     runs = {}
     for name, exp in {"committed": base, **levers}.items():
-        runs[name] = {"changed": LEVERS.get(name, {}),
+        lever, seed = lever_and_seed(name)
+        runs[name] = {"changed": {**LEVERS.get(lever, {}), **({"train.seed": str(seed)} if seed else {})},
                       "val": {key: _metric(exp, path, key) for path, keys in VAL_METRICS.items() for key in keys},
                       "test_headline": headline_of(exp)}
         if name in LEVER_CURVES:
             runs[name]["curve"] = {"path": LEVER_CURVES[name], "points": _curve(exp.get("rev"), LEVER_CURVES[name])}
     return {"derived_from_commit": _short_sha(base.get("rev")), "missing": [n for n in LEVERS if n not in levers],
             "runs": runs}
+
+
+def spreads(comparisons: list[dict]) -> list[dict]:
+    """Mean and sd over training seeds of every lever (and of the committed params) run at two or more seeds, one
+    entry per committed run. Comparisons whose committed rows carry the same test headline compare with the same
+    run, derived from several commits that changed nothing it depends on, so their runs are pooled; the newest run
+    of a lever at a seed wins."""
+    pooled: dict[str, tuple[list[str], dict[str, dict]]] = {}
+    for comparison in comparisons:
+        committed = comparison["runs"].get("committed", {}).get("test_headline")
+        commits, by_lever = pooled.setdefault(json.dumps(committed, sort_keys=True), ([], {}))
+        commits.append(comparison["derived_from_commit"])
+        for name, run in comparison["runs"].items():
+            lever, seed = lever_and_seed(name) or (None, None)
+            if lever is not None and run.get("test_headline"):
+                by_lever.setdefault(lever, {}).setdefault(seed, run)
+    return [{"derived_from_commits": commits,
+             "levers": {lever: _spread(runs) for lever, runs in by_lever.items() if len(runs) >= 2}}
+            for commits, by_lever in pooled.values() if any(len(runs) >= 2 for runs in by_lever.values())]
+
+
+def _spread(runs: dict[int | None, dict]) -> dict:
+    """The seeds (None: the committed one) and the mean and sd of each val and test-headline number they all
+    have."""
+    def summary(part: str) -> dict:
+        keys = [k for k, v in next(iter(runs.values()))[part].items() if isinstance(v, (int, float))]
+        values = {k: [run[part].get(k) for run in runs.values()] for k in keys}
+        return {k: {"mean": statistics.fmean(v), "sd": statistics.stdev(v)} for k, v in values.items()
+                if all(isinstance(x, (int, float)) for x in v)}
+    return {"seeds": list(runs), "n": len(runs), "val": summary("val"), "test_headline": summary("test_headline")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,16 +322,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run", action="store_true", help="queue the grid's experiments and run the queue")
     ap.add_argument("--collect", action="store_true", help="write the grid's JSON from the finished experiments")
     ap.add_argument("--epochs", type=int, default=8, help="comparison: training epochs (default: %(default)s)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[43, 44], help="seeds: training seeds besides the "
-                    "committed run's (default: 43 44)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="training seeds besides the committed run's: the seeds "
+                    "grid's (default: 43 44); the levers grid runs each lever and the committed params at them too "
+                    "(default: none)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments of the grid (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="queue workers run at once (default: %(default)s)")
     ap.add_argument("--source", type=Path, default=Path("../shared/data/busi"), help="the BUSI data (fetch.source)")
     args = ap.parse_args(argv)
     if not (args.run or args.collect):
         ap.error("nothing to do: give --run, --collect or both")
+    seeds = args.seeds or ([43, 44] if args.grid == "seeds" else [])
     if args.run:
-        todo = experiments(args.grid, args.epochs, args.seeds)
+        todo = experiments(args.grid, args.epochs, seeds)
         unknown = sorted(set(args.only or ()) - set(todo))
         if unknown:
             ap.error(f"--only: no experiment {unknown[0]!r} in the {args.grid} grid; it has {', '.join(todo)}")
@@ -290,8 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.collect:
         out = OUT[args.grid]
         previous = read_json(out) if out.exists() else None
-        collect = {"comparison": lambda: collect_comparison(args.epochs), "seeds": lambda: collect_seeds(args.seeds),
-                   "levers": lambda: collect_levers(previous)}[args.grid]
+        collect = {"comparison": lambda: collect_comparison(args.epochs), "seeds": lambda: collect_seeds(seeds),
+                   "levers": lambda: collect_levers(previous, seeds)}[args.grid]
         write_json(out, collect())
         print(f"experiments: -> {out}")
 

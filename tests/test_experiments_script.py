@@ -95,3 +95,46 @@ def test_queue_workers_get_a_search_path_that_holds_in_each_experiments_copy(exp
     monkeypatch.chdir(tmp_path)
     path = experiments.absolute_search_path(f".venv/bin{os.pathsep}/usr/bin")
     assert path.split(os.pathsep) == [str(tmp_path / ".venv" / "bin"), "/usr/bin"]
+
+
+def test_lever_names_carry_their_training_seed(experiments):
+    assert experiments.lever_and_seed("scanner-augment") == ("scanner-augment", None)
+    assert experiments.lever_and_seed("scanner-augment-s43") == ("scanner-augment", 43)
+    assert experiments.lever_and_seed("seed-44") == ("committed", 44)
+    assert experiments.lever_and_seed("committed") == ("committed", None)
+    assert experiments.lever_and_seed("other-s43") is None and experiments.lever_and_seed("filter-lee-e8") is None
+
+
+def test_levers_grid_with_seeds_runs_each_lever_and_the_committed_params_at_each_seed(experiments):
+    plain = experiments.experiments("levers", 8, [])
+    assert list(plain) == list(experiments.LEVERS)
+    seeded = experiments.experiments("levers", 8, [43])
+    assert seeded["seed-43"] == ([], {"train.seed": "43"})
+    assert seeded["scanner-augment-s43"] == ([], {**experiments.LEVERS["scanner-augment"], "train.seed": "43"})
+    assert len(seeded) == 2 * len(experiments.LEVERS) + 1
+
+
+def test_seeded_lever_runs_are_collected_with_their_seed_and_pooled_into_a_spread(experiments, monkeypatch):
+    rows = [row("", 0.81), row("scanner-augment-s43", 0.70), row("seed-43", 0.79)]
+    monkeypatch.setattr(experiments, "_rows", lambda: rows)
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    same_run = {"derived_from_commit": "0ld", "missing": [], "runs": {
+        "committed": {"val": {"val_chosen.dice": 0.81}, "test_headline": {"deployed": 0.7, "teacher": 0.76}},
+        "scanner-augment": {"val": {"val_chosen.dice": 0.74}, "test_headline": {"deployed": 0.6, "teacher": 0.7}}}}
+    other_run = {"derived_from_commit": "0ther", "missing": [], "runs": {
+        "committed": {"val": {"val_chosen.dice": 0.5}, "test_headline": {"deployed": 0.5}},
+        "scanner-augment": {"val": {"val_chosen.dice": 0.1}, "test_headline": {"deployed": 0.1}}}}
+    out = experiments.collect_levers({"comparisons": [same_run, other_run]}, seeds=[43])
+    assert out["command"].endswith("--collect --seeds 43")
+    newest = out["comparisons"][0]
+    assert newest["runs"]["scanner-augment-s43"]["changed"]["train.seed"] == "43"
+    assert newest["runs"]["seed-43"]["changed"] == {"train.seed": "43"}
+    [spread] = out["spreads"]  # the other committed run has each lever at one seed only
+    assert spread["derived_from_commits"] == ["abc1234", "0ld"]
+    lever = spread["levers"]["scanner-augment"]
+    assert lever["seeds"] == [43, None] and lever["n"] == 2
+    assert lever["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.72)
+    assert lever["val"]["val_chosen.dice"]["sd"] == pytest.approx(0.02 * 2 ** 0.5)
+    assert lever["test_headline"]["deployed"]["mean"] == pytest.approx((0.7 + 0.6) / 2)
+    committed = spread["levers"]["committed"]
+    assert committed["seeds"] == [None, 43] and committed["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.80)

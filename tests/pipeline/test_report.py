@@ -227,6 +227,23 @@ def test_levers_section_renders_val_columns_and_test_for_the_record() -> None:
     assert text.index("commit abc1234") < text.index("no-distillation") < text.index("commit 0ld1234")
 
 
+def test_levers_section_renders_the_seed_spread_of_levers_run_at_several_seeds() -> None:
+    def spread(mean: float) -> dict:
+        val = {key: {"mean": mean, "sd": 0.01} for key in report.LEVER_COLUMNS.values()}
+        return {"seeds": [None, 43], "n": 2, "val": val, "test_headline": {"deployed": {"mean": 0.7, "sd": 0.02}}}
+
+    comparison = {"derived_from_commit": "abc1234", "missing": [], "runs": {
+        "committed": {"changed": {}, "val": {}, "test_headline": {"deployed": 0.71}}}}
+    levers = {"command": "x", "comparisons": [comparison]}
+    assert "Seed spread" not in report.levers_section(levers)  # one seed each: nothing to pool
+    levers["spreads"] = [{"derived_from_commits": ["abc1234", "0ld1234"],
+                          "levers": {"committed": spread(0.8), "scanner-augment": spread(0.75)}}]
+    text = report.levers_section(levers)
+    assert "Runs pooled from commits abc1234, 0ld1234" in text
+    assert "| scanner-augment | committed, 43 | – | 0.7500 ± 0.0100 | 0.7500 ± 0.0100 |" in text
+    assert text.rstrip().endswith("| 0.7000 ± 0.0200 |")
+
+
 def test_by_source_table_only_with_several_sources() -> None:
     def scored(dice: float, n_lesion: int, clean: float) -> dict:
         return {"dice": dice, "dice_ci95": [dice - 0.1, dice + 0.1], "n_lesion": n_lesion, "n_normal": 2,

@@ -533,9 +533,36 @@ Source: `experiments/levers.json`, written by `{levers['command']}` from `dvc ex
 thing from the params of the commit it was derived from and runs the whole pipeline; it is compared with that
 commit's run only. A lever is chosen by the val columns only (shift drop and most missed: the deployed file on the
 shifted val split at moderate severity, from `metrics/robustness.json`); the last column, the deployed file's test
-lesion Dice, is there for the record, not for choosing. One seed each: compare with *Seed variation* before reading
-a small difference as an effect.
-{"".join(_lever_table(comparison) for comparison in levers["comparisons"])}"""
+lesion Dice, is there for the record, not for choosing. A row named `LEVER-sSEED` (or `seed-SEED`, the committed
+params) ran at another training seed; a difference smaller than the seed spread below is no effect.
+{"".join(_lever_table(comparison) for comparison in levers["comparisons"])}{_spread_tables(levers.get("spreads", []))}"""
+
+
+def _spread_tables(spreads: list[dict]) -> str:
+    """Mean ± sd over training seeds of the levers run at several, beside the committed params' own spread."""
+    if not spreads:
+        return ""
+    tables = []
+    for spread in spreads:
+        rows = [[lever, ", ".join("committed" if seed is None else str(seed) for seed in s["seeds"]),
+                 *[_mean_sd(s["test_headline" if key == "teacher_val" else "val"].get(key))
+                   for key in LEVER_COLUMNS.values()], _mean_sd(s["test_headline"].get("deployed"))]
+                for lever, s in spread["levers"].items()]
+        tables.append(f"""
+Runs pooled from commits {', '.join(spread['derived_from_commits'])} (one committed run):
+
+{_table(['run', 'seeds', *LEVER_COLUMNS, 'deployed test'], rows)}
+""")
+    return f"""
+### Seed spread of the levers
+
+Mean ± sd over the training seeds each lever ran at (`committed` = the committed run's seed); the `committed` row is
+the committed params' own spread, the yardstick of every other row.
+{"".join(tables)}"""
+
+
+def _mean_sd(summary: dict | None) -> str:
+    return "–" if summary is None else f"{summary['mean']:.4f} ± {summary['sd']:.4f}"
 
 
 def _lever_table(comparison: dict) -> str:
