@@ -210,7 +210,10 @@ def collect_comparison(epochs: int) -> dict:
 
 
 def headline_of(exp: dict) -> dict[str, float] | None:
-    """The metrics/headline.json numbers of one exp_show row; None when the run did not finish."""
+    """The metrics/headline.json numbers of one exp_show row; None when the run did not finish. A queued or
+    running experiment's row shows the numbers of the commit it was derived from, so its state decides first."""
+    if exp.get("State") not in (None, "Success"):
+        return None
     values = {key.removeprefix("headline."): value for key, value in exp.items() if key.startswith("headline.")}
     if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values.values()):
         return None

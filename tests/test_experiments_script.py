@@ -138,3 +138,11 @@ def test_seeded_lever_runs_are_collected_with_their_seed_and_pooled_into_a_sprea
     assert lever["test_headline"]["deployed"]["mean"] == pytest.approx((0.7 + 0.6) / 2)
     committed = spread["levers"]["committed"]
     assert committed["seeds"] == [None, 43] and committed["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.80)
+
+
+def test_a_running_experiment_is_not_collected_with_the_numbers_it_shows_of_its_commit(experiments, monkeypatch):
+    rows = [row("", 0.81), row("seed-43", 0.81, State="Running"), row("seed-44", 0.79, State="Success")]
+    monkeypatch.setattr(experiments, "_rows", lambda: rows)
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    [out] = experiments.collect_levers()["comparisons"]
+    assert list(out["runs"]) == ["committed", "seed-44"]
