@@ -314,6 +314,7 @@ def _spread(runs: dict[int | None, dict]) -> dict:
         values = {k: [run[part].get(k) for run in runs.values()] for k in keys}
         return {k: {"mean": statistics.fmean(v), "sd": statistics.stdev(v)} for k, v in values.items()
                 if all(isinstance(x, (int, float)) for x in v)}
+    runs = dict(sorted(runs.items(), key=lambda item: -1 if item[0] is None else item[0]))
     return {"seeds": list(runs), "n": len(runs), "val": summary("val"), "test_headline": summary("test_headline")}
 
 

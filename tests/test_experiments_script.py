@@ -132,7 +132,7 @@ def test_seeded_lever_runs_are_collected_with_their_seed_and_pooled_into_a_sprea
     [spread] = out["spreads"]  # the other committed run has each lever at one seed only
     assert spread["derived_from_commits"] == ["abc1234", "0ld"]
     lever = spread["levers"]["scanner-augment"]
-    assert lever["seeds"] == [43, None] and lever["n"] == 2
+    assert lever["seeds"] == [None, 43] and lever["n"] == 2
     assert lever["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.72)
     assert lever["val"]["val_chosen.dice"]["sd"] == pytest.approx(0.02 * 2 ** 0.5)
     assert lever["test_headline"]["deployed"]["mean"] == pytest.approx((0.7 + 0.6) / 2)

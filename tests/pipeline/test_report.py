@@ -225,6 +225,7 @@ def test_levers_section_renders_val_columns_and_test_for_the_record() -> None:
     assert "| student-geometry | `distill.augment.scale=0.35` | – | 0.5000 | 0.5000 | 0.5000 | – |" in text
     assert "| committed | (committed params) | – | – | – | – | – | – | – | – | 0.6900 |" in text
     assert text.index("commit abc1234") < text.index("no-distillation") < text.index("commit 0ld1234")
+    assert "No finished run against this commit, at the committed seed: no-distillation." in text
 
 
 def test_levers_section_renders_the_seed_spread_of_levers_run_at_several_seeds() -> None:

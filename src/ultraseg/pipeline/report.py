@@ -571,7 +571,7 @@ def _lever_table(comparison: dict) -> str:
              _num((run["test_headline"] or {}).get("deployed"), ".4f")] for name, run in comparison["runs"].items()]
     return f"""
 Derived from commit {comparison['derived_from_commit']}:
-{_missing_note(comparison)}
+{_missing_note(comparison, 'No finished run against this commit, at the committed seed')}
 {_table(['run', 'changed', *LEVER_COLUMNS, 'deployed test'], rows)}
 """
 
@@ -580,9 +580,9 @@ def _lever_value(run: dict, key: str):
     return (run["test_headline"] or {}).get(key) if key == "teacher_val" else run["val"].get(key)
 
 
-def _missing_note(comp: dict) -> str:
+def _missing_note(comp: dict, what: str = "Not run to the end in this comparison") -> str:
     missing = comp.get("missing") or []
-    return f"\nNot run to the end in this comparison: {', '.join(missing)}.\n" if missing else ""
+    return f"\n{what}: {', '.join(missing)}.\n" if missing else ""
 
 
 HEADLINE_DRIFT = "moderate"
