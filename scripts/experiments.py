@@ -106,10 +106,10 @@ def lever_and_seed(name: str) -> tuple[str, int | None] | None:
     params and None the committed seed; None for a name of no lever."""
     if name in LEVERS or name == "committed":
         return name, None
-    match = re.fullmatch(r"seed-(\d+)", name) or re.fullmatch(rf"({'|'.join(map(re.escape, LEVERS))})-s(\d+)", name)
-    if match is None:
-        return None
-    return ("committed", int(match[1])) if len(match.groups()) == 1 else (match[1], int(match[2]))
+    if match := re.fullmatch(r"seed-(\d+)", name):
+        return "committed", int(match[1])
+    lever, _, seed = name.rpartition("-s")
+    return (lever, int(seed)) if lever in LEVERS and seed.isdigit() else None
 
 
 def queue(todo: dict[str, tuple[list[str], dict[str, str]]], source: Path) -> None:
@@ -234,12 +234,15 @@ def collect_seeds(seeds: list[int]) -> dict:
     if len(done) < 2:
         sys.exit(f"error: fewer than two finished runs ({', '.join(missing)} missing); run them first (--run)")
     keys = list(next(iter(done.values())))
-    summary = {key: {"mean": statistics.fmean(v[key] for v in done.values()),
-                     "sd": statistics.stdev(v[key] for v in done.values())} for key in keys}
+    summary = {key: mean_sd([v[key] for v in done.values()]) for key in keys}
     return {"derived_from_commit": _short_sha(base.get("rev")), "runs": done, "missing": missing, "n": len(done),
             "summary": summary,
             "command": "python scripts/experiments.py --grid seeds --run --collect --seeds "
                        + " ".join(map(str, seeds))}
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values)}
 
 
 def _curve(rev: str | None, path: str) -> list[list[float]]:
@@ -312,8 +315,7 @@ def _spread(runs: dict[int | None, dict]) -> dict:
     def summary(part: str) -> dict:
         keys = [k for k, v in next(iter(runs.values()))[part].items() if isinstance(v, (int, float))]
         values = {k: [run[part].get(k) for run in runs.values()] for k in keys}
-        return {k: {"mean": statistics.fmean(v), "sd": statistics.stdev(v)} for k, v in values.items()
-                if all(isinstance(x, (int, float)) for x in v)}
+        return {k: mean_sd(v) for k, v in values.items() if all(isinstance(x, (int, float)) for x in v)}
     runs = dict(sorted(runs.items(), key=lambda item: -1 if item[0] is None else item[0]))
     return {"seeds": list(runs), "n": len(runs), "val": summary("val"), "test_headline": summary("test_headline")}
 
