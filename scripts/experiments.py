@@ -64,6 +64,12 @@ LEVERS: dict[str, dict[str, str]] = {
     # though drawn after CLAHE, not before it as the suite's is
     "speckle-strength": {"train.augment.speckle": "0.3", "train.augment.speckle_grain": "1.5",
                          "train.augment.speckle_p": "0.5"},
+    # per-image normalisation in the teacher: BatchNorm's running statistics are BUSI's scanner, gain and speckle,
+    # and carry over unchanged into another scanner's frames
+    "instance-norm": {"train.model.norm": "instance"},
+    # a low-pass before CLAHE, below the scale of a lesion edge at network size: CLAHE amplifies whatever grain the
+    # scanner leaves, while the blur shift's point-spread functions up to this width leave the teacher's Dice alone
+    "prefilter": {"preprocess.filter": "gaussian", "preprocess.filters.gaussian.sigma": "2.0"},
 }
 LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
