@@ -195,6 +195,10 @@ def test_design_section_follows_the_params() -> None:
     marks = params_mod.from_dict({"train": {"augment": {"annotations_p": 0.3}}})
     text = " ".join(report.design_section(marks).split())
     assert "calipers and text on 30%" in text and "(width stretch off in this run)" in text
+    norms = params_mod.from_dict({"train": {"model": {"norm": "instance"}}, "distill": {"student": {"norm": "group"}}})
+    text = " ".join(report.design_section(norms).split())
+    assert "Teacher normalisation: instance**, each image's own statistics, channel by channel" in text
+    assert "The student keeps group normalisation." in text
     off = params_mod.from_dict({"train": {"augment": {"enabled": False}}})
     assert "none (`train.augment.enabled: false`)" in " ".join(report.design_section(off).split())
 

@@ -84,7 +84,7 @@ def train_section(train: dict, params: Params) -> str:
     return f"""## Teacher training
 
 Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Model `{train['model']}` widths
-{list(m.widths)}, {train['params']:,} parameters, {train['gmacs']} GMAC at {params.preprocess.size} px; loss
+{list(m.widths)}, {m.norm} normalisation, {train['params']:,} parameters, {train['gmacs']} GMAC at {params.preprocess.size} px; loss
 {', '.join(f'{k} {v:g}' for k, v in params_mod.to_dict(params.train.loss).items() if k in ('bce', 'dice', 'focal', 'tversky') and v)};
 {train['epochs_run']} epochs run, best val epoch {train['best_epoch']}, {train['train_minutes']} min on {train['device']}.
 
@@ -112,6 +112,18 @@ def _augment_parts(a) -> str:
     return "; ".join(on) + (f" ({' and '.join(off)} off in this run)" if off else "")
 
 
+NORM_REASONS = {
+    "batch": "running statistics learned over BUSI's batches, which another scanner's gain and speckle no longer "
+             "match",
+    "group": "each image's own statistics over groups of channels: nothing learned about BUSI's scanner sits in "
+             "running statistics",
+    "instance": "each image's own statistics, channel by channel: nothing learned about BUSI's scanner sits in "
+                "running statistics, so another scanner's gain, speckle and field of view are normalised away "
+                "within the frame",
+}
+"""Why each ``norm`` of the teacher does or does not carry BUSI's scanner into another's frames."""
+
+
 def design_section(params: Params) -> str:
     """Why the run is configured as it is: loss, optimiser, augmentation and the student, from the params."""
     t, a, st = params.train, params.train.augment, params.distill.student
@@ -126,6 +138,8 @@ From `params.yaml`; README's stage notes hold the longer reasons.
 - **Optimiser: AdamW**, lr {t.lr:g}, weight decay {t.weight_decay:g}, {t.scheduler} schedule with
   {t.warmup_epochs} warm-up epochs, gradient clipping at {t.grad_clip:g}, batch {t.batch_size}, {t.epochs} epochs
   with early stopping on val Dice (patience {t.patience}); the epoch of best val Dice is kept.
+- **Teacher normalisation: {t.model.norm}**, {NORM_REASONS[t.model.norm]}. The student keeps
+  {st.norm} normalisation{", which folds into its convolutions for int8" if st.norm == "batch" else ""}.
 - **Augmentation** (train split only, seeded per sample): {_augment_parts(a)}. Zoom, width stretch, speckle
   grain, the fan and the marks imitate other scanners, so that what the model learns transfers: BUSI's own quirks
   (one hospital's settings, burned-in marks beside many lesions, squashed frames) are exactly what another site
