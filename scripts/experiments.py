@@ -70,6 +70,9 @@ LEVERS: dict[str, dict[str, str]] = {
     # a low-pass before CLAHE, below the scale of a lesion edge at network size: CLAHE amplifies whatever grain the
     # scanner leaves, while the blur shift's point-spread functions up to this width leave the teacher's Dice alone
     "prefilter": {"preprocess.filter": "gaussian", "preprocess.filters.gaussian.sigma": "2.0"},
+    # the teacher's per-image normalisation in the student too; int8 keeps InstanceNormalization in float, which the
+    # benchmark stage prices
+    "student-instance-norm": {"distill.student.norm": "instance"},
 }
 LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
