@@ -249,6 +249,21 @@ def test_levers_section_renders_the_seed_spread_of_levers_run_at_several_seeds()
     assert text.rstrip().endswith("| 0.7000 ± 0.0200 |")
 
 
+def test_levers_section_names_the_levers_the_params_hold() -> None:
+    runs = {"committed": {"changed": {}, "val": {}, "test_headline": None},
+            "instance-norm-s43": {"changed": {"train.model.norm": "instance", "train.seed": "43"}, "val": {},
+                                  "test_headline": None},
+            "scanner-augment": {"changed": {"train.augment.scale": "0.25", "train.model.norm": "instance"},
+                                "val": {}, "test_headline": None}}
+    levers = {"command": "x", "comparisons": [{"derived_from_commit": "abc1234", "missing": [], "runs": runs}]}
+    adopted = params_mod.from_dict({"train": {"model": {"norm": "instance"}}})
+    text = " ".join(report.levers_section(levers, adopted).split())
+    assert "Adopted into this run's params, on the val columns and seed spread below: `instance-norm` " \
+           "(`train.model.norm=instance`)." in text and "`scanner-augment` (" not in text
+    text = " ".join(report.levers_section(levers, params_mod.from_dict({})).split())
+    assert "No lever is adopted into this run's params." in text
+
+
 def test_by_source_table_only_with_several_sources() -> None:
     def scored(dice: float, n_lesion: int, clean: float) -> dict:
         return {"dice": dice, "dice_ci95": [dice - 0.1, dice + 0.1], "n_lesion": n_lesion, "n_normal": 2,

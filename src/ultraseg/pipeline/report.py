@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ultraseg import params as params_mod
 from ultraseg.params import Params
@@ -531,9 +532,9 @@ LEVER_COLUMNS = {"teacher val": "teacher_val", "student val": "student.val_dice"
 headline): what a lever is chosen by."""
 
 
-def levers_section(levers: dict | None) -> str:
+def levers_section(levers: dict | None, params: Params | None = None) -> str:
     """Each accuracy lever's val effect against the committed run it was derived from (scripts/experiments.py
-    --grid levers), one table per commit, newest first; if run."""
+    --grid levers), one table per commit, newest first, and which of them ``params`` has adopted; if run."""
     title = "## Accuracy levers"
     if levers is None:
         return f"""{title}
@@ -549,7 +550,34 @@ commit's run only. A lever is chosen by the val columns only (shift drop and mos
 shifted val split at moderate severity, from `metrics/robustness.json`); the last column, the deployed file's test
 lesion Dice, is there for the record, not for choosing. A row named `LEVER-sSEED` (or `seed-SEED`, the committed
 params) ran at another training seed; a difference smaller than the seed spread below is no effect.
-{"".join(_lever_table(comparison) for comparison in levers["comparisons"])}{_spread_tables(levers.get("spreads", []))}"""
+{_adopted_note(levers, params)}{"".join(_lever_table(comparison) for comparison in levers["comparisons"])}{_spread_tables(levers.get("spreads", []))}"""
+
+
+def _adopted_note(levers: dict, params: Params | None) -> str:
+    """The levers whose every setting (the training seed aside) this run's params hold: adopted into them."""
+    if params is None:
+        return ""
+    current = params_mod.to_dict(params)
+
+    def holds(key: str, value: str) -> bool:
+        node = current
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return node == yaml.safe_load(value)
+
+    adopted = {}
+    for comparison in levers["comparisons"]:
+        for name, run in comparison["runs"].items():
+            settings = {k: v for k, v in run["changed"].items() if k != "train.seed"}
+            if settings and all(holds(k, v) for k, v in settings.items()):
+                adopted.setdefault(name.rpartition("-s")[0] if "train.seed" in run["changed"] else name, settings)
+    if not adopted:
+        return "\nNo lever is adopted into this run's params.\n"
+    names = "; ".join(f"`{name}` ({', '.join(f'`{k}={v}`' for k, v in sets.items())})"
+                      for name, sets in adopted.items())
+    return f"\nAdopted into this run's params, on the val columns and seed spread below: {names}.\n"
 
 
 def _spread_tables(spreads: list[dict]) -> str:
@@ -729,7 +757,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments: Pa
         deployable_section(deploy, scores, bench),
         robustness_section(rob),
         seeds_section(seeds),
-        levers_section(levers),
+        levers_section(levers, params),
         published_section(scores),
         challenges_section(split, optimisation[0], optimisation[1], optimisation[3], scores),
     ])
