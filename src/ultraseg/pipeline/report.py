@@ -85,7 +85,8 @@ def train_section(train: dict, params: Params) -> str:
     return f"""## Teacher training
 
 Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Model `{train['model']}` widths
-{list(m.widths)}, {m.norm} normalisation, {train['params']:,} parameters, {train['gmacs']} GMAC at {params.preprocess.size} px; loss
+{list(m.widths)}, {m.norm} normalisation, {train['params']:,} parameters, {train['gmacs']} GMAC at
+{params.preprocess.size} px; loss
 {', '.join(f'{k} {v:g}' for k, v in params_mod.to_dict(params.train.loss).items() if k in ('bce', 'dice', 'focal', 'tversky') and v)};
 {train['epochs_run']} epochs run, best val epoch {train['best_epoch']}, {train['train_minutes']} min on {train['device']}.
 
