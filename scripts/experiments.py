@@ -73,6 +73,11 @@ LEVERS: dict[str, dict[str, str]] = {
     # the teacher's per-image normalisation in the student too; int8 keeps InstanceNormalization in float, which the
     # benchmark stage prices
     "student-instance-norm": {"distill.student.norm": "instance"},
+    # normal scans pressed clean where the deployment gate reads them, their highest logits, in teacher and student:
+    # per-image normalisation removes the absolute echo level a normal scan was recognised by
+    "empty-peak": {"train.loss.empty": "1.0"},
+    # the same with per-image normalisation in the student too, whose normals it left least clean
+    "empty-peak-student-in": {"train.loss.empty": "1.0", "distill.student.norm": "instance"},
 }
 LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the

@@ -15,6 +15,7 @@ from ultraseg.losses import (
     TverskyLoss,
     bce,
     build_loss,
+    empty_peak,
     focal,
     soft_dice,
     tversky,
@@ -117,3 +118,48 @@ def test_build_loss_errors():
         build_loss({"bce": -1.0})
     with pytest.raises(ValueError, match="differ in shape"):
         bce(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+
+
+def test_empty_peak_by_hand():
+    # one empty-mask image of four pixels: fraction 0.5 keeps its two highest logits, (2, 0)
+    logits = torch.tensor([2.0, -1.0, 0.0, -3.0]).view(1, 1, 2, 2)
+    expected = (math.log1p(math.exp(2.0)) + math.log(2.0)) / 2
+    assert empty_peak(logits, torch.zeros_like(logits), 0.5).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_empty_peak_reads_only_empty_masks_and_their_peaks():
+    logits = torch.randn(3, 1, 10, 10).requires_grad_()
+    target = torch.zeros(3, 1, 10, 10)
+    target[1, 0, 4:6, 4:6] = 1  # image 1 holds a lesion: the term leaves it alone
+    empty_peak(logits, target, 0.05).backward()
+    touched = logits.grad.flatten(1) != 0
+    assert touched.sum(1).tolist() == [5, 0, 5]  # 5% of 100 pixels, in each empty image only
+    top5 = logits.detach()[0].flatten().topk(5).indices
+    assert touched[0, top5].all()
+
+
+def test_empty_peak_without_empty_masks_is_zero_and_differentiable():
+    logits = torch.randn(2, 1, 4, 4).requires_grad_()
+    loss = empty_peak(logits, torch.ones(2, 1, 4, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_empty_peak_separates_a_normal_scan_with_a_blob_where_soft_dice_saturates():
+    clean = torch.full((1, 1, 32, 32), -6.0)
+    blob = clean.clone()
+    blob[..., 10:20, 10:20] = 4.0  # a confident 100-pixel false positive
+    empty = torch.zeros_like(clean)
+    assert empty_peak(blob, empty).item() > 3.0 > 0.01 > empty_peak(clean, empty).item()
+    worse = blob.clone()
+    worse[..., 10:20, 10:20] = 8.0
+    assert soft_dice(worse, empty).item() - soft_dice(blob, empty).item() < 1e-3  # flat
+    assert empty_peak(worse, empty).item() - empty_peak(blob, empty).item() > 3.0  # still pressing
+
+
+def test_empty_peak_in_build_loss_and_bad_fraction():
+    loss = build_loss({"bce": 1.0, "empty": 0.5, "empty_fraction": 0.1})
+    assert set(loss.terms) == {"bce", "empty"}
+    assert loss.terms["empty"].fraction == 0.1
+    with pytest.raises(ValueError, match="empty_fraction"):
+        empty_peak(LOGITS, TARGET, 0.0)

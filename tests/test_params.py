@@ -132,6 +132,8 @@ def test_every_literal_value_is_accepted():
         ({"train": {"ema": 1.0}}, r"^train\.ema: expected a value in \[0\.0, 0\.9999\], got 1\.0$"),
         ({"distill": {"ema": -0.5}}, r"^distill\.ema: expected a value in \[0\.0, 0\.9999\]"),
         ({"distill": {"teacher_logits": "stale"}}, r"^distill\.teacher_logits: expected one of 'cached', 'live'"),
+        ({"train": {"loss": {"empty_fraction": 0.0}}}, r"^train\.loss\.empty_fraction: expected a value in \(0, 1\]"),
+        ({"train": {"loss": {"empty": -1.0}}}, r"^train\.loss\.empty: expected a value in \[0\.0, 100\.0\]"),
     ],
 )
 def test_validate_rejects_bad_values(data, pattern):

@@ -1,7 +1,7 @@
 """Segmentation losses on logits ``(B, 1, H, W)`` against float targets in {0, 1} of the same shape.
 
-Each loss is a function (``bce``, ``soft_dice``, ``focal``, ``tversky``) and an ``nn.Module`` with typed
-arguments around it; :class:`CombinedLoss` sums weighted terms and :func:`build_loss` builds one from a dict.
+Each loss is a function (``bce``, ``soft_dice``, ``focal``, ``tversky``, ``empty_peak``) and an ``nn.Module``
+with typed arguments around it; :class:`CombinedLoss` sums weighted terms and :func:`build_loss` builds one from a dict.
 Region losses (Dice, Tversky) are computed per image and averaged over the batch, with additive smoothing
 ``smooth`` in numerator and denominator, so an image with an empty mask and a confidently empty prediction costs
 about 0 instead of being undefined.
@@ -79,6 +79,25 @@ def tversky(
     return (1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)).mean()
 
 
+def empty_peak(logits: torch.Tensor, target: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """Cross-entropy towards 0 of the highest ``fraction`` of logits in each image whose mask is empty.
+
+    Averaged over those images; 0 (still attached to the graph) for a batch without one. A scan is called clean
+    only when its highest probability stays below the deployment gate, yet the pixel-mean BCE barely notices a
+    small confident blob on a normal scan, and soft Dice on an empty mask saturates once any blob exists
+    (``Σp / (Σp + smooth)`` is then close to 1 and flat). This term presses on exactly the pixels the gate reads.
+    """
+    target = _check(logits, target)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"empty_fraction must be in (0, 1], got {fraction!r}")
+    empty = target.flatten(1).amax(1) == 0
+    if not bool(empty.any()):
+        return logits.sum() * 0
+    flat = logits.flatten(1)[empty]
+    top = flat.topk(max(1, round(fraction * flat.shape[1])), dim=1).values
+    return F.binary_cross_entropy_with_logits(top, torch.zeros_like(top))
+
+
 class BCELoss(nn.Module):
     """:func:`bce` as a module."""
 
@@ -123,6 +142,17 @@ class TverskyLoss(nn.Module):
         return tversky(logits, target, self.alpha, self.beta, self.smooth)
 
 
+class EmptyPeakLoss(nn.Module):
+    """:func:`empty_peak` as a module."""
+
+    def __init__(self, fraction: float = 0.01) -> None:
+        super().__init__()
+        self.fraction = fraction
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return empty_peak(logits, target, self.fraction)
+
+
 class CombinedLoss(nn.Module):
     """Weighted sum ``Σ weight_k · loss_k(logits, target)`` of named loss modules.
 
@@ -150,6 +180,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "dice": SoftDiceLoss,
     "focal": FocalLoss,
     "tversky": TverskyLoss,
+    "empty": EmptyPeakLoss,
 }
 
 
@@ -168,12 +199,13 @@ def build_loss(config: Mapping[str, float | None]) -> CombinedLoss:
 
     Schema (every key optional, at least one positive weight):
 
-    - weights: ``bce``, ``dice``, ``focal``, ``tversky`` — the weight of that term; a term that is absent or
-      has weight 0 is left out;
+    - weights: ``bce``, ``dice``, ``focal``, ``tversky``, ``empty`` — the weight of that term; a term that is
+      absent or has weight 0 is left out;
     - options: ``<term>_<argument>`` of the term's class —
       ``bce_pos_weight`` (None), ``dice_smooth`` (1.0), ``focal_alpha`` (0.25; None for no class weighting),
       ``focal_gamma`` (2.0), ``tversky_alpha`` (0.3, false positives), ``tversky_beta`` (0.7, false negatives),
-      ``tversky_smooth`` (1.0); options of a left-out term are ignored.
+      ``tversky_smooth`` (1.0), ``empty_fraction`` (0.01, the share of an empty-mask image's pixels pressed
+      towards 0); options of a left-out term are ignored.
 
     Examples: ``{"bce": 1.0, "dice": 1.0}``;
     ``{"focal": 1.0, "tversky": 1.0, "focal_gamma": 2.0, "tversky_alpha": 0.3, "tversky_beta": 0.7}``.

@@ -292,13 +292,16 @@ class LossParams(Section):
     dice: float = 1.0
     focal: float = 0.0
     tversky: float = 0.0
+    empty: float = 0.0
     focal_gamma: float = 2.0
     tversky_alpha: float = 0.3
     tversky_beta: float = 0.7
+    empty_fraction: float = 0.01
 
     def check(self, prefix: str) -> None:
-        for name in ("bce", "dice", "focal", "tversky"):
+        for name in ("bce", "dice", "focal", "tversky", "empty"):
             _within(self, prefix, name, 0.0, 100.0)
+        _require(self, prefix, "empty_fraction", lambda v: 0 < v <= 1, "a value in (0, 1]")
         if self.bce + self.dice + self.focal + self.tversky <= 0:
             raise ParamsError(f"{prefix}: at least one of bce, dice, focal, tversky needs a positive weight")
 
