@@ -35,7 +35,8 @@ def overlay(image, ref, pred):
     import numpy as np
 
     out = np.stack([image] * 3, axis=-1).astype(np.float32) / 255
-    for where, colour in ((pred & ~ref, (1.0, 0.2, 0.2)), (ref & ~pred, (0.2, 0.4, 1.0)), (ref & pred, (0.2, 1.0, 0.2))):
+    false_positive, missed, hit = pred & ~ref, ref & ~pred, ref & pred
+    for where, colour in ((false_positive, (1.0, 0.2, 0.2)), (missed, (0.2, 0.4, 1.0)), (hit, (0.2, 1.0, 0.2))):
         out[where] = 0.6 * out[where] + 0.4 * np.array(colour)
     return out
 

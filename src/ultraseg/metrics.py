@@ -231,7 +231,8 @@ def aggregate(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     ``dice_ci95`` is the percentile bootstrap 95% CI of the headline over lesion images; ``dice_pooled`` is the
     micro Dice of the TP/FP/FN pixels summed over lesion images (what some papers report); ``by_class`` has the
     lesion-image means per lesion class (BUSI's two always, then any other class of lesion images);
-    ``normal_clean`` is the fraction of normal images with no predicted pixel; ``both_empty`` counts the cases with NaN Dice; ``failures`` holds :func:`failures`.
+    ``normal_clean`` is the fraction of normal images with no predicted pixel; ``both_empty`` counts the cases with
+    NaN Dice; ``failures`` holds :func:`failures`.
     """
     col = {key: np.array([row[key] for row in rows], dtype=np.float64)
            for key in ("dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn", "pred_pixels", "ref_pixels")}

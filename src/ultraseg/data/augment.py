@@ -3,9 +3,9 @@
 ``Augment(params)(image, mask, rng)`` draws every random choice from ``rng`` first, then applies, in order:
 
 1. geometry, identical for image and mask: horizontal flip; one affine warp (rotation about the centre,
-   translation, isotropic scale, a width stretch); optional elastic deformation (Simard et al., "Best practices for convolutional
-   neural networks applied to visual document analysis", ICDAR 2003). Image: bilinear, fill = image minimum
-   (the background of a scan is black). Mask: nearest neighbour, fill 0 -- never interpolated and thresholded.
+   translation, isotropic scale, a width stretch); optional elastic deformation (Simard et al., "Best practices for
+   convolutional neural networks applied to visual document analysis", ICDAR 2003). Image: bilinear, fill = image
+   minimum (the background of a scan is black). Mask: nearest neighbour, fill 0 -- never interpolated and thresholded.
    An optional ``soft`` map (a teacher's logits for the unaugmented image) gets the same geometry, bilinear, with
    its minimum (the teacher's surest background) as fill. Then an optional fan-shaped field of view: outside it
    the image is black and the mask empty (nothing there can be seen).

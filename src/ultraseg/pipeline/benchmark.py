@@ -237,7 +237,8 @@ def end_to_end(models_dir: Path, frame: np.ndarray, size: int, cfg: BenchmarkPar
     seed = in_fresh_process(measure_seed_unet, SEED_INPUT, cfg)
     scan = deployed["frames"]["scan"]["p50_ms"]
     tqdm.write(f"benchmark: deployed end to end {scan:.2f} ms per frame; seed U-Net {seed['p50_ms']:.1f} ms")
-    return {"end_to_end": deployed, "seed_unet": seed, "speedup_end_to_end_vs_seed_unet": round(seed["p50_ms"] / scan, 1),
+    return {"end_to_end": deployed, "seed_unet": seed,
+            "speedup_end_to_end_vs_seed_unet": round(seed["p50_ms"] / scan, 1),
             "speedup_end_to_end_vs_teacher_eager": round(results["teacher"]["threads_1"]["p50_ms"] / scan, 2)
             if "teacher" in results else None}
 

@@ -4,8 +4,8 @@ user runs, and write the one deployable file that carries them.
 The rule (:class:`ultraseg.postprocess.PostProcess`) is searched over the ``deploy`` params grid on the val images
 at their original resolution, with the model run once per image and, where ``deploy.flips`` allows, averaged over
 a left-right flip: among the rules whose lesion-mean Dice is within ``dice_tolerance`` of the best one, the rule
-that leaves the most normal images clean wins (ties: higher Dice, then without the flip, which costs a second model call, then the simpler
-rule, earlier in the grid). Test is never looked at.
+that leaves the most normal images clean wins (ties: higher Dice, then without the flip, which costs a second model
+call, then the simpler rule, earlier in the grid). Test is never looked at.
 """
 
 from __future__ import annotations

@@ -105,8 +105,8 @@ def by_source(rows: Sequence[dict], split: Split, params: EvaluateParams) -> dic
 def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_csv: Path,
         variants: Sequence[Variant] = VARIANTS,
         deployable: Path | None = None) -> tuple[dict, list[dict], dict[str, list[dict]], dict]:
-    """Score ``variants`` and, when given, the ``deployable`` file through the runtime; returns (metrics, per-case rows, val threshold curves, the deployed variant's test
-    predictions with the split, for the sample figure)."""
+    """Score ``variants`` and, when given, the ``deployable`` file through the runtime; returns (metrics, per-case
+    rows, val threshold curves, the deployed variant's test predictions with the split, for the sample figure)."""
     mode = params.preprocess.normalize
     val = Split(data_dir, raw_dir, split_csv, "val", mode)
     test = Split(data_dir, raw_dir, split_csv, "test", mode)
@@ -120,7 +120,8 @@ def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_c
         if variant.name in SAMPLE_VARIANTS:
             samples["preds"][variant.name], samples["rows"][variant.name] = preds, variant_rows
         tqdm.write(f"evaluate: {variant.name:13s} test Dice {summary['dice']:.4f} "
-                   f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}]  threshold {summary['threshold']:.2f}")
+                   f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}]  "
+                   f"threshold {summary['threshold']:.2f}")
     if deployable is not None:
         summary, deployed_rows, curves[DEPLOYABLE], preds = score_deployed(deployable, val, test, params.evaluate)
         # first, so that the figure picks its cases by the deployable file's scores

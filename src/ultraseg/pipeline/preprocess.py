@@ -43,7 +43,8 @@ def run(raw_dir: Path, out_dir: Path, params: PreprocessParams) -> dict:
             "ms_per_image": round(1000 * seconds / len(manifest), 2)}
 
 
-def quality_sample(raw_dir: Path, count: int, train_ids: set[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def quality_sample(raw_dir: Path, count: int,
+                   train_ids: set[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``count`` lesion images spread evenly over the sorted ids: the fixed set every filter is compared on.
 
     ``train_ids`` restricts the choice to the train split: a filter is chosen on these figures, and that choice
