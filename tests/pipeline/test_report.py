@@ -201,6 +201,11 @@ def test_design_section_follows_the_params() -> None:
     assert "The student keeps group normalisation." in text
     off = params_mod.from_dict({"train": {"augment": {"enabled": False}}})
     assert "none (`train.augment.enabled: false`)" in " ".join(report.design_section(off).split())
+    assert "`empty` term" not in text and "empty ×" not in text
+    empty = params_mod.from_dict({"train": {"loss": {"empty": 0.5, "empty_fraction": 0.02}}})
+    text = " ".join(report.design_section(empty).split())
+    assert "Loss: bce ×1, dice ×1, empty ×0.5.**" in text
+    assert "cross-entropy on the highest 2% of each normal scan's logits" in text
 
 
 def test_seed_section_renders_the_spread_or_says_how_to_get_it() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from ultraseg import params as params_mod
-from ultraseg.params import Params
+from ultraseg.params import LossParams, Params
 from ultraseg.variants import DEPLOYED
 
 
@@ -126,17 +126,25 @@ NORM_REASONS = {
 """Why each ``norm`` of the teacher does or does not carry BUSI's scanner into another's frames."""
 
 
+def _empty_note(loss: LossParams) -> str:
+    if not loss.empty:
+        return ""
+    return (f"\n  The `empty` term is cross-entropy on the highest {loss.empty_fraction:.0%} of each normal scan's "
+            "logits: a scan is clean only if its\n  highest probability stays under the deployment gate, which "
+            "pixel-mean BCE barely sees and soft Dice on an\n  empty mask stops pressing on once any blob exists.")
+
+
 def design_section(params: Params) -> str:
     """Why the run is configured as it is: loss, optimiser, augmentation and the student, from the params."""
     t, a, st = params.train, params.train.augment, params.distill.student
     loss = ", ".join(f"{k} ×{v:g}" for k, v in params_mod.to_dict(t.loss).items()
-                     if k in ("bce", "dice", "focal", "tversky") and v)
+                     if k in ("bce", "dice", "focal", "tversky", "empty") and v)
     return f"""## Design choices
 
 From `params.yaml`; README's stage notes hold the longer reasons.
 
 - **Loss: {loss}.** Soft Dice per image weighs a small lesion as much as a large one, as the headline metric does;
-  BCE keeps gradients on normal images, where Dice is undefined, so the model learns to leave them empty.
+  BCE keeps gradients on normal images, where Dice is undefined, so the model learns to leave them empty.{_empty_note(t.loss)}
 - **Optimiser: AdamW**, lr {t.lr:g}, weight decay {t.weight_decay:g}, {t.scheduler} schedule with
   {t.warmup_epochs} warm-up epochs, gradient clipping at {t.grad_clip:g}, batch {t.batch_size}, {t.epochs} epochs
   with early stopping on val Dice (patience {t.patience}); the epoch of best val Dice is kept.
