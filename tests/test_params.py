@@ -281,3 +281,13 @@ def test_student_augment_overrides_only_the_ranges_it_sets():
         P.from_dict({"distill": {"augment": {"scale": 1.0}}})
     with pytest.raises(ParamsError, match=r"^unknown key distill\.augment\.rotate; valid keys here: scale, aspect"):
         P.from_dict({"distill": {"augment": {"rotate": 5.0}}})
+
+
+def test_student_task_loss_takes_its_own_empty_weight_or_the_teachers():
+    shared = P.from_dict({"train": {"loss": {"empty": 0.2}}})
+    assert shared.distill.task_loss(shared.train)["empty"] == 0.2
+    own = P.from_dict({"train": {"loss": {"empty": 0.2, "dice": 0.5}}, "distill": {"empty_weight": 0.05}})
+    loss = own.distill.task_loss(own.train)
+    assert loss["empty"] == 0.05 and loss["dice"] == 0.5 and own.train.loss.empty == 0.2
+    with pytest.raises(ParamsError, match=r"^distill\.empty_weight: expected a value in \[0\.0, 100\.0\]"):
+        P.from_dict({"distill": {"empty_weight": -0.1}})

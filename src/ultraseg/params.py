@@ -490,6 +490,10 @@ class DistillParams(Section):
     """Weight of the distillation term; 0 trains the student on the masks alone."""
     task_weight: float = 1.0
     """Weight of the task loss (``train.loss``) on the masks."""
+    empty_weight: float | None = None
+    """The student's weight of the task loss's ``empty`` term (normal scans' highest logits), in distillation and
+    pruning's fine-tuning; null = ``train.loss.empty``. The student is what the deployment gate reads, and the
+    term costs the teacher lesion Dice."""
     teacher_logits: Literal["cached", "live"] = "cached"
     """``cached``: the teacher runs once on the unaugmented train images and its logits follow each sample's
     geometric augmentation; ``live``: it runs on every augmented batch (see :mod:`ultraseg.distillation`)."""
@@ -507,12 +511,19 @@ class DistillParams(Section):
         _positive(self, prefix, "temperature", "epochs", "lr")
         for name in ("kd_weight", "task_weight"):
             _within(self, prefix, name, 0.0, 100.0)
+        if self.empty_weight is not None:
+            _within(self, prefix, "empty_weight", 0.0, 100.0)
         if self.kd_weight + self.task_weight <= 0:
             raise ParamsError(f"{prefix}: kd_weight and task_weight cannot both be 0")
         _within(self, prefix, "ema", 0.0, 0.9999)
         if self.keep == "best" and not self.baseline:
             raise ParamsError(f"{prefix}.keep: 'best' compares with the baseline; set {prefix}.baseline: true "
                               "or keep: distilled")
+
+    def task_loss(self, train: TrainParams) -> dict[str, Any]:
+        """The student's task loss config: ``train.loss``, with ``empty_weight`` where set."""
+        loss = to_dict(train.loss)
+        return loss if self.empty_weight is None else {**loss, "empty": self.empty_weight}
 
     def budget(self, train: TrainParams) -> TrainParams:
         """The training settings of the student: ``train``'s, with this section's model, augmentation ranges, epochs,

@@ -25,7 +25,7 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
     teacher, meta = checkpoint.load(teacher_path, device)
     if device.type == "cpu":
         teacher = teacher.to(memory_format=torch.channels_last)
-    task = build_loss(params_mod.to_dict(params.train.loss))
+    task = build_loss(cfg.task_loss(params.train))
     data_rid = run_id(params, split_csv, *data_files(data_dir), teacher_path) + params_mod.digest(cfg)
     train_x, _, _ = load_split(data_dir, split_csv, "train", params.preprocess.normalize)
     soft = teacher_targets(params, teacher, train_x, device)
