@@ -74,14 +74,13 @@ LEVERS: dict[str, dict[str, str]] = {
     # benchmark stage prices
     "student-instance-norm": {"distill.student.norm": "instance"},
     # normal scans pressed clean where the deployment gate reads them, their highest logits, in teacher and student:
-    # per-image normalisation removes the absolute echo level a normal scan was recognised by. At weight 1 the
-    # teacher collapsed to predicting nothing by its second epoch (val Dice 0 until epoch 13, 0.36 at best):
-    # the term presses on 1% of a scan's pixels, so its pull is ~100 times pixel-mean BCE's on them
+    # per-image normalisation removes the absolute echo level a normal scan was recognised by. The weight is small
+    # because the term presses on 1% of a scan's pixels, so its pull on them is ~100 times pixel-mean BCE's
     "empty-peak": {"train.loss.empty": "0.1"},
     # the same with per-image normalisation in the student too, whose normals it left least clean
     "empty-peak-student-in": {"train.loss.empty": "0.1", "distill.student.norm": "instance"},
-    # the term in the student alone (with per-image normalisation), which the gate reads: at 0.1 in the teacher it
-    # cleaned normal val scans (0 -> 62% at 0.5) but cost lesion Dice (val 0.817 -> 0.775)
+    # the term in the student alone (with per-image normalisation), which the gate reads, leaving the teacher's
+    # lesion Dice alone
     "student-empty-peak": {"distill.empty_weight": "0.1", "distill.student.norm": "instance"},
 }
 LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
