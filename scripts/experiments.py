@@ -82,6 +82,9 @@ LEVERS: dict[str, dict[str, str]] = {
     # the term in the student alone (with per-image normalisation), which the gate reads, leaving the teacher's
     # lesion Dice alone
     "student-empty-peak": {"distill.empty_weight": "0.1", "distill.student.norm": "instance"},
+    # normal scans distilled towards the teacher's own background level rather than its false positives there,
+    # with no new loss term to balance against the lesions
+    "normal-background": {"distill.normal_target": "background"},
 }
 LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the

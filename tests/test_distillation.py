@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from ultraseg.distillation import DistillLoss, kd_loss, teacher_targets
+from ultraseg.distillation import DistillLoss, background_on_normals, kd_loss, teacher_targets
 from ultraseg.losses import build_loss
 from ultraseg.params import Params
 
@@ -138,3 +138,32 @@ def test_teacher_runs_on_every_training_batch() -> None:
     for _ in range(2):
         loss(logits, images, masks).backward()
     assert teacher.calls == 2 and loss._last is None  # nothing kept from training batches
+
+
+def test_background_on_normals_clips_normal_scans_to_their_median_and_leaves_lesion_scans_alone() -> None:
+    teacher = torch.tensor([[[[-5.0, -4.0], [-3.0, 6.0]]], [[[-5.0, -4.0], [-3.0, 6.0]]]])
+    masks = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]]], [[[0.0, 0.0], [0.0, 1.0]]]])
+    clipped = background_on_normals(teacher, masks)
+    # torch's median of an even count is the lower middle value
+    assert clipped[0].flatten().tolist() == [-5.0, -4.0, -4.0, -4.0]
+    assert torch.equal(clipped[1], teacher[1])
+    assert torch.equal(background_on_normals(teacher[1:], masks[1:]), teacher[1:])
+
+
+def test_background_target_stops_the_student_copying_a_false_positive_on_a_normal_scan() -> None:
+    task = build_loss({"bce": 1.0})
+    teacher = torch.full((1, 1, 4, 4), -6.0)
+    teacher[..., 1, 1] = 5.0  # the teacher's false positive on a normal scan
+    masks, images = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+
+    def kd_part(target: str, student: torch.Tensor) -> float:
+        loss = DistillLoss(task, Refusing(), 2.0, 1.0, 1.0, target)
+        return loss(student, images, masks, teacher).item() - task(student, masks).item()
+
+    copy, clean = teacher.clone(), torch.full((1, 1, 4, 4), -6.0)
+    assert kd_part("teacher", copy) == pytest.approx(0.0, abs=1e-6)
+    assert kd_part("teacher", clean) > 0.1
+    assert kd_part("background", clean) == pytest.approx(0.0, abs=1e-6)
+    assert kd_part("background", copy) > 0.1
+    with pytest.raises(ValueError, match="normal_target"):
+        DistillLoss(task, Refusing(), 2.0, 1.0, 1.0, "mask")

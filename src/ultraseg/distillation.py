@@ -12,6 +12,10 @@ Where the teacher's logits come from is ``distill.teacher_logits``:
   reach the student only. The student so learns to see through those changes what the teacher sees on the clean
   scan, and the teacher, whose forward pass costs several student steps on a CPU, runs once instead of every epoch.
 - ``live``: the teacher runs on every augmented batch and sees exactly what the student sees.
+
+With ``distill.normal_target: background`` the teacher's logits on normal scans (empty masks) are clipped to that
+scan's median logit, the teacher's own background level there: the student, which the deployment gate reads,
+then learns the teacher's calibration on normal tissue without copying its false positives.
 """
 
 from __future__ import annotations
@@ -35,15 +39,29 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl.mean() * temperature**2
 
 
+def background_on_normals(teacher_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``teacher_logits`` (B, 1, H, W) with each normal scan's (empty mask's) map clipped to its median logit."""
+    normal = masks.flatten(1).amax(1) == 0
+    if not normal.any():
+        return teacher_logits
+    median = teacher_logits.flatten(1).median(1).values.view(-1, 1, 1, 1)
+    return torch.where(normal.view(-1, 1, 1, 1), torch.minimum(teacher_logits, median), teacher_logits)
+
+
 class DistillLoss(nn.Module):
-    """``task_weight * task(student, masks) + kd_weight * kd(student, teacher)``; the teacher is frozen."""
+    """``task_weight * task(student, masks) + kd_weight * kd(student, teacher)``; the teacher is frozen.
+
+    ``normal_target``: ``teacher`` distils the teacher's logits everywhere; ``background`` clips them on normal
+    scans to :func:`background_on_normals`."""
 
     def __init__(self, task: nn.Module, teacher: nn.Module | None, temperature: float, task_weight: float,
-                 kd_weight: float) -> None:
+                 kd_weight: float, normal_target: str = "teacher") -> None:
         super().__init__()
         if kd_weight > 0 and teacher is None:
             raise ValueError("a positive kd_weight needs a teacher")
-        self.task, self.teacher = task, teacher
+        if normal_target not in ("teacher", "background"):
+            raise ValueError(f"normal_target must be 'teacher' or 'background', not {normal_target!r}")
+        self.task, self.teacher, self.normal_target = task, teacher, normal_target
         self.temperature, self.task_weight, self.kd_weight = temperature, task_weight, kd_weight
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         if teacher is not None:
@@ -56,6 +74,8 @@ class DistillLoss(nn.Module):
         if self.kd_weight > 0:
             if teacher_logits is None:
                 teacher_logits = self._teacher_logits(images)
+            if self.normal_target == "background":
+                teacher_logits = background_on_normals(teacher_logits, masks)
             loss = loss + self.kd_weight * kd_loss(logits, teacher_logits, self.temperature)
         return loss
 

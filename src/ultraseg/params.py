@@ -494,6 +494,9 @@ class DistillParams(Section):
     """The student's weight of the task loss's ``empty`` term (normal scans' highest logits), in distillation and
     pruning's fine-tuning; null = ``train.loss.empty``. The student is what the deployment gate reads, and the
     term costs the teacher lesion Dice."""
+    normal_target: Literal["teacher", "background"] = "teacher"
+    """What the student is distilled towards on normal scans (empty masks): the teacher's logits, or those clipped
+    to each scan's median logit, so that the teacher's false positives there are not taught."""
     teacher_logits: Literal["cached", "live"] = "cached"
     """``cached``: the teacher runs once on the unaugmented train images and its logits follow each sample's
     geometric augmentation; ``live``: it runs on every augmented batch (see :mod:`ultraseg.distillation`)."""

@@ -33,7 +33,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
     def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
         training.seed_everything(budget.seed)  # both runs start from the same initial weights
         model = build_model(budget.model.config())
-        loss = DistillLoss(task, teacher if kd_weight > 0 else None, cfg.temperature, cfg.task_weight, kd_weight)
+        loss = DistillLoss(task, teacher if kd_weight > 0 else None, cfg.temperature, cfg.task_weight, kd_weight,
+                           cfg.normal_target)
         return training.fit_and_save(params, budget, model, loss, data_dir, split_csv, target, live,
                                      resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}", name,
                                      soft=soft if kd_weight > 0 else None)

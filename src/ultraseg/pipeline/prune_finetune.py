@@ -34,7 +34,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     train_x, train_y, _ = load_split(data_dir, split_csv, "train", mode)
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
     d = params.distill
-    loss = DistillLoss(build_loss(d.task_loss(params.train)), teacher, d.temperature, d.task_weight, d.kd_weight)
+    loss = DistillLoss(build_loss(d.task_loss(params.train)), teacher, d.temperature, d.task_weight, d.kd_weight,
+                       d.normal_target)
     train_set = SegmentationSet(train_x, train_y, Augment(budget.augment), budget.seed,
                                 teacher_targets(params, teacher, train_x, device))
     example = torch.from_numpy(val_x[:1, None]).to(device)
