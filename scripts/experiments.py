@@ -85,6 +85,9 @@ LEVERS: dict[str, dict[str, str]] = {
     # normal scans distilled towards the teacher's own background level rather than its false positives there,
     # with no new loss term to balance against the lesions
     "normal-background": {"distill.normal_target": "background"},
+    # the same for the student with per-image normalisation, which scored highest on lesions but left normals least
+    # clean
+    "normal-background-student-in": {"distill.normal_target": "background", "distill.student.norm": "instance"},
 }
 LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
