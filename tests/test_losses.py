@@ -15,6 +15,7 @@ from ultraseg.losses import (
     TverskyLoss,
     bce,
     build_loss,
+    empty_masks,
     empty_peak,
     focal,
     soft_dice,
@@ -118,6 +119,13 @@ def test_build_loss_errors():
         build_loss({"bce": -1.0})
     with pytest.raises(ValueError, match="differ in shape"):
         bce(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
+
+
+def test_empty_masks_flags_images_without_foreground():
+    target = torch.zeros(3, 1, 4, 4)
+    target[1, 0, 0, 0] = 1  # a single lesion pixel makes the scan non-empty
+    target[2] = 0.5  # a soft mask (e.g. after resizing) is not empty either
+    assert empty_masks(target).tolist() == [True, False, False]
 
 
 def test_empty_peak_by_hand():

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ultraseg import training
+from ultraseg.losses import empty_masks
 from ultraseg.params import Params
 
 
@@ -41,11 +42,9 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 def background_on_normals(teacher_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """``teacher_logits`` (B, 1, H, W) with each normal scan's (empty mask's) map clipped to its median logit."""
-    normal = masks.flatten(1).amax(1) == 0
-    if not normal.any():
-        return teacher_logits
+    normal = empty_masks(masks).view(-1, 1, 1, 1)
     median = teacher_logits.flatten(1).median(1).values.view(-1, 1, 1, 1)
-    return torch.where(normal.view(-1, 1, 1, 1), torch.minimum(teacher_logits, median), teacher_logits)
+    return torch.where(normal, torch.minimum(teacher_logits, median), teacher_logits)
 
 
 class DistillLoss(nn.Module):

@@ -79,6 +79,11 @@ def tversky(
     return (1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)).mean()
 
 
+def empty_masks(target: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: True for each image of ``target`` (B, 1, H, W) without a foreground pixel (a normal scan)."""
+    return target.flatten(1).amax(1) == 0
+
+
 def empty_peak(logits: torch.Tensor, target: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
     """Cross-entropy towards 0 of the highest ``fraction`` of logits in each image whose mask is empty.
 
@@ -90,7 +95,7 @@ def empty_peak(logits: torch.Tensor, target: torch.Tensor, fraction: float = 0.0
     target = _check(logits, target)
     if not 0 < fraction <= 1:
         raise ValueError(f"empty_fraction must be in (0, 1], got {fraction!r}")
-    empty = target.flatten(1).amax(1) == 0
+    empty = empty_masks(target)
     if not bool(empty.any()):
         return logits.sum() * 0
     flat = logits.flatten(1)[empty]
