@@ -652,7 +652,7 @@ class DeployParams(Section):
 
     threshold_step: float = 0.05
     """Spacing of the pixel thresholds tried, from ``threshold_step`` to ``1 - threshold_step``."""
-    gates: tuple[float, ...] = (0.0, 0.6, 0.7, 0.8, 0.9)
+    gates: tuple[float, ...] = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
     """Highest-probability gates tried (0 = none)."""
     min_areas: tuple[float, ...] = (0.0, 0.0025, 0.005, 0.01, 0.02)
     """Smallest lesion kept, as fractions of the image area, tried (0 = keep all)."""

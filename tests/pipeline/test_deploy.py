@@ -29,6 +29,18 @@ def test_choice_prefers_clean_normals_within_the_dice_tolerance():
     assert deploy.choose(costly, 0.005) == 1  # the flip's second model call loses a tie
 
 
+def test_operating_points_are_the_pareto_front_most_clean_first():
+    rules = [PostProcess(threshold=t) for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+    scores = [{"dice": 0.80, "normal_clean": 0.2}, {"dice": 0.78, "normal_clean": 0.5},
+              {"dice": 0.79, "normal_clean": 0.2},  # beaten on Dice by rule 0 at the same clean share
+              {"dice": 0.70, "normal_clean": 0.9}, {"dice": 0.60, "normal_clean": 0.7},  # beaten on both by rule 3
+              {"dice": 0.70, "normal_clean": 0.9}]  # equal to rule 3: the earlier rule stands for both
+    front = deploy.operating_points(rules, scores)
+    assert [(p["threshold"], p["normal_clean"], p["dice"]) for p in front] == [(0.4, 0.9, 0.7), (0.2, 0.5, 0.78),
+                                                                                (0.1, 0.2, 0.8)]
+    assert set(front[0]) == {"dice", "normal_clean", *PostProcess().to_dict()}
+
+
 @pytest.mark.parametrize("flips", [[False, True], [False]])
 def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, flips):
     params = params_mod.from_dict({"preprocess": {"size": zoo.size},
@@ -46,6 +58,7 @@ def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, 
     assert summary["flip"] in flips
     assert summary["val_chosen"]["normal_clean"] >= summary["val_threshold_only"]["normal_clean"]
     assert summary["val_chosen"]["dice"] >= summary["val_threshold_only"]["dice"] - 0.005 - 1e-9
+    assert summary["postprocess"] in [{k: p[k] for k in rule.to_dict()} for p in summary["val_operating_points"]]
     json.dumps(summary)
 
 

@@ -78,6 +78,9 @@ def test_deployable_section_quotes_deploy_evaluate_and_benchmark(zoo, tmp_path) 
     assert f"| test, deployed file through the runtime | {chosen['postprocess']['threshold']} | " \
            f"{scores['variants']['deployed']['dice']:.4f} | " in text
     assert f"{bench['end_to_end']['frames']['scan']['p50_ms']:.3f} |" in text and "**55.5×**" in text
+    front = chosen["val_operating_points"]
+    assert text.count(" | deployed |") == 1 and len(front) >= 1
+    assert f"| {front[0]['normal_clean']:.2f} | {front[0]['dice']:.4f} | " in text
 
 
 def test_experiment_table_quotes_the_comparison_file_or_says_how_to_make_it() -> None:

@@ -6,6 +6,10 @@ at their original resolution, with the model run once per image and, where ``dep
 a left-right flip: among the rules whose lesion-mean Dice is within ``dice_tolerance`` of the best one, the rule
 that leaves the most normal images clean wins (ties: higher Dice, then without the flip, which costs a second model
 call, then the simpler rule, earlier in the grid). Test is never looked at.
+
+The summary also lists the val operating points the choice moves along (the rules no other rule beats on both lesion
+Dice and clean normal scans), so a user who weighs a false alarm on a normal scan differently can see what another
+``dice_tolerance`` would buy.
 """
 
 from __future__ import annotations
@@ -48,6 +52,18 @@ def choose(scores: list[dict[str, float]], tolerance: float) -> int:
     return max(near, key=lambda k: (scores[k]["normal_clean"], scores[k]["dice"], -scores[k].get("cost", 0), -k))
 
 
+def operating_points(rules: list[PostProcess], scores: list[dict[str, float]]) -> list[dict]:
+    """The Pareto front of ``scores`` over lesion Dice and ``normal_clean``, most normals clean first: for each
+    share of clean normals, the best-Dice rule, kept only if it beats the Dice of every rule that cleans more."""
+    order = sorted(range(len(rules)), key=lambda k: (-scores[k]["normal_clean"], -scores[k]["dice"], k))
+    front, best = [], -1.0
+    for k in order:
+        if scores[k]["dice"] > best:
+            best = scores[k]["dice"]
+            front.append(rounded(scores[k]) | rules[k].to_dict())
+    return front
+
+
 def val_probabilities(int8_path: Path, raw: list, flip: bool) -> list[np.ndarray]:
     segmenter = Segmenter(int8_path, flip=flip)
     desc = f"deploy: val{' + flip' if flip else ''}"
@@ -76,6 +92,7 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
         "flip": flip,
         "postprocess": rule.to_dict(),
         "val_chosen": rounded(scores[flip][chosen]),
+        "val_operating_points": operating_points(rules, scores[flip]),
     } | {f"val_threshold_only{'_flip' if flip else ''}": best_plain(rules, scores[flip]) for flip in scores}
 
 

@@ -381,7 +381,7 @@ left-right flip: {str(deploy.get('flip', False)).lower()} (the flip, a second mo
 only where `deploy.flips` allows it, and kept only when it wins there). The evaluate stage scores the file through the same runtime the command line and the viewer use.
 
 {_table(['scored on', 'threshold', 'lesion Dice', 'normal clean'], rows)}
-
+{operating_points_table(deploy)}
 End to end through the torch-free runtime (one thread, p50 in ms; the process holding the runtime alone peaked at
 {end['peak_rss_mb']} MB):
 
@@ -390,6 +390,26 @@ End to end through the torch-free runtime (one thread, p50 in ms; the process ho
 The seed-size U-Net (widths {seed['model']['widths']}, {seed['input'][-1]} px, PyTorch eager fp32, untrained:
 speed does not depend on the weights) takes {seed['p50_ms']} ms per call in the same run:
 the deployable file is **{bench['speedup_end_to_end_vs_seed_unet']}×** faster end to end.
+"""
+
+
+def operating_points_table(deploy: dict) -> str:
+    """The val rules no other rule beats on both lesion Dice and clean normals: what another tolerance would buy."""
+    points = deploy.get("val_operating_points")
+    if not points:
+        return ""
+    best = max(p["dice"] for p in points)
+    keys = ("threshold", "gate", "min_area", "keep_largest")
+    rows = [[_num(p["normal_clean"], ".2f"), _num(p["dice"]), _num(best - p["dice"]), p["threshold"], p["gate"],
+             p["min_area"], str(p["keep_largest"]).lower(),
+             "deployed" if all(p[k] == deploy["postprocess"][k] for k in keys) else ""] for p in points]
+    return f"""
+The trade-off the rule was chosen on (`val_operating_points`, {deploy['val_images']} val images): every rule of the
+grid that no other beats on both val lesion Dice and clean normal scans. A larger `deploy.dice_tolerance` moves the
+choice up this list, buying clean normal scans with lesion Dice:
+
+{_table(['normal clean (val)', 'lesion Dice (val)', 'Dice given up', 'threshold', 'gate', 'smallest lesion',
+         'keep largest', ''], rows)}
 """
 
 
