@@ -106,6 +106,8 @@ OUT = {"comparison": Path("experiments/comparison.json"), "seeds": Path("experim
 COMMITS = 20
 """How many commits back to look for experiments: a grid takes long enough that commits land meanwhile."""
 COUNTS = ("params", "best_epoch", "epochs_run")
+TIMINGS = ("ms",)
+"""metrics/headline.json numbers that time the run rather than score its files."""
 POLL_SECONDS = 10
 
 
@@ -316,13 +318,14 @@ def _comparison(base: dict, levers: dict[str, dict]) -> dict:
 
 def spreads(comparisons: list[dict]) -> list[dict]:
     """Mean and sd over training seeds of every lever (and of the committed params) run at two or more seeds, one
-    entry per committed run. Comparisons whose committed rows carry the same test headline compare with the same
-    run, derived from several commits that changed nothing it depends on, so their runs are pooled; the newest run
-    of a lever at a seed wins."""
+    entry per committed run. Comparisons whose committed rows carry the same test headline, timings aside (another
+    benchmark run of the same files on a shared machine), compare with the same run, derived from several commits
+    that changed nothing it depends on, so their runs are pooled; the newest run of a lever at a seed wins."""
     pooled: dict[str, tuple[list[str], dict[str, dict]]] = {}
     for comparison in comparisons:
-        committed = comparison["runs"].get("committed", {}).get("test_headline")
-        commits, by_lever = pooled.setdefault(json.dumps(committed, sort_keys=True), ([], {}))
+        committed = comparison["runs"].get("committed", {}).get("test_headline") or {}
+        accuracy = {k: v for k, v in committed.items() if k not in TIMINGS}
+        commits, by_lever = pooled.setdefault(json.dumps(accuracy, sort_keys=True), ([], {}))
         commits.append(comparison["derived_from_commit"])
         for name, run in comparison["runs"].items():
             lever, seed = lever_and_seed(name) or (None, None)
