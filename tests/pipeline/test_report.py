@@ -270,6 +270,14 @@ def test_levers_section_names_the_levers_the_params_hold() -> None:
            "(`train.model.norm=instance`)." in text and "`scanner-augment` (" not in text
     text = " ".join(report.levers_section(levers, params_mod.from_dict({})).split())
     assert "No lever is adopted into this run's params." in text
+    runs["student-in"] = {"changed": {"distill.student.norm": "instance"}, "val": {}, "test_headline": None}
+    runs["both"] = {"changed": {"distill.student.norm": "instance", "distill.normal_target": "background"},
+                    "val": {}, "test_headline": None}
+    adopted = params_mod.from_dict({"train": {"model": {"norm": "instance"}},
+                                    "distill": {"student": {"norm": "instance"}, "normal_target": "background"}})
+    text = " ".join(report.levers_section(levers, adopted).split())
+    assert "`instance-norm` (`train.model.norm=instance`); `both` (`distill.student.norm=instance`, " \
+           "`distill.normal_target=background`, holding `student-in`)." in text
 
 
 def test_by_source_table_only_with_several_sources() -> None:

@@ -604,8 +604,15 @@ def _adopted_note(levers: dict, params: Params | None) -> str:
                 adopted.setdefault(name.rpartition("-s")[0] if "train.seed" in run["changed"] else name, settings)
     if not adopted:
         return "\nNo lever is adopted into this run's params.\n"
-    names = "; ".join(f"`{name}` ({', '.join(f'`{k}={v}`' for k, v in sets.items())})"
-                      for name, sets in adopted.items())
+
+    def within(name: str) -> list[str]:  # the adopted levers whose every setting this one's holds
+        return [other for other, sets in adopted.items()
+                if other != name and sets.items() < adopted[name].items()]
+
+    parts = {other for name in adopted for other in within(name)}
+    names = "; ".join(f"`{name}` ({', '.join(f'`{k}={v}`' for k, v in sets.items())}"
+                      + (", holding " + " and ".join(f"`{o}`" for o in within(name)) if within(name) else "") + ")"
+                      for name, sets in adopted.items() if name not in parts)
     return f"\nAdopted into this run's params, on the val columns and seed spread below: {names}.\n"
 
 
