@@ -398,11 +398,10 @@ def operating_points_table(deploy: dict) -> str:
     points = deploy.get("val_operating_points")
     if not points:
         return ""
-    best = max(p["dice"] for p in points)
-    keys = ("threshold", "gate", "min_area", "keep_largest")
+    best, rule = max(p["dice"] for p in points), deploy["postprocess"]
     rows = [[_num(p["normal_clean"], ".2f"), _num(p["dice"]), _num(best - p["dice"]), p["threshold"], p["gate"],
              p["min_area"], str(p["keep_largest"]).lower(),
-             "deployed" if all(p[k] == deploy["postprocess"][k] for k in keys) else ""] for p in points]
+             "deployed" if {k: p[k] for k in rule} == rule else ""] for p in points]
     return f"""
 The trade-off the rule was chosen on (`val_operating_points`, {deploy['val_images']} val images): every rule of the
 grid that no other beats on both val lesion Dice and clean normal scans. A larger `deploy.dice_tolerance` moves the
@@ -605,15 +604,16 @@ def _adopted_note(levers: dict, params: Params | None) -> str:
     if not adopted:
         return "\nNo lever is adopted into this run's params.\n"
 
-    def within(name: str) -> list[str]:  # the adopted levers whose every setting this one's holds
-        return [other for other, sets in adopted.items()
-                if other != name and sets.items() < adopted[name].items()]
-
-    parts = {other for name in adopted for other in within(name)}
-    names = "; ".join(f"`{name}` ({', '.join(f'`{k}={v}`' for k, v in sets.items())}"
-                      + (", holding " + " and ".join(f"`{o}`" for o in within(name)) if within(name) else "") + ")"
-                      for name, sets in adopted.items() if name not in parts)
-    return f"\nAdopted into this run's params, on the val columns and seed spread below: {names}.\n"
+    # each adopted lever with the adopted levers whose every setting it holds, which are then not named alone
+    held = {name: [other for other, sets in adopted.items() if sets.items() < adopted[name].items()]
+            for name in adopted}
+    parts = {other for others in held.values() for other in others}
+    names = []
+    for name, sets in adopted.items():
+        if name not in parts:
+            holding = f", holding {' and '.join(f'`{o}`' for o in held[name])}" if held[name] else ""
+            names.append(f"`{name}` ({', '.join(f'`{k}={v}`' for k, v in sets.items())}{holding})")
+    return f"\nAdopted into this run's params, on the val columns and seed spread below: {'; '.join(names)}.\n"
 
 
 def _spread_tables(spreads: list[dict]) -> str:
