@@ -4,17 +4,19 @@ These are evaluation transforms, kept apart from training augmentation (:mod:`ul
 augmentation draws a random strength per sample, in network-size, normalised space, to teach invariance; a shift here
 applies one named change at one stated severity to the whole test image at its own resolution (8-bit, before any
 preprocessing, as a scanner would deliver it), with the same geometry applied to the reference mask, so the drop in
-Dice it causes can be compared across models and runs. Each shift is deterministic given its seed.
+Dice it causes can be compared across models and runs. Each shift is deterministic given its seed. Neither module
+imports the other: the marks and the field of view that both draw live in :mod:`ultraseg.scanner`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from ultraseg.scanner import draw_marks, fan
 
 SEVERITIES = ("mild", "moderate", "strong")
 
@@ -93,37 +95,11 @@ def jpeg(image, mask, level, rng):
     return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE), mask
 
 
-def draw_marks(canvas: np.ndarray, count: int, rng: np.random.Generator) -> None:
-    """Draw ``count`` sets of calipers (a dotted line between two crosses) and a line of text on ``canvas`` (uint8,
-    in place) at 255, sized for its resolution. Shared with training augmentation, which draws them at random counts
-    on network-size images; here they are drawn at the severity's count on the scan as delivered."""
-    h, w = canvas.shape
-    scale = max(h, w) / 256
-    for _ in range(count):
-        (x0, y0), (x1, y1) = (rng.uniform([0.1 * w, 0.15 * h], [0.9 * w, 0.9 * h]) for _ in range(2))
-        steps = max(2, int(math.hypot(x1 - x0, y1 - y0) / (6 * scale)))
-        for t in np.linspace(0, 1, steps):
-            cv2.circle(canvas, (round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))), max(1, round(scale)), 255, -1)
-        for x, y in ((x0, y0), (x1, y1)):
-            cv2.drawMarker(canvas, (round(x), round(y)), 255, cv2.MARKER_CROSS, round(8 * scale), max(1, round(scale)))
-        text = f"{rng.uniform(0.3, 3.0):.2f} cm"
-        origin = (round(rng.uniform(0.05, 0.6) * w), round(rng.uniform(0.1, 0.95) * h))
-        cv2.putText(canvas, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.35 * scale, 255, max(1, round(scale)))
-
-
 def annotations(image, mask, level, rng):
     """Burned-in marks: ``level`` sets of calipers and a line of text (:func:`draw_marks`)."""
     out = image.copy()
     draw_marks(out, int(level), rng)
     return out, mask
-
-
-def fan(shape: tuple[int, int], half_angle: float, apex: float) -> np.ndarray:
-    """Boolean field of view of a convex probe: within ``half_angle`` degrees of the vertical through the top
-    centre, seen from an apex ``apex`` (a fraction of the height) above the top edge."""
-    h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    return np.degrees(np.arctan2(np.abs(xx - (w - 1) / 2), yy + apex * h)) <= half_angle
 
 
 def sector(image, mask, level, rng):

@@ -15,8 +15,9 @@
    mean lesion.
 
 Stretch, speckle grain, field of view and marks imitate other scanners, as the evaluation shifts of
-:mod:`ultraseg.shifts` do, and share their drawing code; but here the strength is drawn per sample in network-size,
-normalised space, while a shift is one stated severity on the scan as delivered.
+:mod:`ultraseg.shifts` do, and the marks and field of view come from the same drawing code (:mod:`ultraseg.scanner`);
+but here the strength is drawn per sample in network-size, normalised space, while a shift is one stated severity on
+the scan as delivered.
 
 The order follows the scan: tissue reflectivity is attenuated (shadow) and carries speckle before the scanner's
 gain, contrast and display curve are applied. There is no vertical flip or 90-degree rotation: the beam enters at
@@ -34,7 +35,7 @@ import cv2
 import numpy as np
 
 from ultraseg.params import AugmentParams
-from ultraseg.shifts import draw_marks, fan
+from ultraseg.scanner import draw_marks, fan
 
 _SPECKLE_GRAIN = 1.0
 """Sigma, in pixels, of the Gaussian that correlates the speckle field: real speckle grains span a few pixels."""
