@@ -36,7 +36,7 @@ def mirror_arrays(root: Path, count: int, params) -> tuple[np.ndarray, np.ndarra
     pipeline does and normalised, with their masks."""
     import cv2
 
-    from ultraseg.data.preprocess import normalize, preprocess, resize_mask
+    from ultraseg.runtime.preprocess import normalize, preprocess, resize_mask
 
     files = [sorted((root / cls).glob("*.webp"), key=lambda p: int(p.stem.split("(")[1].rstrip(")")))
              for cls in ("benign", "malignant")]

@@ -25,8 +25,8 @@ import numpy as np
 
 from ultraseg import params as params_mod, shifts
 from ultraseg.data.augment import speckle
-from ultraseg.data.preprocess import normalize, preprocess
 from ultraseg.io import write_json
+from ultraseg.runtime.preprocess import normalize, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 COARSE_SIGMA = 4.0

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     for path in (args.model, args.scan):
         if not path.is_file():
             parser.error(f"no such file: {path}")
-    server = subprocess.Popen([sys.executable, "-m", "ultraseg.console", "serve", str(args.model),
+    server = subprocess.Popen([sys.executable, "-m", "ultraseg.commands.console", "serve", str(args.model),
                                "--port", str(args.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         base_url = f"http://127.0.0.1:{args.port}/"

@@ -10,9 +10,9 @@ flip).
 from pathlib import Path
 
 from ultraseg import io
-from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.pipeline import deploy
-from ultraseg.variants import DEPLOY_FILE
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
+from ultraseg.runtime.model_files import DEPLOY_FILE
 
 
 @fail_cleanly

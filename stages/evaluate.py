@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ultraseg import io
 from ultraseg.pipeline import evaluate
-from ultraseg.cli import fail_cleanly, parse, parser
-from ultraseg.variants import DEPLOY_FILE, DEPLOYED
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
+from ultraseg.runtime.model_files import DEPLOY_FILE, DEPLOYED, INT8_VARIANT
 
 
 @fail_cleanly
@@ -33,15 +33,15 @@ def main(argv=None) -> None:
     io.write_csv(args.cases, rows, evaluate.CASE_COLUMNS)
     io.write_csv(args.plots / "threshold_curve.csv", evaluate.curve_rows(curves), ["threshold", *curves])
     evaluate.dice_figure(rows, args.plots / "dice_distribution.png")
-    evaluate.size_figure(rows, ["teacher", evaluate.DEPLOYABLE], args.plots / "dice_vs_size.png")
+    evaluate.size_figure(rows, ["teacher", DEPLOYED], args.plots / "dice_vs_size.png")
     chosen = {name: v["threshold"] for name, v in summary["variants"].items()}
     evaluate.threshold_figure(curves, chosen, args.plots / "threshold_curve.png")
     evaluate.sample_figure(samples["split"], samples["preds"], samples["rows"],
                            "test split: the deployable file, the teacher and the int8 model before post-processing",
                            args.plots / "samples.png")
     io.write_json(args.metrics, summary)
-    deployed = summary["variants"][DEPLOYED]
-    print(f"evaluate: {DEPLOYED} test Dice {deployed['dice']:.4f}, teacher {summary['variants']['teacher']['dice']:.4f}"
+    int8 = summary["variants"][INT8_VARIANT]
+    print(f"evaluate: {INT8_VARIANT} test Dice {int8['dice']:.4f}, teacher {summary['variants']['teacher']['dice']:.4f}"
           f" -> {args.metrics}")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ultraseg import io
 from ultraseg.pipeline import export
-from ultraseg.cli import fail_cleanly, parse, parser
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
 
 
 @fail_cleanly

@@ -13,9 +13,9 @@ folders, not their contents: after changing a folder's files, run `dvc repro -f 
 from pathlib import Path
 
 from ultraseg import io
-from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.pipeline import external
-from ultraseg.variants import DEPLOY_FILE
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
+from ultraseg.runtime.model_files import DEPLOY_FILE
 
 
 @fail_cleanly

@@ -8,8 +8,8 @@ data/raw/manifest.csv (id,class,file,width,height,mask_files,sha256,source,group
 
 from pathlib import Path
 
-from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.pipeline import fetch
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
 
 
 @fail_cleanly

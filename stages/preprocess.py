@@ -9,8 +9,8 @@ and plots/preprocess/filters.png (one image through every filter).
 from pathlib import Path
 
 from ultraseg import io
-from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.pipeline import preprocess
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
 
 
 @fail_cleanly

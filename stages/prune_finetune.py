@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ultraseg import distributed, io
 from ultraseg.pipeline import prune_finetune
-from ultraseg.cli import fail_cleanly, parse, parser
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
 
 
 @fail_cleanly

@@ -11,9 +11,9 @@ the val split, by which training levers are chosen) and plots/robustness/dice_dr
 from pathlib import Path
 
 from ultraseg import io
-from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.pipeline import robustness
-from ultraseg.variants import DEPLOY_FILE, onnx_file
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
+from ultraseg.runtime.model_files import DEPLOY_FILE, onnx_file
 
 
 @fail_cleanly

@@ -8,8 +8,8 @@ duplicate groups found).
 from pathlib import Path
 
 from ultraseg import io
-from ultraseg.cli import fail_cleanly, parse, parser
 from ultraseg.pipeline import split
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
 
 
 @fail_cleanly

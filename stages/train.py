@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ultraseg import distributed, io
 from ultraseg.pipeline import train
-from ultraseg.cli import fail_cleanly, parse, parser
+from ultraseg.pipeline.stage import fail_cleanly, parse, parser
 
 
 @fail_cleanly

@@ -267,11 +267,11 @@ def zoo(tmp_path_factory) -> Zoo:
     import torch
 
     from ultraseg import checkpoint, onnx_io, quantization
-    from ultraseg.data import preprocess
     from ultraseg.io import write_csv
     from ultraseg.models import build_model
     from ultraseg.params import ExportParams, PreprocessParams, QuantizeParams, to_dict
     from ultraseg.pipeline import preprocess as preprocess_stage
+    from ultraseg.runtime import preprocess
 
     size = 32
     root = tmp_path_factory.mktemp("zoo")

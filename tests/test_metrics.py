@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ultraseg.data.preprocess import resize_probabilities
 from ultraseg.metrics import (
     aggregate,
     bootstrap_ci,
@@ -23,6 +22,7 @@ from ultraseg.metrics import (
     threshold_curve,
     wilson_ci,
 )
+from ultraseg.runtime.preprocess import resize_probabilities
 
 NAN_KEYS = ("dice", "iou", "precision", "recall", "hd95")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ultraseg import onnx_io
-from ultraseg.data.preprocess import normalize
+from ultraseg.runtime.preprocess import normalize
 from ultraseg.losses import build_loss
 from ultraseg.metrics import confusion, dice
 from ultraseg.models import build_model

@@ -8,9 +8,10 @@ import pytest
 from scipy.special import expit
 
 from ultraseg.data.dataset import Preprocessed
-from ultraseg.data.preprocess import normalize
-from ultraseg.variants import (DEPLOYABLE_NETWORK, DEPLOYED, INT8_FILE, NETWORKS, VARIANTS, by_name, checkpoint_file,
-                               onnx_file, onnx_predictor, predictor, probabilities)
+from ultraseg.runtime.model_files import (DEPLOYABLE_NETWORK, INT8_FILE, INT8_VARIANT, NETWORKS, checkpoint_file,
+                                          onnx_file, onnx_predictor)
+from ultraseg.runtime.preprocess import normalize
+from ultraseg.variants import VARIANTS, by_name, predictor, probabilities
 
 EXPECTED = [
     ("teacher", "teacher", "torch", "fp32", "teacher.pt"),
@@ -31,8 +32,8 @@ def test_variants_in_pipeline_order_with_their_files():
     for network in NETWORKS:
         assert by_name(network).file == checkpoint_file(network)
         assert by_name(f"{network}_onnx").file == onnx_file(network)
-    assert by_name(DEPLOYED).file == INT8_FILE
-    assert by_name(DEPLOYED).network == DEPLOYABLE_NETWORK
+    assert by_name(INT8_VARIANT).file == INT8_FILE
+    assert by_name(INT8_VARIANT).network == DEPLOYABLE_NETWORK
 
 
 def test_variant_names_and_files_are_unique():
@@ -101,7 +102,7 @@ def test_networks_differ(zoo):
 def test_int8_predictor_is_close_to_its_fp32_source(zoo):
     images = zoo_images(zoo)[:4, None]
     fp32 = predictor(by_name("pruned_onnx"), zoo.models, threads=1)(images)
-    int8 = predictor(by_name(DEPLOYED), zoo.models, threads=1)(images)
+    int8 = predictor(by_name(INT8_VARIANT), zoo.models, threads=1)(images)
     assert int8.shape == fp32.shape and np.isfinite(int8).all()
     # quantised, so not equal, but close on the scale of the logits
     assert np.abs(int8 - fp32).max() < 0.25 * (np.abs(fp32).max() + 1e-6) + 0.05

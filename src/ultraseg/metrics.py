@@ -3,7 +3,7 @@
 Conventions, used everywhere a number is reported:
 
 - Every case is scored at the image's ORIGINAL resolution. Network probabilities are resized there with bilinear
-  interpolation (:func:`ultraseg.data.preprocess.resize_probabilities`) and only then thresholded, as
+  interpolation (:func:`ultraseg.runtime.preprocess.resize_probabilities`) and only then thresholded, as
   ``prob > threshold``.
 - A *lesion image* has a non-empty reference (benign, malignant); a *normal image* has an empty one.
 - Undefined scores are NaN, never 1.0:

@@ -1,7 +1,7 @@
 """Export a network to ONNX, read the metadata back, and check that the file computes what the model does.
 
 The exported graph takes ``input`` (N, 1, H, W) float32 — images already normalised with
-:func:`ultraseg.data.preprocess.normalize` — and returns ``logits`` (N, 1, H, W), with N, H and W dynamic
+:func:`ultraseg.runtime.preprocess.normalize` — and returns ``logits`` (N, 1, H, W), with N, H and W dynamic
 (``dim_param`` ``batch``, ``height``, ``width``). Everything a deployment needs to reproduce the pipeline travels
 inside the file as ``metadata_props`` (values JSON-encoded): preprocessing params, input size, normalisation,
 decision threshold, model config. The file is self-contained: weights are stored inline, never as external data.
@@ -26,15 +26,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from ultraseg.io import atomic_path
 from ultraseg.params import ExportParams
+from ultraseg.runtime.model_files import INPUT, OUTPUT, session
 
-INPUT = "input"
-OUTPUT = "logits"
 DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
 """Axis -> ``dim_param`` of the input and output."""
 EXAMPLE_SIZE = 64
@@ -167,20 +165,6 @@ def write_with_metadata(src: str | Path, dst: str | Path, updates: Mapping[str, 
 
 
 # ---------------------------------------------------------------------------------------------------- running
-
-
-def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session with every graph optimisation; ``threads`` intra-op threads (None: ORT's choice,
-    one per physical core)."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {threads}")
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def parity(model: nn.Module, path: str | Path, params: ExportParams) -> dict[str, Any]:

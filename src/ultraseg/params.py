@@ -647,7 +647,7 @@ class QuantizeParams(Section):
 
 @dataclass(frozen=True)
 class DeployParams(Section):
-    """The deployable model's threshold and post-processing rule (:class:`ultraseg.postprocess.PostProcess`),
+    """The deployable model's threshold and post-processing rule (:class:`ultraseg.runtime.postprocess.PostProcess`),
     chosen on val over the grid below; test is never looked at."""
 
     threshold_step: float = 0.05

@@ -39,8 +39,8 @@ from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ultraseg.io import atomic_path
-from ultraseg.onnx_io import INPUT
 from ultraseg.params import QuantizeParams
+from ultraseg.runtime.model_files import INPUT
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
@@ -55,7 +55,7 @@ class CalibrationReader(CalibrationDataReader):
         if images.ndim != 3 or len(images) == 0:
             raise ValueError(f"expected calibration images (N, H, W) with N >= 1, got shape {images.shape}")
         if images.dtype != np.float32:
-            raise ValueError(f"expected normalised float32 images (see ultraseg.data.preprocess.normalize), "
+            raise ValueError(f"expected normalised float32 images (see ultraseg.runtime.preprocess.normalize), "
                              f"got {images.dtype}")
         self.images = images
         self.position = 0

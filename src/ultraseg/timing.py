@@ -39,7 +39,7 @@ def _input(shape: tuple[int, ...], seed: int) -> np.ndarray:
 
 def onnx_runner(path: str | Path, shape: tuple[int, ...], threads: int = 1, seed: int = 0) -> Callable[[], object]:
     """A zero-argument call of an ONNX Runtime session on a fixed seeded input."""
-    from ultraseg.onnx_io import INPUT, session
+    from ultraseg.runtime.model_files import INPUT, session
 
     sess, feed = session(path, threads), {INPUT: _input(shape, seed)}
     return lambda: sess.run(None, feed)

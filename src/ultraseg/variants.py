@@ -1,13 +1,13 @@
-"""Every model variant the pipeline produces, and one way to run any of them.
+"""Every model variant the pipeline produces, and one way to run any of them, PyTorch checkpoints included.
 
 A variant is a network (``teacher``, ``student``, ``pruned``) in a runtime (PyTorch eager, ONNX Runtime) at a
 precision (fp32, int8). The evaluate and benchmark stages iterate over the same list, so a variant cannot be scored
-and not timed, or the other way round.
+and not timed, or the other way round. The file names, and running an ONNX file without PyTorch, are the runtime's:
+:mod:`ultraseg.runtime.model_files`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 from scipy.special import expit
 
-Predict = Callable[[np.ndarray], np.ndarray]
-"""``predict(images (N, 1, H, W) float32) -> logits (N, 1, H, W) float32``."""
+from ultraseg.runtime.model_files import (DEPLOYABLE_NETWORK, INT8_FILE, INT8_VARIANT, NETWORKS, Predict,
+                                          checkpoint_file, onnx_file, onnx_predictor)
 
 
 @dataclass(frozen=True)
@@ -34,40 +34,11 @@ class Variant:
         return f"{self.network} ({runtime} {self.precision})"
 
 
-Network = Literal["teacher", "student", "pruned"]
-NETWORKS: tuple[Network, ...] = ("teacher", "student", "pruned")
-"""The trained networks, in the order the pipeline makes them."""
-DEPLOYABLE_NETWORK: Network = "pruned"
-"""The network that is quantized to int8 and deployed."""
-
-
-ONNX_DIR = "onnx"
-"""The export stage's folder of fp32 ONNX files, inside the models directory."""
-
-
-def checkpoint_file(network: str) -> str:
-    """A network's PyTorch checkpoint, relative to the models directory."""
-    return f"{network}.pt"
-
-
-def onnx_file(network: str) -> str:
-    """A network's fp32 ONNX file, relative to the models directory."""
-    return f"{ONNX_DIR}/{network}.onnx"
-
-
-INT8_FILE = f"{DEPLOYABLE_NETWORK}.int8.onnx"
-"""The int8 model, relative to the models directory."""
-DEPLOY_FILE = "deploy/ultraseg.int8.onnx"
-"""The deployable file users run (the int8 model with its post-processing rule), relative to the models
-directory."""
-
 VARIANTS: tuple[Variant, ...] = (
     *(v for n in NETWORKS for v in (Variant(n, n, "torch", "fp32", checkpoint_file(n)),
                                     Variant(f"{n}_onnx", n, "onnxruntime", "fp32", onnx_file(n)))),
-    Variant(f"{DEPLOYABLE_NETWORK}_int8", DEPLOYABLE_NETWORK, "onnxruntime", "int8", INT8_FILE),
+    Variant(INT8_VARIANT, DEPLOYABLE_NETWORK, "onnxruntime", "int8", INT8_FILE),
 )
-DEPLOYED = f"{DEPLOYABLE_NETWORK}_int8"
-"""The variant an edge device runs: the sample figure and the headline ratios are about it."""
 
 
 def by_name(name: str) -> Variant:
@@ -98,14 +69,6 @@ def predictor(variant: Variant, models_dir: Path, threads: int | None = None) ->
             return model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
 
     return predict
-
-
-def onnx_predictor(path: Path, threads: int | None = None) -> Predict:
-    """The logits function of any ONNX file (fp32 or int8) in ONNX Runtime on the CPU."""
-    from ultraseg.onnx_io import INPUT, session
-
-    sess = session(path, threads)
-    return lambda images: sess.run(None, {INPUT: np.ascontiguousarray(images, dtype=np.float32)})[0]
 
 
 def probabilities(predict: Predict, images: np.ndarray, batch_size: int = 16) -> np.ndarray:

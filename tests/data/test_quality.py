@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ultraseg.data import filters
 from ultraseg.data.quality import TISSUE_FLOOR, edge_preservation, enl, filter_quality, speckle_patches
+from ultraseg.runtime import filters
 
 
 def phantom(shape: tuple[int, int] = (128, 112), seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ import pytest
 from ultraseg import params as params_mod
 from ultraseg.params import DeployParams
 from ultraseg.pipeline import deploy
-from ultraseg.postprocess import PostProcess
 from ultraseg.runtime import Segmenter
+from ultraseg.runtime.postprocess import PostProcess
 
 
 def test_grid_leaves_out_gates_that_change_nothing():

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from ultraseg import params as params_mod
-from ultraseg.pipeline import evaluate
 from ultraseg.params import EvaluateParams, Params
-from ultraseg.variants import DEPLOYED, VARIANTS, by_name
+from ultraseg.pipeline import evaluate
+from ultraseg.runtime.model_files import INT8_VARIANT
+from ultraseg.variants import VARIANTS, by_name
 
 
 def params_for(zoo, **evaluate_kwargs) -> Params:
@@ -105,8 +106,9 @@ def test_every_variant_is_scored_by_its_own_file(zoo):
     a = [r["dice"] for r in rows if r["variant"] == "pruned"]
     b = [r["dice"] for r in rows if r["variant"] == "pruned_onnx"]
     assert np.allclose(a, b, atol=0.02, equal_nan=True)
-    assert list(samples["preds"]) == ["teacher", DEPLOYED]  # shown side by side in the sample figure
-    assert len(samples["preds"][DEPLOYED]) == 6 and samples["preds"][DEPLOYED][0].shape == zoo.masks["benign (2)"].shape
+    assert list(samples["preds"]) == ["teacher", INT8_VARIANT]  # shown side by side in the sample figure
+    int8 = samples["preds"][INT8_VARIANT]
+    assert len(int8) == 6 and int8[0].shape == zoo.masks["benign (2)"].shape
     steps = metrics["paired"]
     assert list(steps) == ["student - teacher", "pruned - student", "pruned_onnx - pruned",
                            "pruned_int8 - pruned_onnx"]  # the deployable file was not scored here
@@ -148,9 +150,9 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
     """Raw images of 40x56 and 48x36 under a 32 px network: a prediction covering the left half of the network's
     input must come back as the left half of each original image, and references are the original masks."""
     from tests.conftest import speckle_image, write_raw
-    from ultraseg.pipeline import preprocess
     from ultraseg.io import write_csv
     from ultraseg.params import PreprocessParams
+    from ultraseg.pipeline import preprocess
 
     rng = np.random.default_rng(1)
     shapes = {"benign (1)": (40, 56), "malignant (1)": (48, 36), "benign (2)": (40, 56), "normal (1)": (48, 36)}
@@ -172,13 +174,13 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
     params = dataclasses.replace(params_mod.from_dict({"preprocess": {"size": 32}}),
                                  evaluate=EvaluateParams(threshold=0.5, bootstrap=10))
     metrics, rows, _, samples = evaluate.run(params, tmp_path, tmp_path / "data", tmp_path / "raw",
-                                             tmp_path / "split.csv", [by_name(DEPLOYED)])
+                                             tmp_path / "split.csv", [by_name(INT8_VARIANT)])
     by_id = {r["id"]: r for r in rows}
     for k, image_id in enumerate(samples["split"].ids):
-        assert samples["preds"][DEPLOYED][k].shape == shapes[image_id]
+        assert samples["preds"][INT8_VARIANT][k].shape == shapes[image_id]
         assert by_id[image_id]["ref_pixels"] == masks[image_id].sum()
     assert by_id["benign (1)"]["dice"] == by_id["malignant (1)"]["dice"] == 1.0
-    assert by_id["normal (1)"]["pred_pixels"] == 48 * 18 and metrics["variants"][DEPLOYED]["normal_clean"] == 0.0
+    assert by_id["normal (1)"]["pred_pixels"] == 48 * 18 and metrics["variants"][INT8_VARIANT]["normal_clean"] == 0.0
 
 
 def test_the_deployable_file_scores_as_its_int8_model_through_the_runtime(zoo):

@@ -14,7 +14,7 @@ from ultraseg import checkpoint, onnx_io, params as params_mod
 from ultraseg.models.registry import build_model, count_parameters
 from ultraseg.onnx_io import ParityError
 from ultraseg.pipeline import export
-from ultraseg.variants import NETWORKS, checkpoint_file, onnx_predictor
+from ultraseg.runtime.model_files import NETWORKS, checkpoint_file, onnx_predictor
 
 ENTRY_KEYS = {"bytes", "params", "gmacs", "parity_max_abs", "parity_max_rel", "parity_shapes"}
 

@@ -7,12 +7,13 @@ import re
 import numpy as np
 import pytest
 
-from ultraseg.data import busi, filters
-from ultraseg.data import preprocess as pp
+from ultraseg.data import busi
 from ultraseg.data.dataset import Preprocessed
 from ultraseg.errors import DataError
 from ultraseg.params import PreprocessParams
 from ultraseg.pipeline import preprocess as stage
+from ultraseg.runtime import filters
+from ultraseg.runtime import preprocess as pp
 
 
 # ---------------------------------------------------------------------------------------------------- the stage

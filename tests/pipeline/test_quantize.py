@@ -11,7 +11,7 @@ import pytest
 from ultraseg import onnx_io, params as params_mod, quantization
 from ultraseg.io import read_csv, write_csv
 from ultraseg.pipeline import quantize
-from ultraseg.variants import DEPLOYABLE_NETWORK, INT8_FILE, onnx_file
+from ultraseg.runtime.model_files import DEPLOYABLE_NETWORK, INT8_FILE, onnx_file
 
 SUMMARY_KEYS = {
     "fp32_bytes", "int8_bytes", "size_ratio", "val_dice_fp32", "val_dice_int8", "val_dice_drop",

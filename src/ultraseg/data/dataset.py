@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ultraseg.data.augment import Augment, worker_seed
-from ultraseg.data.preprocess import normalize
 from ultraseg.errors import DataError
 from ultraseg.io import split_ids
+from ultraseg.runtime.preprocess import normalize
 
 
 @dataclass(frozen=True)

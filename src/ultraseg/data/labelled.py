@@ -33,7 +33,7 @@ import numpy as np
 
 from ultraseg.data import busi
 from ultraseg.errors import DataError
-from ultraseg.sources import IMAGE_SUFFIXES, read_image, to_grey
+from ultraseg.runtime.sources import IMAGE_SUFFIXES, read_image, to_grey
 
 Layout = Literal["auto", "csv", "folders", "busi"]
 LAYOUTS: tuple[str, ...] = ("auto", "csv", "folders", "busi")

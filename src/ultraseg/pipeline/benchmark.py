@@ -30,7 +30,8 @@ from ultraseg.data.busi import load_raw
 from ultraseg.io import split_ids
 from ultraseg.timing import time_call
 from ultraseg.params import BenchmarkParams, Params
-from ultraseg.variants import DEPLOY_FILE, DEPLOYED, VARIANTS, Variant, by_name, checkpoint_file, predictor
+from ultraseg.runtime.model_files import DEPLOY_FILE, INT8_VARIANT, checkpoint_file
+from ultraseg.variants import VARIANTS, Variant, by_name, predictor
 
 SEED_UNET = {"name": "unet", "widths": [64, 128, 256, 512]}
 """The U-Net this project started from: four levels of 64-512 channels."""
@@ -132,7 +133,7 @@ def measure_end_to_end(deployable: Path, frames: dict[str, np.ndarray], params: 
     run in a fresh process, which then holds the runtime alone."""
     import cv2
 
-    from ultraseg.runtime import Segmenter
+    from ultraseg.runtime.segmenter import Segmenter
 
     cv2.setNumThreads(1)  # OpenCV's own pool would lend the preprocessing other cores: one core means one thread
     segmenter = Segmenter(deployable, threads=1)
@@ -268,7 +269,7 @@ def tradeoff_figure(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     # A legend, not labels beside the points: a model and its ONNX twin sit almost on top of each other.
     for row in rows:
-        marker = "*" if row["variant"] == DEPLOYED else "s" if row["variant"].endswith("_onnx") else "o"
+        marker = "*" if row["variant"] == INT8_VARIANT else "s" if row["variant"].endswith("_onnx") else "o"
         ax.scatter(row["latency_ms"], row["test_dice"], s=140 if marker == "*" else 45, marker=marker,
                    alpha=0.8, label=row["variant"])
     ax.legend(fontsize=7, loc="best", ncol=2)

@@ -1,7 +1,7 @@
 """The deploy stage's work: choose the int8 model's threshold and post-processing on val, through the runtime a
 user runs, and write the one deployable file that carries them.
 
-The rule (:class:`ultraseg.postprocess.PostProcess`) is searched over the ``deploy`` params grid on the val images
+The rule (:class:`ultraseg.runtime.PostProcess`) is searched over the ``deploy`` params grid on the val images
 at their original resolution, with the model run once per image and, where ``deploy.flips`` allows, averaged over
 a left-right flip: among the rules whose lesion-mean Dice is within ``dice_tolerance`` of the best one, the rule
 that leaves the most normal images clean wins (ties: higher Dice, then without the flip, which costs a second model
@@ -24,8 +24,8 @@ from ultraseg import metrics, onnx_io, params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import split_ids
 from ultraseg.params import DeployParams, Params
-from ultraseg.postprocess import PostProcess
-from ultraseg.runtime import Segmenter
+from ultraseg.runtime.postprocess import PostProcess
+from ultraseg.runtime.segmenter import Segmenter
 
 def candidate_rules(params: DeployParams) -> list[PostProcess]:
     """Every rule of the grid; a gate at or below the threshold changes nothing and is left out."""

@@ -17,22 +17,21 @@ from tqdm import tqdm
 from ultraseg import figures, metrics
 from ultraseg.data.busi import load_raw, read_manifest
 from ultraseg.data.dataset import load_split
-from ultraseg.data.preprocess import resize_probabilities
 from ultraseg.io import read_csv
 from ultraseg.params import EvaluateParams, Params
-from ultraseg.runtime import Segmenter
-from ultraseg.variants import DEPLOYED, VARIANTS, Variant, predictor, probabilities
+from ultraseg.runtime.model_files import DEPLOYED, INT8_VARIANT
+from ultraseg.runtime.preprocess import resize_probabilities
+from ultraseg.runtime.segmenter import Segmenter
+from ultraseg.variants import VARIANTS, Variant, predictor, probabilities
 
-DEPLOYABLE = "deployed"
-"""The deployable file (``models/deploy/ultraseg.int8.onnx``), scored as a user runs it."""
 STEPS = (("student", "teacher", "distillation to the small student"),
          ("pruned", "student", "channel pruning and fine-tuning"),
          ("pruned_onnx", "pruned", "ONNX export"),
-         ("pruned_int8", "pruned_onnx", "int8 quantization"),
-         (DEPLOYABLE, "pruned_int8", "threshold and post-processing chosen on val"),
-         (DEPLOYABLE, "teacher", "the whole chain"))
+         (INT8_VARIANT, "pruned_onnx", "int8 quantization"),
+         (DEPLOYED, INT8_VARIANT, "threshold and post-processing chosen on val"),
+         (DEPLOYED, "teacher", "the whole chain"))
 """Each optimisation step as (after, before, what): their paired per-image Dice difference says what it cost."""
-SAMPLE_VARIANTS = ("teacher", DEPLOYED)
+SAMPLE_VARIANTS = ("teacher", INT8_VARIANT)
 """Shown side by side, after the deployable file, in the sample figure."""
 CASE_COLUMNS = ("variant", "id", "class", "threshold", "dice", "iou", "precision", "recall", "hd95", "tp", "fp", "fn",
                 "pred_pixels", "ref_pixels")
@@ -88,7 +87,7 @@ def score_deployed(path: Path, val: Split, test: Split,
     rows = metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
     summary = {"threshold": rule.threshold, "threshold_from": "deploy", "postprocess": rule.to_dict(),
                **metrics.aggregate(rows, params.bootstrap, params.seed), **by_source(rows, test, params)}
-    rows = [{"variant": DEPLOYABLE, "threshold": rule.threshold, **row} for row in rows]
+    rows = [{"variant": DEPLOYED, "threshold": rule.threshold, **row} for row in rows]
     return summary, rows, curve, preds
 
 
@@ -123,12 +122,12 @@ def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_c
                    f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}]  "
                    f"threshold {summary['threshold']:.2f}")
     if deployable is not None:
-        summary, deployed_rows, curves[DEPLOYABLE], preds = score_deployed(deployable, val, test, params.evaluate)
+        summary, deployed_rows, curves[DEPLOYED], preds = score_deployed(deployable, val, test, params.evaluate)
         # first, so that the figure picks its cases by the deployable file's scores
-        samples["preds"] = {DEPLOYABLE: preds, **samples["preds"]}
-        samples["rows"] = {DEPLOYABLE: deployed_rows, **samples["rows"]}
-        metrics[DEPLOYABLE], rows = _rounded(summary), rows + deployed_rows
-        tqdm.write(f"evaluate: {DEPLOYABLE:13s} test Dice {summary['dice']:.4f}, normal clean "
+        samples["preds"] = {DEPLOYED: preds, **samples["preds"]}
+        samples["rows"] = {DEPLOYED: deployed_rows, **samples["rows"]}
+        metrics[DEPLOYED], rows = _rounded(summary), rows + deployed_rows
+        tqdm.write(f"evaluate: {DEPLOYED:13s} test Dice {summary['dice']:.4f}, normal clean "
                    f"{summary['normal_clean']:.4f} with {summary['postprocess']}")
     head = {"split": "test", "n_images": len(test.ids), "scored_at": "original resolution",
             "headline": "mean Dice over lesion images (benign + malignant)"}

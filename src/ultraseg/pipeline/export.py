@@ -11,7 +11,7 @@ from pathlib import Path
 from ultraseg import checkpoint, onnx_io, params as params_mod
 from ultraseg.models.registry import count_macs, count_parameters
 from ultraseg.params import Params
-from ultraseg.variants import NETWORKS, checkpoint_file, onnx_file
+from ultraseg.runtime.model_files import NETWORKS, checkpoint_file, onnx_file
 
 
 def export_all(params: Params, models_dir: Path, out_dir: Path) -> dict:

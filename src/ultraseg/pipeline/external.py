@@ -1,5 +1,5 @@
 """The external stage's work: the deployable file scored on each labelled folder that ``evaluate.external`` names,
-exactly as ``ultraseg evaluate-folder`` scores one (:mod:`ultraseg.evaluate_folder`).
+exactly as ``ultraseg evaluate-folder`` scores one (:mod:`ultraseg.commands.evaluate_folder`).
 
 A folder with a bad file stops the stage before anything is written: an external score over the readable part of a
 folder would look like a score of the folder.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ultraseg import evaluate_folder
+from ultraseg.commands import evaluate_folder
 from ultraseg.io import write_csv
 
 INDEX_COLUMNS = ("name", "data", "n_images", "n_lesion", "dice", "dice_low", "dice_high", "missed", "sensitivity",

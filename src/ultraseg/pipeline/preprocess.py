@@ -1,4 +1,4 @@
-"""The preprocess stage's work: every fetched image through :func:`ultraseg.data.preprocess.preprocess`, and a
+"""The preprocess stage's work: every fetched image through :func:`ultraseg.runtime.preprocess.preprocess`, and a
 comparison of every speckle filter on a fixed sample of train-split lesion images."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg.data import busi, filters, quality
-from ultraseg.data.preprocess import preprocess, resize_mask
+from ultraseg.data import busi, quality
 from ultraseg.io import atomic_path
 from ultraseg.params import PreprocessParams
+from ultraseg.runtime import filters
+from ultraseg.runtime.preprocess import preprocess, resize_mask
 
 INDEX_COLUMNS = ("row", "id", "class", "width", "height")
 

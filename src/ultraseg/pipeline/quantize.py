@@ -10,7 +10,8 @@ import torch
 from ultraseg import checkpoint, metrics, onnx_io, quantization, timing
 from ultraseg.data.dataset import load_split
 from ultraseg.params import Params
-from ultraseg.variants import DEPLOYABLE_NETWORK, checkpoint_file, onnx_file, onnx_predictor, probabilities
+from ultraseg.runtime.model_files import DEPLOYABLE_NETWORK, checkpoint_file, onnx_file, onnx_predictor
+from ultraseg.variants import probabilities
 
 
 def quantize_deployable(params: Params, onnx_dir: Path, models_dir: Path, data_dir: Path, split_csv: Path,

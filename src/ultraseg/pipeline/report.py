@@ -15,7 +15,7 @@ import yaml
 
 from ultraseg import params as params_mod
 from ultraseg.params import LossParams, Params
-from ultraseg.variants import DEPLOYED
+from ultraseg.runtime.model_files import DEPLOYED, INT8_VARIANT
 
 
 class ReportError(RuntimeError):
@@ -327,9 +327,9 @@ def benchmark_section(bench: dict, scores: dict) -> str:
     lines = []
     for key in keys:
         eager, ort = speed.get(f"vs_teacher_{key}", {}), speed.get(f"vs_teacher_onnx_{key}", {})
-        if DEPLOYED in eager:
-            lines.append(f"- {key.replace('_', ' ')}: `{DEPLOYED}` is {eager[DEPLOYED]}× faster than the "
-                         f"teacher in PyTorch eager and {ort.get(DEPLOYED, '–')}× faster than the teacher in "
+        if INT8_VARIANT in eager:
+            lines.append(f"- {key.replace('_', ' ')}: `{INT8_VARIANT}` is {eager[INT8_VARIANT]}× faster than the "
+                         f"teacher in PyTorch eager and {ort.get(INT8_VARIANT, '–')}× faster than the teacher in "
                          f"ONNX Runtime fp32.")
     return f"""## Speed, size and memory
 
@@ -354,14 +354,14 @@ variants were timed in one run: compare them by ratio, not with another run's ab
 def deployable_section(deploy: dict, scores: dict, bench: dict) -> str:
     """The file users run: its rule (chosen on val), what the rule does on val and test, and its end-to-end cost."""
     rule, chosen, plain = deploy["postprocess"], deploy["val_chosen"], deploy["val_threshold_only"]
-    deployed, int8 = scores["variants"]["deployed"], scores["variants"][DEPLOYED]
+    deployed, int8 = scores["variants"][DEPLOYED], scores["variants"][INT8_VARIANT]
     flipped = deploy.get("val_threshold_only_flip")
     rows = [["val, best threshold alone", plain["threshold"], _num(plain["dice"]), _num(plain["normal_clean"])],
             *([["val, best threshold alone, flip-averaged", flipped["threshold"], _num(flipped["dice"]),
                 _num(flipped["normal_clean"])]] if flipped else []),
             [f"val, deployed rule{', flip-averaged' if deploy.get('flip') else ''}", rule["threshold"],
              _num(chosen["dice"]), _num(chosen["normal_clean"])],
-            [f"test, `{DEPLOYED}` (threshold from val, no post-processing)", _num(int8["threshold"], ".2f"),
+            [f"test, `{INT8_VARIANT}` (threshold from val, no post-processing)", _num(int8["threshold"], ".2f"),
              _num(int8["dice"]), _num(int8["normal_clean"])],
             ["test, deployed file through the runtime", rule["threshold"], _num(deployed["dice"]),
              _num(deployed["normal_clean"])]]
@@ -475,7 +475,7 @@ def _pruning_note(prune: dict) -> str:
 
 def challenges_section(split: dict, distill: dict, prune: dict, quant: dict, scores: dict) -> str:
     v = scores["variants"]
-    teacher, deployed = v["teacher"], v[DEPLOYED]
+    teacher, deployed = v["teacher"], v[INT8_VARIANT]
     gain = distill.get("kd_gain_val_dice")
     kd = ("distillation was not measured against a baseline in this run (`distill.baseline: false`); the "
           "`no-distillation` lever of `scripts/experiments.py --grid levers` measures it as a `dvc exp` run "
@@ -680,7 +680,7 @@ def headline(scores: dict, rob: dict, bench: dict, train: dict) -> dict:
             "gap": round(teacher["dice"] - deployed["dice"], 4), "normal_clean": deployed["normal_clean"],
             "missed": deployed["failures"]["missed"]["n"], "teacher_missed": teacher["failures"]["missed"]["n"],
             "shift_drop": drop["deployed"], "teacher_shift_drop": drop["teacher"],
-            "ms": end["p50_ms"], "mb": bench["variants"][DEPLOYED]["file_mb"]}
+            "ms": end["p50_ms"], "mb": bench["variants"][INT8_VARIANT]["file_mb"]}
 
 
 def headline_file(metrics_dir: Path) -> dict:

@@ -17,8 +17,8 @@ from tqdm import tqdm
 from ultraseg import metrics, shifts
 from ultraseg.data.busi import load_raw
 from ultraseg.io import read_csv, split_ids
-from ultraseg.postprocess import PostProcess
-from ultraseg.runtime import Segmenter
+from ultraseg.runtime.postprocess import PostProcess
+from ultraseg.runtime.segmenter import Segmenter
 
 NONE = "none"
 

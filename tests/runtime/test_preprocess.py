@@ -1,4 +1,4 @@
-"""data/preprocess.py: masks stay binary under resizing, normalisation numbers, enhancement."""
+"""runtime/preprocess.py: masks stay binary under resizing, normalisation numbers, enhancement."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ultraseg.data import filters
-from ultraseg.data import preprocess as pp
 from ultraseg.params import ClaheParams, PreprocessParams
+from ultraseg.runtime import filters
+from ultraseg.runtime import preprocess as pp
 
 PLAIN = PreprocessParams(filter="none", clahe=ClaheParams(enabled=False))
 

@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from ultraseg import evaluate_folder, params as params_mod
+from ultraseg import params as params_mod
+from ultraseg.commands import evaluate_folder
 from ultraseg.io import split_ids
 from ultraseg.pipeline import evaluate
-from ultraseg.variants import DEPLOY_FILE
+from ultraseg.runtime.model_files import DEPLOY_FILE
 
 
 def test_folder_of_the_test_split_scores_exactly_as_evaluate(zoo, tmp_path):
@@ -64,7 +65,7 @@ def _csv(path: Path) -> list[dict]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ultraseg.console", "evaluate-folder", *args],
+    return subprocess.run([sys.executable, "-m", "ultraseg.commands.console", "evaluate-folder", *args],
                           capture_output=True, text=True)
 
 

@@ -1,4 +1,4 @@
-"""Tests for ultraseg.data.filters: slow per-pixel references, identity, output contract, speckle reduction,
+"""Tests for ultraseg.runtime.filters: slow per-pixel references, identity, output contract, speckle reduction,
 parameters and the registry."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ultraseg.data import filters as F
-from ultraseg.data.filters import FILTERS, apply_filter
 from ultraseg.params import FilterParams
+from ultraseg.runtime import filters as F
+from ultraseg.runtime.filters import FILTERS, apply_filter
 
 SPECKLE = ("lee", "frost", "kuan", "srad")
 SMOOTHERS = ("gaussian", "median", "bilateral", "nlm")

@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.viewer.test_server import BENIGN, pick_thresholds
+from tests.commands.viewer.test_server import BENIGN, pick_thresholds
+from ultraseg.commands.viewer import server
 from ultraseg.data.busi import read_image
 from ultraseg.runtime import Segmenter
-from ultraseg.viewer import server
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),

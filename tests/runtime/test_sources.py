@@ -1,4 +1,4 @@
-"""ultraseg.sources: every input kind (image formats, folders, DICOM, video) built from a real BUSI scan, and the
+"""runtime/sources.py: every input kind (image formats, folders, DICOM, video) built from a real BUSI scan, and the
 broken files a user will hand it."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from ultraseg.data.busi import read_image
 from ultraseg.errors import DataError
-from ultraseg.sources import Frame, expand, read_frames
+from ultraseg.runtime.sources import Frame, expand, read_frames
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"

@@ -41,9 +41,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ultraseg import sources
 from ultraseg.errors import DataError
-from ultraseg.runtime import Segmentation, Segmenter, to_grey
+from ultraseg.runtime import sources
+from ultraseg.runtime.segmenter import Segmentation, Segmenter
+from ultraseg.runtime.sources import to_grey
 
 STATIC = Path(__file__).parent / "static"
 CONTOUR_POINTS = 200

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ultraseg import evaluate_folder, predict
-    from ultraseg.viewer import server
+    from ultraseg.commands import evaluate_folder, predict
+    from ultraseg.commands.viewer import server
 
     ap = argparse.ArgumentParser(prog="ultraseg", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,

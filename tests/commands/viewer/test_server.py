@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from ultraseg.commands.viewer import server
 from ultraseg.data.busi import read_image
 from ultraseg.errors import DataError
 from ultraseg.runtime import Segmenter
-from ultraseg.viewer import server
 
 BENIGN = ("benign", "benign (1).webp")
 
@@ -378,9 +378,9 @@ def test_serve_reports_a_bad_source_without_starting(zoo, tmp_path, capsys):
 
 
 def test_a_16bit_monochrome1_dicom_gets_the_answer_predict_gives(client, segmenter, busi_image, tmp_path):
-    """The viewer reads files with ultraseg.sources, as the command line does: one answer per file."""
-    from tests.test_sources import write_dicom
-    from ultraseg import sources
+    """The viewer reads files with ultraseg.runtime.sources, as the command line does: one answer per file."""
+    from tests.runtime.test_sources import write_dicom
+    from ultraseg.runtime import sources
 
     path = write_dicom(tmp_path / "scan.dcm", (255 - busi_image).astype(np.uint16) * 40, photometric="MONOCHROME1")
     (frame,) = sources.read_frames(path)

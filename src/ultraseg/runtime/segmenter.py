@@ -35,11 +35,11 @@ import numpy as np
 import onnxruntime as ort
 
 from ultraseg import params as params_mod
-from ultraseg.data.preprocess import normalize, preprocess, resize_probabilities
 from ultraseg.errors import DataError
 from ultraseg.params import PreprocessParams
-from ultraseg.postprocess import PostProcess
-from ultraseg.sources import to_grey, to_grey_channels  # noqa: F401  (part of the runtime's API)
+from ultraseg.runtime.postprocess import PostProcess
+from ultraseg.runtime.preprocess import normalize, preprocess, resize_probabilities
+from ultraseg.runtime.sources import to_grey
 
 REQUIRED_METADATA = ("preprocess", "size", "normalize", "threshold")
 """What a model file must carry for the runtime to use it (the pipeline's export writes all of them)."""

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import doctest
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import speckle_image
-from ultraseg import runtime
-from ultraseg.data.preprocess import normalize, preprocess, resize_probabilities
 from ultraseg.errors import DataError
-from ultraseg.postprocess import PostProcess
-from ultraseg.runtime import Segmenter, to_grey
-from ultraseg.variants import onnx_predictor
+from ultraseg.runtime import Segmenter, segmenter, to_grey
+from ultraseg.runtime.model_files import onnx_predictor
+from ultraseg.runtime.postprocess import PostProcess
+from ultraseg.runtime.preprocess import normalize, preprocess, resize_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +27,7 @@ def image():
 
 
 def test_docstring_example_runs(model):
-    result = doctest.testmod(runtime, extraglobs={"MODEL": str(model)}, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(segmenter, extraglobs={"MODEL": str(model)}, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 6 and result.failed == 0
 
 
@@ -111,19 +108,6 @@ def test_bad_models_and_images_are_named(tmp_path, zoo, image):
         Segmenter(bare)
     with pytest.raises(DataError, match="shape"):
         Segmenter(zoo.models / "pruned.int8.onnx").segment(np.zeros((4, 4, 5)))
-
-
-def test_runtime_never_imports_torch(model, image, tmp_path):
-    np.save(tmp_path / "image.npy", image)
-    code = ("import sys\n"
-            "for name in ('torch', 'torch_pruning', 'onnx', 'dvc', 'dvclive', 'scipy'): sys.modules[name] = None\n"
-            "import numpy as np\n"
-            "from ultraseg.runtime import Segmenter\n"
-            f"result = Segmenter({str(model)!r}).segment(np.load({str(tmp_path / 'image.npy')!r}))\n"
-            "print(result.mask.shape)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str(image.shape)
 
 
 def test_flip_averages_the_model_over_the_mirrored_input(model, image):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ultraseg.data import filters
 from ultraseg.params import PreprocessParams
+from ultraseg.runtime import filters
 
 
 def enhance(image: np.ndarray, params: PreprocessParams, filter_name: str | None = None) -> np.ndarray:

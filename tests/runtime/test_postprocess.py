@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ultraseg.postprocess import PostProcess
+from ultraseg.runtime.postprocess import PostProcess
 
 
 def blobs() -> np.ndarray:

@@ -1,13 +1,13 @@
-"""cli.py: every stage's command line shows its docstring and takes --params; bad params, bad data and missing
-inputs end the process with one `error: ...` line, other exceptions keep their traceback."""
+"""pipeline/stage.py: every stage's command line shows its docstring and takes --params; bad params, bad data and
+missing inputs end the process with one `error: ...` line, other exceptions keep their traceback."""
 
 from __future__ import annotations
 
 import pytest
 
-from ultraseg import cli
 from ultraseg.errors import DataError
 from ultraseg.params import Params, ParamsError, load
+from ultraseg.pipeline import stage
 
 DOC = """thing: do the thing to the data.
 
@@ -17,7 +17,7 @@ data/out, with care.
 
 
 def test_parser_shows_summary_and_details(capsys):
-    ap = cli.parser(DOC)
+    ap = stage.parser(DOC)
     assert ap.description == "thing: do the thing to the data."
     assert ap.epilog == "Reads data/in and writes\ndata/out, with care."
     with pytest.raises(SystemExit) as exit_:
@@ -30,24 +30,24 @@ def test_parser_shows_summary_and_details(capsys):
 
 
 def test_parser_of_a_one_line_or_missing_docstring():
-    assert cli.parser("just a summary").description == "just a summary"
-    assert cli.parser("just a summary").epilog is None
-    assert cli.parser("  summary  \n\n   \n").epilog is None
-    assert cli.parser(None).description == ""
-    assert cli.parser(None).epilog is None
+    assert stage.parser("just a summary").description == "just a summary"
+    assert stage.parser("just a summary").epilog is None
+    assert stage.parser("  summary  \n\n   \n").epilog is None
+    assert stage.parser(None).description == ""
+    assert stage.parser(None).epilog is None
 
 
 def test_params_option_defaults_to_params_yaml():
-    ap = cli.parser(DOC)
+    ap = stage.parser(DOC)
     assert ap.parse_args([]).params == "params.yaml"
     assert ap.parse_args(["--params", "other.yaml"]).params == "other.yaml"
 
 
 def test_parse_loads_the_params_file(tmp_path, params_file):
     path = params_file(tmp_path / "p.yaml", {"train": {"lr": 0.01}})
-    ap = cli.parser(DOC)
+    ap = stage.parser(DOC)
     ap.add_argument("--out", default="x")
-    args, params = cli.parse(ap, ["--params", str(path), "--out", "y"])
+    args, params = stage.parse(ap, ["--params", str(path), "--out", "y"])
     assert args.out == "y" and args.params == str(path)
     assert isinstance(params, Params)
     assert params.train.lr == 0.01
@@ -56,7 +56,7 @@ def test_parse_loads_the_params_file(tmp_path, params_file):
 
 def one_line_exit(ap, argv) -> str:
     with pytest.raises(SystemExit) as exit_:
-        cli.parse(ap, argv)
+        stage.parse(ap, argv)
     message = exit_.value.code
     assert isinstance(message, str)  # sys.exit(str): printed to stderr, exit status 1
     assert len(message.splitlines()) == 1, message
@@ -65,26 +65,26 @@ def one_line_exit(ap, argv) -> str:
 
 def test_parse_exits_with_one_line_for_a_bad_value(tmp_path, params_file):
     path = params_file(tmp_path / "p.yaml", {"train": {"lr": "abc"}})
-    message = one_line_exit(cli.parser(DOC), ["--params", str(path)])
+    message = one_line_exit(stage.parser(DOC), ["--params", str(path)])
     assert message == f"error: {path}: train.lr: expected float, got 'abc'"
 
 
 def test_parse_exits_with_one_line_for_an_unknown_key(tmp_path, params_file):
     path = params_file(tmp_path / "p.yaml", {"export": {"opsett": 18}})
-    message = one_line_exit(cli.parser(DOC), ["--params", str(path)])
+    message = one_line_exit(stage.parser(DOC), ["--params", str(path)])
     assert message.startswith(f"error: {path}: unknown key export.opsett")
 
 
 def test_parse_exits_with_one_line_for_invalid_yaml(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train: [unclosed\n  lr: 1\n")
-    message = one_line_exit(cli.parser(DOC), ["--params", str(path)])
+    message = one_line_exit(stage.parser(DOC), ["--params", str(path)])
     assert message.startswith(f"error: {path}: not valid YAML at line 2, column ")
 
 
 def test_parse_exits_with_one_line_for_a_missing_file(tmp_path):
     path = tmp_path / "absent.yaml"
-    assert one_line_exit(cli.parser(DOC), ["--params", str(path)]) == f"error: {path}: params file not found"
+    assert one_line_exit(stage.parser(DOC), ["--params", str(path)]) == f"error: {path}: params file not found"
 
 
 @pytest.mark.parametrize("error", [
@@ -93,7 +93,7 @@ def test_parse_exits_with_one_line_for_a_missing_file(tmp_path):
     FileNotFoundError("models/teacher.pt: checkpoint not found; run the stage that writes it"),
 ])
 def test_fail_cleanly_turns_expected_errors_into_one_line(error):
-    @cli.fail_cleanly
+    @stage.fail_cleanly
     def main(argv=None):
         raise error
 
@@ -105,7 +105,7 @@ def test_fail_cleanly_turns_expected_errors_into_one_line(error):
 @pytest.mark.parametrize("error", [RuntimeError("a bug"), KeyError("meta"), ValueError("not a DataError"),
                                    TypeError("bad call")])
 def test_fail_cleanly_lets_other_exceptions_through(error):
-    @cli.fail_cleanly
+    @stage.fail_cleanly
     def main(argv=None):
         raise error
 
@@ -117,7 +117,7 @@ def test_fail_cleanly_lets_other_exceptions_through(error):
 def test_fail_cleanly_passes_argv_and_keeps_the_docstring():
     seen = []
 
-    @cli.fail_cleanly
+    @stage.fail_cleanly
     def main(argv=None):
         """stage: what it does."""
         seen.append(argv)
@@ -132,10 +132,10 @@ def test_fail_cleanly_wraps_parse_errors_of_the_stage(tmp_path, params_file):
     """A stage main built from parser + parse + fail_cleanly, as the stage scripts are."""
     path = params_file(tmp_path / "p.yaml", {"train": {"lr": "abc"}})
 
-    @cli.fail_cleanly
+    @stage.fail_cleanly
     def main(argv=None):
         """stage: summary."""
-        cli.parse(cli.parser(main.__doc__), argv)
+        stage.parse(stage.parser(main.__doc__), argv)
         raise AssertionError("not reached")
 
     with pytest.raises(SystemExit) as exit_:

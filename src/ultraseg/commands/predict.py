@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from ultraseg.errors import DataError
 from ultraseg.io import atomic_path, write_csv
-from ultraseg.runtime import Segmentation, Segmenter, to_grey, to_grey_channels
-from ultraseg.sources import Frame, expand, read_frames
+from ultraseg.runtime.segmenter import Segmentation, Segmenter
+from ultraseg.runtime.sources import Frame, expand, read_frames, to_grey, to_grey_channels
 
 DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
 COLUMNS = ("file", "frame", "lesion_present", "score", "area_px", "area_mm2", "bbox_x", "bbox_y", "bbox_w",

@@ -32,7 +32,8 @@ from ultraseg import figures, metrics
 from ultraseg.data import labelled
 from ultraseg.errors import DataError
 from ultraseg.io import write_csv, write_json
-from ultraseg.runtime import Segmenter, to_grey
+from ultraseg.runtime.segmenter import Segmenter
+from ultraseg.runtime.sources import to_grey
 
 DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
 CASE_COLUMNS = ("id", "file", "class", "group", "dice", "iou", "precision", "recall", "hd95", "hd95_mm",

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.test_sources import colour_version, truncated_png, us_region, write_dicom, write_image, write_video
-from ultraseg import predict
+from tests.runtime.test_sources import colour_version, truncated_png, us_region, write_dicom, write_image, write_video
+from ultraseg.commands import predict
 from ultraseg.data.busi import read_image
 from ultraseg.io import read_csv
 from ultraseg.runtime import Segmenter
-from ultraseg.sources import read_frames
+from ultraseg.runtime.sources import read_frames
 
 SPACING = {"dicom/mono1.dcm": (0.2, 0.1), "dicom/cine.dcm": (0.3, 0.4)}
 """(row, column) mm per pixel the DICOM inputs declare."""
@@ -245,7 +245,7 @@ def test_output_names_never_collide():
 
 def test_console_command(tmp_path, busi_mirror, model):
     path = write_image(tmp_path / "scan.png", read_image(busi_mirror / "benign" / "benign (1).webp"))
-    command = [sys.executable, "-m", "ultraseg.console", "predict"]
+    command = [sys.executable, "-m", "ultraseg.commands.console", "predict"]
     shown = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "--threshold" in shown.stdout and "results.csv" in shown.stdout
     done = subprocess.run([*command, str(path), "--out", str(tmp_path / "out"), "--model", str(model)],

@@ -1,1 +1,0 @@
-"""``ultraseg serve MODEL``: a local live viewer in the browser (:mod:`ultraseg.viewer.server`, page in static/)."""
