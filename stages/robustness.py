@@ -5,7 +5,9 @@ models/deploy/ultraseg.int8.onnx (with its own rule), data/raw and data/split.cs
 shifts' random draws. Writes metrics/robustness.json (per model, shift and severity: lesion Dice, its drop from the
 unshifted test split, the share of lesion images with no prediction, normal images left clean; the mean and worst
 drop per severity; under "val", the deployed file's mean and worst drop and most missed lesions per severity on
-the val split, by which training levers are chosen) and plots/robustness/dice_drop.png.
+the val split, by which training levers are chosen; under "stream", each model's decision flips per 100 frames,
+the frames a true change takes to show and the share of frames decided right on a simulated live scan, frame by
+frame and with the deployable file's stream smoothing) and plots/robustness/dice_drop.png.
 """
 
 from pathlib import Path
@@ -35,6 +37,7 @@ def main(argv=None) -> None:
     summary = robustness.run(models, args.raw, args.split, params.evaluate.seed, args.on)
     if args.on == "test":  # the deployed file on shifted val too: what training levers are chosen by
         summary["val"] = robustness.val_summary(models["deployed"], args.raw, args.split, params.evaluate.seed)
+    summary["stream"] = robustness.stream_summary(models, args.raw, args.split, params.evaluate.seed, args.on)
     robustness.figure(summary, args.figure)
     io.write_json(args.metrics, summary)
     moderate = {name: m["by_severity"]["moderate"]["mean_drop"] for name, m in summary["models"].items()}

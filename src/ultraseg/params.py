@@ -646,6 +646,24 @@ class QuantizeParams(Section):
 
 
 @dataclass(frozen=True)
+class StreamParams(Section):
+    """How a live stream's lesion decision is smoothed over recent frames (:mod:`ultraseg.runtime.stream`): a frame
+    whose score lies near the operating point would otherwise flip the answer as the probe moves."""
+
+    method: Literal["none", "debounce", "ema"] = "debounce"
+    """``none``: each frame decides alone; ``debounce``: the decision changes only once ``frames`` consecutive
+    frames disagree with it; ``ema``: an exponential average of the image-level score meets the operating point."""
+    frames: int = 3
+    """debounce: consecutive disagreeing frames that change the decision (a true change shows ``frames - 1`` late)."""
+    alpha: float = 0.5
+    """ema: weight of the newest frame's score (1 = no smoothing)."""
+
+    def check(self, prefix: str) -> None:
+        _require(self, prefix, "frames", lambda v: v >= 1, "an integer >= 1")
+        _require(self, prefix, "alpha", lambda v: 0 < v <= 1, "a value in (0, 1]")
+
+
+@dataclass(frozen=True)
 class DeployParams(Section):
     """The deployable model's threshold and post-processing rule (:class:`ultraseg.runtime.postprocess.PostProcess`),
     chosen on val over the grid below; test is never looked at."""
@@ -663,6 +681,8 @@ class DeployParams(Section):
     dice_tolerance: float = 0.005
     """Among the rules whose val lesion Dice is within this of the best rule's, the one that leaves the most normal
     val images clean is deployed: a user scanning healthy tissue should mostly see "no lesion"."""
+    stream: StreamParams = field(default_factory=StreamParams)
+    """The live-stream smoothing stored in the deployable file with the rule."""
 
     def check(self, prefix: str) -> None:
         _within(self, prefix, "threshold_step", 0.001, 0.5)

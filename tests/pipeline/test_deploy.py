@@ -52,6 +52,8 @@ def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, 
     assert Segmenter(out).postprocess == rule
     assert Segmenter(out).meta["threshold"] == rule.threshold
     assert Segmenter(out).flip is summary["flip"] and isinstance(summary["flip"], bool)
+    assert Segmenter(out).stream_rule == params.deploy.stream
+    assert summary["stream"] == params_mod.to_dict(params.deploy.stream)
     assert summary["val_images"] == 3
     assert summary["rules_tried"] == len(flips) * len(deploy.candidate_rules(params.deploy))
     assert ("val_threshold_only_flip" in summary) == (True in flips)

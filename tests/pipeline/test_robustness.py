@@ -57,3 +57,27 @@ def test_val_summary_is_the_deployed_files_val_run(zoo):
     summary = robustness.val_summary(deployed, zoo.raw, zoo.split, seed=0)
     full = robustness.run({"deployed": deployed}, zoo.raw, zoo.split, seed=0, split="val")["models"]["deployed"]
     assert summary == {"split": "val", "deployed": {"clean": full["clean"], "by_severity": full["by_severity"]}}
+
+
+def test_stream_summary_scores_both_models_on_one_clip(zoo):
+    from ultraseg import clips
+    from ultraseg.params import StreamParams, to_dict
+
+    models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                    zoo.models / "deploy" / "ultraseg.int8.onnx")
+    models["deployed"].stream_rule = models["teacher"].stream_rule = StreamParams("debounce", 3, 0.5)
+    summary = robustness.stream_summary(models, zoo.raw, zoo.split, seed=0)
+    assert summary["frames"] == clips.RUNS * clips.RUN_FRAMES and summary["split"] == "test"
+    for name in ("teacher", "deployed"):
+        result = summary[name]
+        assert result["stream"] == to_dict(StreamParams("debounce", 3, 0.5))
+        # debouncing can only remove flips, and a change shows no sooner than frames - 1 later
+        assert result["smoothed"]["flips_per_100"] <= result["per_frame"]["flips_per_100"]
+        assert 0 <= result["smoothed"]["accuracy"] <= 1
+    assert robustness.stream_summary(models, zoo.raw, zoo.split, seed=0) == summary
+
+
+def test_the_teacher_is_smoothed_as_the_deployable_file_is(zoo):
+    models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                    zoo.models / "deploy" / "ultraseg.int8.onnx")
+    assert models["teacher"].stream_rule == models["deployed"].stream_rule

@@ -85,12 +85,14 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
     flip, chosen = options[choose([scores[f][k] for f, k in options], params.deploy.dice_tolerance)]
     rule = rules[chosen]
     onnx_io.write_with_metadata(int8_path, out, {"postprocess": rule.to_dict(), "threshold": rule.threshold,
-                                                 "flip": flip, "deploy_params_hash": params_mod.digest(params.deploy)})
+                                                 "flip": flip, "stream": params_mod.to_dict(params.deploy.stream),
+                                                 "deploy_params_hash": params_mod.digest(params.deploy)})
     return {
         "file": str(out), "bytes": out.stat().st_size, "val_images": len(ids), "rules_tried": len(options),
         "dice_tolerance": params.deploy.dice_tolerance,
         "flip": flip,
         "postprocess": rule.to_dict(),
+        "stream": params_mod.to_dict(params.deploy.stream),
         "val_chosen": rounded(scores[flip][chosen]),
         "val_operating_points": operating_points(rules, scores[flip]),
     } | {f"val_threshold_only{'_flip' if flip else ''}": best_plain(rules, scores[flip]) for flip in scores}

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import metrics, shifts
+from ultraseg import clips, metrics, shifts
+from ultraseg import params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import read_csv, split_ids
 from ultraseg.runtime.postprocess import PostProcess
@@ -69,6 +70,25 @@ def val_summary(deployed: Segmenter, raw_dir: Path, split_csv: Path, seed: int) 
     return {"split": "val", "deployed": {"clean": result["clean"], "by_severity": result["by_severity"]}}
 
 
+def stream_summary(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int,
+                   split: str = "test") -> dict[str, Any]:
+    """Each model on a simulated live scan of ``split`` (:mod:`ultraseg.clips`): how steady its lesion decision is
+    frame by frame and with its stream smoothing, and how many frames a true change takes to show."""
+    ids = split_ids(split_csv, split)
+    lesion = {row["id"]: row["class"] != "normal" for row in read_csv(split_csv)}
+    clip = clips.build([load_raw(raw_dir, i)[0] for i in ids], [lesion[i] for i in ids], seed)
+    out: dict[str, Any] = {"split": split, "frames": len(clip.frames), "runs": clips.RUNS,
+                           "run_frames": clips.RUN_FRAMES}
+    for name, segmenter in models.items():
+        results = [segmenter.segment(frame) for frame in tqdm(clip.frames, desc=f"stream: {name}", unit="frame")]
+        smoother = segmenter.smoother()
+        steady = [segmenter.smoothed(result, smoother).lesion_present for result in results]
+        out[name] = {"stream": params_mod.to_dict(segmenter.stream_rule),
+                     "per_frame": clips.stream_scores([r.lesion_present for r in results], clip.truth),
+                     "smoothed": clips.stream_scores(steady, clip.truth)}
+    return out
+
+
 def summarize(result: dict[str, dict[str, dict]]) -> dict[str, Any]:
     """Per condition scores with their Dice drop, and the mean and worst drop at each severity."""
     base = result[NONE][NONE]["dice"]
@@ -89,10 +109,13 @@ def _rounded(scores: dict[str, float]) -> dict[str, float]:
 
 
 def load_models(teacher_onnx: Path, teacher_threshold: float, deployable: Path) -> dict[str, Segmenter]:
+    """The teacher at its val threshold, smoothed in a stream as the deployable file is, and the deployable file."""
+    deployed = Segmenter(deployable)
     # every core for the teacher, whose calls are most of the stage's time; the small student gains little from
     # threads
-    return {"teacher": Segmenter(teacher_onnx, threads=0, postprocess=PostProcess(threshold=teacher_threshold)),
-            "deployed": Segmenter(deployable)}
+    teacher = Segmenter(teacher_onnx, threads=0, postprocess=PostProcess(threshold=teacher_threshold),
+                        stream=deployed.stream_rule)
+    return {"teacher": teacher, "deployed": deployed}
 
 
 def figure(summary: dict[str, Any], path: Path) -> None:

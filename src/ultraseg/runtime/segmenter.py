@@ -37,7 +37,9 @@ import onnxruntime as ort
 from ultraseg import params as params_mod
 from ultraseg.errors import DataError
 from ultraseg.params import PreprocessParams
+from ultraseg.params import StreamParams
 from ultraseg.runtime.postprocess import PostProcess
+from ultraseg.runtime.stream import PER_FRAME, Smoother
 from ultraseg.runtime.preprocess import normalize, preprocess, resize_probabilities
 from ultraseg.runtime.sources import to_grey
 
@@ -87,10 +89,12 @@ class Segmenter:
     ``postprocess`` overrides the rule stored in the file (files exported before deployment carry only a threshold).
     ``flip`` overrides the file's ``flip``: average the probabilities of the image and of its mirror image, which
     costs a second model call (a breast scan has no preferred left or right, so both views are equally valid).
+    ``stream`` overrides how :meth:`stream` smooths the decision over frames (files written before that was stored
+    decide each frame alone).
     """
 
     def __init__(self, model: str | Path, threads: int = 1, postprocess: PostProcess | None = None,
-                 flip: bool | None = None) -> None:
+                 flip: bool | None = None, stream: StreamParams | None = None) -> None:
         self.path = Path(model)
         if not self.path.is_file():
             raise DataError(f"{self.path}: model file not found")
@@ -108,6 +112,9 @@ class Segmenter:
         stored = self.meta.get("postprocess") or {"threshold": self.meta["threshold"]}
         self.postprocess = postprocess or PostProcess.from_dict(stored)
         self.flip: bool = bool(self.meta.get("flip", False)) if flip is None else flip
+        stored_stream = self.meta.get("stream")
+        self.stream_rule: StreamParams = stream or (
+            params_mod.from_dict(stored_stream, StreamParams) if stored_stream else PER_FRAME)
         self.input = self.session.get_inputs()[0].name
 
     def __repr__(self) -> str:
@@ -147,13 +154,36 @@ class Segmenter:
         return [self.segment(image, **kwargs) for image in images]
 
     def stream(self, frames: Iterable[np.ndarray], **kwargs: Any) -> Iterator[Segmentation]:
-        """:meth:`segment` of each frame as it arrives (a video, a frame grabber): one result per frame."""
+        """:meth:`segment` of each frame as it arrives (a video, a frame grabber), one result per frame, with the
+        lesion decision smoothed over recent frames (:mod:`ultraseg.runtime.stream`)."""
+        smoother = self.smoother()
         for frame in frames:
-            yield self.segment(frame, **kwargs)
+            yield self.smoothed(self.segment(frame, **kwargs), smoother, **kwargs)
+
+    def smoother(self) -> Smoother:
+        """A fresh smoother for one stream, at this file's stream rule and operating point."""
+        return Smoother(self.stream_rule, self.postprocess.gate)
+
+    def smoothed(self, result: Segmentation, smoother: Smoother, pixel_spacing: Sequence[float] | None = None,
+                 threshold: float | None = None) -> Segmentation:
+        """``result`` with ``smoother``'s decision: no mask where it says no lesion, and the rule's mask without
+        its image-level gate where it says lesion against the frame's own answer."""
+        present = smoother.update(result.lesion_present, result.score)
+        if present == result.lesion_present:
+            return result
+        rule = dataclasses.replace(self.postprocess, gate=0.0)
+        if threshold is not None:
+            rule = dataclasses.replace(rule, threshold=threshold)
+        mask = rule.apply(result.probability) if present else np.zeros_like(result.mask)
+        out = describe(mask, result.probability, pixel_spacing, present=present)
+        out.timings = result.timings
+        return out
 
 
-def describe(mask: np.ndarray, prob: np.ndarray, pixel_spacing: Sequence[float] | None = None) -> Segmentation:
-    """A :class:`Segmentation` of a final mask: score, area, bounding box and the largest lesion's contour."""
+def describe(mask: np.ndarray, prob: np.ndarray, pixel_spacing: Sequence[float] | None = None,
+             present: bool | None = None) -> Segmentation:
+    """A :class:`Segmentation` of a final mask: score, area, bounding box and the largest lesion's contour.
+    ``present`` is the image-level answer when a stream's smoothed decision sets it (default: the mask has pixels)."""
     area = int(mask.sum())
     bbox = contour = None
     if area:
@@ -161,5 +191,5 @@ def describe(mask: np.ndarray, prob: np.ndarray, pixel_spacing: Sequence[float] 
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         contour = max(contours, key=cv2.contourArea)[:, 0, :]
     area_mm2 = None if pixel_spacing is None else area * float(pixel_spacing[0]) * float(pixel_spacing[1])
-    return Segmentation(mask=mask, probability=prob, score=float(prob.max()), lesion_present=area > 0,
+    return Segmentation(mask=mask, probability=prob, score=float(prob.max()), lesion_present=area > 0 if present is None else present,
                         area_px=area, area_mm2=area_mm2, bbox=bbox, contour=contour)
