@@ -162,10 +162,14 @@ def test_pruning_says_norm_statistics_were_re_measured_only_when_they_were(norm,
     assert "fine-tuning with the distillation loss in steps" in text
 
 
-def test_pruning_names_convolutions_too_narrow_for_int8_and_the_fine_tuning_precision() -> None:
+def test_optimisation_names_narrow_convolutions_and_the_precision_of_distillation_and_fine_tuning() -> None:
     params = params_mod.from_dict({"quantize": {"min_channels": 24}})
     distill, prune, export, quant = _optimisation_inputs(precision="bf16")
     text = " ".join(sections.optimisation_section({"val_dice": 0.8}, distill, prune, export, quant, params).split())
+    assert "The student was distilled in" not in text
+    distill["precision"] = "fp32"
+    text = " ".join(sections.optimisation_section({"val_dice": 0.8}, distill, prune, export, quant, params).split())
+    assert "The student was distilled in fp32." in text
     assert "after 12 epochs of fine-tuning in bf16." in text
     assert "After pruning no convolution has fewer than the 24 output channels int8 needs" in text
     quant["narrow_convs_float"] = 3

@@ -157,6 +157,10 @@ From `params.yaml`; README's stage notes hold the longer reasons.
 """
 
 
+def _distilled_in(distill: dict) -> str:
+    return f" The student was distilled in {distill['precision']}." if "precision" in distill else ""
+
+
 def _remeasured(params: Params) -> bool:
     """Whether pruning measured the student's norm statistics again (only BatchNorm keeps running statistics)."""
     return params.distill.student.norm == "batch" and params.prune.calibration_batches > 0
@@ -197,7 +201,7 @@ def optimisation_section(train: dict, distill: dict, prune: dict, export: dict, 
 
 Sources: `metrics/{{train,distill,prune,export,quantize}}.json`. Val Dice on lesion images; ONNX Runtime batch-1
 latency at {quant['input_size']}×{quant['input_size']} px with 1 thread, all models timed interleaved in one run (the
-teacher in PyTorch eager: {p50['teacher_eager']:.2f} ms). {kd}
+teacher in PyTorch eager: {p50['teacher_eager']:.2f} ms).{_distilled_in(distill)} {kd}
 
 {table(['model', 'params', 'GMAC', 'file MB', 'val Dice', 'p50 ms'], rows)}
 
