@@ -29,15 +29,13 @@ seed; these runs live in DVC's experiment refs and in the JSON this script write
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ultraseg.experiments import COMMITTED, NO_DISTILLATION, VAL_METRICS, decode_run, mean_sd, spreads
 from ultraseg.io import read_json, write_json
 
 COMPARISON: dict[str, dict[str, str]] = {
@@ -49,11 +47,11 @@ COMPARISON: dict[str, dict[str, str]] = {
     "arch-res_unet": {"train.model.name": "res_unet"},
 }
 LEVERS: dict[str, dict[str, str]] = {
-    # the stride-4 student lost small lesions when the content shrank (zoom_out) or narrowed (aspect): its own,
+    # a student working below the input's resolution sees a shrunk or narrowed lesion in only a few cells: its own,
     # wider zoom and stretch ranges, at strengths other than the shift suite's levels
     "student-geometry": {"distill.augment.scale": "0.35", "distill.augment.aspect": "0.2"},
     # what distillation gains: the same student on the masks alone (the default run no longer trains this baseline)
-    "no-distillation": {"distill.kd_weight": "0"},
+    NO_DISTILLATION: {"distill.kd_weight": "0"},
     # the teacher (and, through train.augment, the student) shown what other scanners do: a wider zoom, other aspect
     # ratios, coarser and stronger speckle, and burned-in calipers and text on any image, normals included; at
     # ranges other than the shift suite's levels, so that the suite stays a proxy rather than a target
@@ -68,7 +66,7 @@ LEVERS: dict[str, dict[str, str]] = {
     # and carry over unchanged into another scanner's frames
     "instance-norm": {"train.model.norm": "instance"},
     # a low-pass before CLAHE, below the scale of a lesion edge at network size: CLAHE amplifies whatever grain the
-    # scanner leaves, while the blur shift's point-spread functions up to this width leave the teacher's Dice alone
+    # scanner leaves, and a blur that narrow removes grain rather than the edges a lesion is traced by
     "prefilter": {"preprocess.filter": "gaussian", "preprocess.filters.gaussian.sigma": "2.0"},
     # the teacher's per-image normalisation in the student too; int8 keeps InstanceNormalization in float, which the
     # benchmark stage prices
@@ -77,27 +75,22 @@ LEVERS: dict[str, dict[str, str]] = {
     # per-image normalisation removes the absolute echo level a normal scan was recognised by. The weight is small
     # because the term presses on 1% of a scan's pixels, so its pull on them is ~100 times pixel-mean BCE's
     "empty-peak": {"train.loss.empty": "0.1"},
-    # the same with per-image normalisation in the student too, whose normals it left least clean
+    # the same with per-image normalisation in the student too: the two levers together, since both act on what the
+    # gate reads of a normal scan
     "empty-peak-student-in": {"train.loss.empty": "0.1", "distill.student.norm": "instance"},
-    # the term in the student alone (with per-image normalisation), which the gate reads, leaving the teacher's
-    # lesion Dice alone
+    # the term in the student alone (with per-image normalisation), which the gate reads, leaving the teacher
+    # untouched
     "student-empty-peak": {"distill.empty_weight": "0.1", "distill.student.norm": "instance"},
     # normal scans distilled towards the teacher's own background level rather than its false positives there,
     # with no new loss term to balance against the lesions
     "normal-background": {"distill.normal_target": "background"},
-    # the same for the student with per-image normalisation, which scored highest on lesions but left normals least
-    # clean
+    # the same with per-image normalisation in the student too: the two levers together, since both act on what the
+    # gate reads of a normal scan
     "normal-background-student-in": {"distill.normal_target": "background", "distill.student.norm": "instance"},
 }
-LEVER_CURVES = {"no-distillation": "dvclive/distill/plots/metrics/val/dice.tsv"}
+LEVER_CURVES = {NO_DISTILLATION: "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
 baseline the committed run's distilled student is drawn against (the default run no longer trains it)."""
-VAL_METRICS = {"metrics/distill.json": ("student.val_dice",), "metrics/prune.json": ("val_dice_after",),
-               "metrics/quantize.json": ("val_dice_int8",),
-               "metrics/deploy.json": ("val_chosen.dice", "val_chosen.normal_clean"),
-               "metrics/robustness.json": ("val.deployed.by_severity.moderate.mean_drop",
-                                           "val.deployed.by_severity.moderate.most_missed")}
-"""What a lever is chosen by: val only."""
 METRICS = {"metrics/train.json": ("val_dice", "val_iou", "val_normal_clean", "best_epoch", "epochs_run",
                                     "train_minutes", "params", "gmacs"),
            "metrics/preprocess.json": ("enl_ratio", "edge_preservation")}
@@ -106,8 +99,6 @@ OUT = {"comparison": Path("experiments/comparison.json"), "seeds": Path("experim
 COMMITS = 20
 """How many commits back to look for experiments: a grid takes long enough that commits land meanwhile."""
 COUNTS = ("params", "best_epoch", "epochs_run")
-TIMINGS = ("ms",)
-"""metrics/headline.json numbers that time the run rather than score its files."""
 POLL_SECONDS = 10
 
 
@@ -130,12 +121,10 @@ def experiments(grid: str, epochs: int, seeds: list[int]) -> dict[str, tuple[lis
 def lever_and_seed(name: str) -> tuple[str, int | None] | None:
     """(lever, training seed) an experiment name of the levers grid stands for, "committed" being the committed
     params and None the committed seed; None for a name of no lever."""
-    if name in LEVERS or name == "committed":
+    if name in LEVERS:  # a lever's own name wins over reading a seed into it
         return name, None
-    if match := re.fullmatch(r"seed-(\d+)", name):
-        return "committed", int(match[1])
-    lever, _, seed = name.rpartition("-s")
-    return (lever, int(seed)) if lever in LEVERS and seed.isdigit() else None
+    lever, seed = decode_run(name)
+    return (lever, seed) if lever in LEVERS or lever == COMMITTED else None
 
 
 def queue(todo: dict[str, tuple[list[str], dict[str, str]]], source: Path) -> None:
@@ -267,10 +256,6 @@ def collect_seeds(seeds: list[int]) -> dict:
                        + " ".join(map(str, seeds))}
 
 
-def mean_sd(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values)}
-
-
 def _curve(rev: str | None, path: str) -> list[list[float]]:
     """The (step, value) rows of a dvclive TSV as the experiment's commit holds it."""
     out = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
@@ -305,7 +290,7 @@ def collect_levers(previous: dict | None = None, seeds: list[int] | None = None)
 
 def _comparison(base: dict, levers: dict[str, dict]) -> dict:
     runs = {}
-    for name, exp in {"committed": base, **levers}.items():
+    for name, exp in {COMMITTED: base, **levers}.items():
         lever, seed = lever_and_seed(name)
         runs[name] = {"changed": {**LEVERS.get(lever, {}), **({"train.seed": str(seed)} if seed else {})},
                       "val": {key: _metric(exp, path, key) for path, keys in VAL_METRICS.items() for key in keys},
@@ -314,37 +299,6 @@ def _comparison(base: dict, levers: dict[str, dict]) -> dict:
             runs[name]["curve"] = {"path": LEVER_CURVES[name], "points": _curve(exp.get("rev"), LEVER_CURVES[name])}
     return {"derived_from_commit": _short_sha(base.get("rev")), "missing": [n for n in LEVERS if n not in levers],
             "runs": runs}
-
-
-def spreads(comparisons: list[dict]) -> list[dict]:
-    """Mean and sd over training seeds of every lever (and of the committed params) run at two or more seeds, one
-    entry per committed run. Comparisons whose committed rows carry the same test headline, timings aside (another
-    benchmark run of the same files on a shared machine), compare with the same run, derived from several commits
-    that changed nothing it depends on, so their runs are pooled; the newest run of a lever at a seed wins."""
-    pooled: dict[str, tuple[list[str], dict[str, dict]]] = {}
-    for comparison in comparisons:
-        committed = comparison["runs"].get("committed", {}).get("test_headline") or {}
-        accuracy = {k: v for k, v in committed.items() if k not in TIMINGS}
-        commits, by_lever = pooled.setdefault(json.dumps(accuracy, sort_keys=True), ([], {}))
-        commits.append(comparison["derived_from_commit"])
-        for name, run in comparison["runs"].items():
-            lever, seed = lever_and_seed(name) or (None, None)
-            if lever is not None and run.get("test_headline"):
-                by_lever.setdefault(lever, {}).setdefault(seed, run)
-    return [{"derived_from_commits": commits,
-             "levers": {lever: _spread(runs) for lever, runs in by_lever.items() if len(runs) >= 2}}
-            for commits, by_lever in pooled.values() if any(len(runs) >= 2 for runs in by_lever.values())]
-
-
-def _spread(runs: dict[int | None, dict]) -> dict:
-    """The seeds (None: the committed one) and the mean and sd of each val and test-headline number they all
-    have."""
-    def summary(part: str) -> dict:
-        keys = [k for k, v in next(iter(runs.values()))[part].items() if isinstance(v, (int, float))]
-        values = {k: [run[part].get(k) for run in runs.values()] for k in keys}
-        return {k: mean_sd(v) for k, v in values.items() if all(isinstance(x, (int, float)) for x in v)}
-    runs = dict(sorted(runs.items(), key=lambda item: -1 if item[0] is None else item[0]))
-    return {"seeds": list(runs), "n": len(runs), "val": summary("val"), "test_headline": summary("test_headline")}
 
 
 def main(argv: list[str] | None = None) -> None:

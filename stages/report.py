@@ -27,10 +27,8 @@ def main(argv=None) -> None:
                     help="the filter/architecture comparison (scripts/experiments.py); optional")
     args, params = parse(ap, argv)
     try:
-        text = report.render(args.metrics, params, Path(args.params), args.experiments)
-        headline = report.headline_file(args.metrics)
-        baseline = report.lever_baseline(args.experiments.parent / "levers.json", args.metrics)
-        report.learning_curves_figure(args.dvclive, args.figure, params.prune.finetune_epochs, baseline)
+        text, headline = report.build(args.metrics, params, Path(args.params), args.experiments, args.dvclive,
+                                      args.figure)
     except report.ReportError as err:
         raise SystemExit(f"error: {err}") from None
     io.write_json(args.headline, headline)

@@ -99,6 +99,6 @@ def test_readme_layout_names_every_module():
     readme = (REPO_ROOT / "README.md").read_text()
     layout = readme[readme.index("## Layout"):].split("```")[1]
     package = SRC / "ultraseg"
-    names = {f"{p.parent.name}/" if p.parent.name in ("models", "pipeline", "viewer") else str(p.relative_to(package))
+    names = {f"{p.parent.name}/" if p.parent.name in ("models", "pipeline", "report", "viewer") else str(p.relative_to(package))
              for p in package.rglob("*.py") if p.name != "__init__.py"}
     assert sorted(n for n in names if n not in layout) == []

@@ -31,12 +31,12 @@ def test_run_scores_every_condition_and_summarises_drops(zoo, tmp_path):
 
 
 def test_report_section_quotes_the_file(zoo):
-    from ultraseg.pipeline import report
+    from ultraseg.pipeline.report import sections
 
     models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
                                     zoo.models / "deploy" / "ultraseg.int8.onnx")
     summary = robustness.run(models, zoo.raw, zoo.split, seed=0)
-    text = report.robustness_section(summary)
+    text = sections.robustness_section(summary)
     moderate = summary["models"]["deployed"]["by_severity"]["moderate"]
     assert f"| deployed | moderate | {moderate['mean_drop']:.3f} | {moderate['worst_shift']} " in text
     blur = summary["models"]["teacher"]["shifts"]["blur"]["strong"]
