@@ -3,6 +3,8 @@ broken files a user will hand it."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -11,7 +13,8 @@ import pytest
 
 from ultraseg.data.busi import read_image
 from ultraseg.errors import DataError
-from ultraseg.sources import Frame, expand, read_frames
+from ultraseg import sources
+from ultraseg.sources import Frame, TooManyPixels, expand, read_frames
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -309,3 +312,82 @@ def test_broken_files_raise_naming_the_file(tmp_path, grey, name, make, reason):
     with pytest.raises(DataError, match=reason) as info:
         list(read_frames(path))
     assert str(info.value).startswith(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------- pixel budget
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid small PNG whose IHDR declares ``width`` x ``height`` (CRC recomputed): decoding it would need
+    width x height bytes, its header says so in 24."""
+    data = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def huge_jpeg(grey: np.ndarray, width: int, height: int) -> bytes:
+    """A JPEG of ``grey`` whose start-of-frame declares ``width`` x ``height``."""
+    data = bytearray(cv2.imencode(".jpg", grey)[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def huge_tiff(width: int, height: int) -> bytes:
+    """An uncompressed TIFF header declaring ``width`` x ``height`` 8-bit grey pixels, with no pixels behind it."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+            (278, 4, height), (279, 4, width * height)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", tag, kind, 1, value)
+                                                   for tag, kind, value in tags) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd
+
+
+@pytest.mark.parametrize("name, size", [("big.png", 20000), ("big.jpg", 20000), ("big.tif", 8000)])
+def test_png_jpeg_and_tiff_headers_are_refused_before_decoding(tmp_path, grey, name, size):
+    data = {"big.png": huge_png, "big.jpg": lambda w, h: huge_jpeg(grey, w, h), "big.tif": huge_tiff}[name](size, size)
+    path = tmp_path / name
+    path.write_bytes(data)
+    for named, read in ((str(path), lambda: list(read_frames(path, 50_000_000))),
+                        (name, lambda: list(sources.frames_from_bytes(data, name, 50_000_000)))):
+        with pytest.raises(TooManyPixels) as info:
+            read()
+        assert str(info.value) == (f"{named}: declares {size} x {size} ({size * size / 1e6:.1f} megapixels) per "
+                                   "frame, over the budget of 50 megapixels (--max-pixels)")
+
+
+def test_an_image_beyond_pillows_own_limit_is_refused(tmp_path):
+    path = tmp_path / "big.tif"
+    path.write_bytes(huge_tiff(20000, 20000))
+    with pytest.raises(TooManyPixels, match=r"Pillow's own limit \(400.0 megapixels\)"):
+        list(read_frames(path, 50_000_000))
+
+
+def test_budget_is_per_frame_and_inclusive(tmp_path, grey):
+    path = write_image(tmp_path / "scan.png", grey)
+    height, width = grey.shape
+    assert only(path).image.shape == grey.shape  # no budget: read as ever
+    assert np.array_equal(next(read_frames(path, width * height)).image, grey)
+    with pytest.raises(TooManyPixels, match=f"{width} x {height}"):
+        list(read_frames(path, width * height - 1))
+
+
+def test_dicom_and_video_headers_are_checked(tmp_path, grey):
+    cine = write_dicom(tmp_path / "cine.dcm", np.stack([grey] * 3), frames=3)
+    clip = write_video(tmp_path / "clip.avi", [grey[:200, :200]] * 2)
+    pixels = grey.shape[0] * grey.shape[1]
+    assert len(list(read_frames(cine, pixels))) == 3  # the budget is per frame, not for the loop
+    with pytest.raises(TooManyPixels, match=rf"{grey.shape[1]} x {grey.shape[0]} .*\(3 frames\)") as info:
+        list(read_frames(cine, pixels - 1))
+    assert str(info.value).startswith(str(cine))
+    with pytest.raises(TooManyPixels, match="200 x 200") as info:
+        list(read_frames(clip, 200 * 200 - 1))
+    assert str(info.value).startswith(str(clip)) and len(list(read_frames(clip, 200 * 200))) == 2
+
+
+def test_unreadable_header_is_left_to_the_reader(tmp_path):
+    path = tmp_path / "text.png"
+    path.write_text("this is not a picture\n")
+    with pytest.raises(DataError, match="not a readable image") as info:
+        list(read_frames(path, 100))
+    assert not isinstance(info.value, TooManyPixels)
