@@ -4,7 +4,8 @@
   back in RGB(A) order, as the runtime expects. A TIFF yields its first page only.
 * Folders are searched recursively, in sorted order, for those extensions, for DICOM (``.dcm``/``.dicom`` or any
   file with the ``DICM`` preamble) and for video; hidden files and anything else are skipped.
-* DICOM files (read with pydicom, imported only when a DICOM is read) yield every frame of a cine loop. Grey frames
+* DICOM files (read with pydicom, imported only when a DICOM is read) yield every frame of a cine loop; compressed
+  pixel data (JPEG Lossless, JPEG-LS, JPEG 2000, RLE) decodes through pydicom's pylibjpeg plugins. Grey frames
   are mapped to 8 bits as a viewer would show them: the modality LUT (RescaleSlope/Intercept) is applied; then the
   first WindowCenter/WindowWidth, when present, maps to 0..255 by DICOM's linear VOI function; without a window,
   values already within 0..255 are kept as they are (an ordinary 8-bit ultrasound frame is left untouched) and any
