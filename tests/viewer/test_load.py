@@ -23,9 +23,10 @@ import pytest
 from tests.test_sources import huge_png
 
 UPLOADS, CLIENTS, WINDOW = 200, 4, 50
-RSS_GROWTH_MB = 30
-"""How much the server's resident memory may grow between the first and the last WINDOW uploads: a leak of even a
-few KB per upload (an image, a mask, a spooled form) over the uploads between them would exceed it."""
+RSS_GROWTH_MB = 20
+"""How much the server's resident memory may grow from the median over the first WINDOW uploads to the median over
+the last: the medians lie UPLOADS - WINDOW uploads apart, so more growth means over 130 KB kept per upload, less than
+one float probability map of the test scan; a server that keeps nothing grows by allocator noise only."""
 
 
 def free_port() -> int:
