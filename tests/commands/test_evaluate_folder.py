@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.runtime.test_sources import huge_png
 from ultraseg import params as params_mod
 from ultraseg.commands import evaluate_folder
 from ultraseg.io import split_ids
@@ -81,16 +82,20 @@ def test_cli_reports_each_bad_file_and_writes_nothing(zoo, tmp_path):
     cv2.imwrite(str(root / "masks" / "broken.png"), np.zeros((zoo.size, zoo.size), np.uint8))
     cv2.imwrite(str(root / "masks" / "grey.png"), np.arange(zoo.size * zoo.size, dtype=np.uint8).reshape(zoo.size, -1))
     cv2.imwrite(str(root / "images" / "grey.png"), np.zeros((zoo.size, zoo.size), np.uint8))
+    (root / "images" / "huge.png").write_bytes(huge_png(20000, 20000))
+    cv2.imwrite(str(root / "masks" / "huge.png"), np.zeros((zoo.size, zoo.size), np.uint8))
     model = str(zoo.models / DEPLOY_FILE)
     out = run_cli(str(root), "--model", model, "--out", str(tmp_path / "out"))
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert out.returncode == 1, out.stderr
     assert any("broken.png: truncated PNG" in e for e in errors) and any("grey.png: non-binary mask" in e for e in errors)
+    assert f"error: {root / 'images' / 'huge.png'}: declares 20000 x 20000 (400.0 megapixels) per frame, over the " \
+           "budget of 50 megapixels (--max-pixels)" in errors
     assert not (tmp_path / "out").exists()
     out = run_cli(str(root), "--model", model, "--out", str(tmp_path / "out"), "--skip-bad", "--bootstrap", "20")
     assert out.returncode == 1 and "evaluate-folder: " in out.stdout, out.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["n_images"] == 3 and len(summary["skipped"]) == 2
+    assert summary["n_images"] == 3 and len(summary["skipped"]) == 3
 
 
 def test_cli_without_images_or_model_is_one_line(zoo, tmp_path):

@@ -16,7 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.runtime.test_sources import colour_version, truncated_png, us_region, write_dicom, write_image, write_video
+from tests.runtime.test_sources import (colour_version, huge_png, truncated_png, us_region, write_dicom, write_image,
+                                        write_video)
 from ultraseg.commands import predict
 from ultraseg.data.busi import read_image
 from ultraseg.io import read_csv
@@ -202,6 +203,23 @@ def test_missing_input_is_reported_and_batch_goes_on(tmp_path, busi_mirror, mode
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
         f"error: {tmp_path / 'nope.png'}: no such file or folder"]
     assert len(read_csv(tmp_path / "out" / "results.csv")) == 1
+
+
+def test_a_file_over_the_pixel_budget_is_reported_from_its_header_and_the_batch_goes_on(tmp_path, busi_mirror, model):
+    grey = read_image(busi_mirror / "benign" / "benign (1).webp")
+    good = write_image(tmp_path / "scans" / "a.png", grey)
+    (tmp_path / "scans" / "b_huge.png").write_bytes(huge_png(20000, 20000))
+    write_image(tmp_path / "scans" / "c.png", grey)
+    code, stderr = invoke([str(tmp_path / "scans"), "--out", str(tmp_path / "out"), "--model", str(model)])
+    assert code == 1
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'scans' / 'b_huge.png'}: declares 20000 x 20000 (400.0 megapixels) per frame, over "
+        "the budget of 50 megapixels (--max-pixels)"]
+    assert [row["file"] for row in read_csv(tmp_path / "out" / "results.csv")] == [
+        str(good), str(tmp_path / "scans" / "c.png")]
+    code, stderr = invoke([str(good), "--out", str(tmp_path / "out2"), "--model", str(model),
+                           "--max-pixels", str(grey.size - 1)])
+    assert code == 1 and f"{grey.shape[1]} x {grey.shape[0]}" in stderr
 
 
 def test_earlier_outputs_inside_an_input_folder_are_not_inputs(tmp_path, busi_mirror, model):

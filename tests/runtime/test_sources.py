@@ -3,6 +3,10 @@ broken files a user will hand it."""
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -11,7 +15,8 @@ import pytest
 
 from ultraseg.data.busi import read_image
 from ultraseg.errors import DataError
-from ultraseg.runtime.sources import Frame, expand, read_frames
+from ultraseg.runtime import sources
+from ultraseg.runtime.sources import Frame, TooManyPixels, expand, read_frames
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -248,17 +253,73 @@ def test_dicom_without_pixel_data_is_refused(tmp_path, grey):
 
 
 def test_dicom_compressed_without_codec_names_syntax_and_codec(tmp_path, grey):
+    """Where the pylibjpeg plugins are missing (made unimportable in a fresh interpreter), a JPEG Lossless file
+    gets one line naming its transfer syntax and the codec to install."""
     from pydicom.encaps import encapsulate
-    from pydicom.uid import HTJ2K
+    from pydicom.uid import JPEGLosslessSV1
 
-    # High-Throughput JPEG 2000 needs pylibjpeg-openjpeg, which this environment does not install
-    path = write_dicom(tmp_path / "htj2k.dcm", grey, transfer_syntax=HTJ2K,
-                       pixel_data=encapsulate([b"\xff\x4f\xff\x51" + bytes(40)]))
-    with pytest.raises(DataError) as info:
-        list(read_frames(path))
-    message = str(info.value)
-    assert str(path) in message and "High-Throughput JPEG 2000" in message and "openjpeg" in message
-    assert "\n" not in message
+    path = write_dicom(tmp_path / "p14.dcm", grey, transfer_syntax=JPEGLosslessSV1,
+                       pixel_data=encapsulate([lossless_jpeg_sv1(grey)]))
+    code = ("import sys\n"
+            "for name in ('pylibjpeg', 'libjpeg', 'openjpeg'): sys.modules[name] = None\n"
+            "from ultraseg.errors import DataError\nfrom ultraseg.runtime.sources import read_frames\n"
+            f"try:\n    list(read_frames({str(path)!r}))\nexcept DataError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    message = out.stdout.strip()
+    assert message.startswith(f"{path}: cannot decode the pixel data: transfer syntax JPEG Lossless")
+    assert "Selection Value 1" in message and "pylibjpeg-libjpeg" in message and "\n" not in message
+
+
+def lossless_jpeg_sv1(image: np.ndarray) -> bytes:
+    """An 8-bit grey image as a JPEG Lossless, Process 14, Selection Value 1 stream (ITU T.81 H): each pixel
+    predicted by its left neighbour (the first column by the pixel above, the first pixel by 128), the differences
+    Huffman-coded by their bit-length category. No package on PyPI writes this predictor (imagecodecs' LJ92 writes
+    predictor 6, another transfer syntax), so the test writes it; the decoder owes it the exact pixels back."""
+    x = image.astype(np.int32)
+    pred = np.empty_like(x)
+    pred[:, 1:], pred[1:, 0], pred[0, 0] = x[:, :-1], x[:-1, 0], 128
+    diff = (x - pred).ravel()
+    ssss = np.where(diff == 0, 0, np.floor(np.log2(np.maximum(np.abs(diff), 1))).astype(int) + 1)
+    extra = np.where(diff < 0, diff - 1, diff) & ((1 << ssss) - 1)
+    # a Huffman table giving each of the categories 0..8 a four-bit code (0000 .. 1000)
+    bits = "".join(f"{cat:04b}" + (f"{val:0{cat}b}" if cat else "") for cat, val in zip(ssss, extra))
+    bits += "1" * (-len(bits) % 8)
+    data = np.packbits(np.frombuffer(bits.encode(), np.uint8) - ord("0")).tobytes().replace(b"\xff", b"\xff\x00")
+    height, width = image.shape
+    dht = b"\x00" + bytes([0, 0, 0, 9] + [0] * 12) + bytes(range(9))
+    sof = struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00"
+    sos = b"\x01\x01\x00" + b"\x01\x00\x00"  # one component, table 0; predictor 1, Se 0, no point transform
+    segment = lambda marker, body: marker + struct.pack(">H", len(body) + 2) + body  # noqa: E731
+    return (b"\xff\xd8" + segment(b"\xff\xc4", dht) + segment(b"\xff\xc3", sof) + segment(b"\xff\xda", sos)
+            + data + b"\xff\xd9")
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessSV1", "JPEGLSLossless", "JPEG2000Lossless"])
+def test_compressed_ultrasound_dicom_decodes_to_the_source_pixels(tmp_path, grey, syntax):
+    """JPEG Lossless (Process 14, SV1), JPEG-LS and JPEG 2000 files written from a BUSI scan, a still and a
+    three-frame cine: pydicom decodes them through the pylibjpeg plugins to exactly the pixels written."""
+    import pydicom
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    cine = np.stack([grey, grey[::-1], np.roll(grey, 9, axis=1)])
+    still = write_dicom(tmp_path / "still.dcm", grey)
+    loop = write_dicom(tmp_path / "cine.dcm", cine, frames=3)
+    transfer_syntax = getattr(uid, syntax)
+    for path, frames in ((still, grey[None]), (loop, cine)):
+        ds = pydicom.dcmread(path)
+        if syntax == "JPEGLosslessSV1":
+            ds.PixelData = encapsulate([lossless_jpeg_sv1(frame) for frame in frames])
+            ds["PixelData"].VR = "OB"
+            ds.file_meta.TransferSyntaxUID = transfer_syntax
+        else:  # the encoders pydicom uses: pyjpegls for JPEG-LS, pylibjpeg-openjpeg for JPEG 2000
+            ds.compress(transfer_syntax)
+        ds.save_as(path, enforce_file_format=True)
+        assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == transfer_syntax
+        read = list(read_frames(path))
+        assert len(read) == len(frames)
+        for frame, expected in zip(read, frames):
+            assert frame.image.dtype == np.uint8 and np.array_equal(frame.image, expected)
 
 
 def test_dicom_corrupt_jpeg2000_is_a_decode_error_not_a_missing_codec(tmp_path, grey):
@@ -309,3 +370,82 @@ def test_broken_files_raise_naming_the_file(tmp_path, grey, name, make, reason):
     with pytest.raises(DataError, match=reason) as info:
         list(read_frames(path))
     assert str(info.value).startswith(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------- pixel budget
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid small PNG whose IHDR declares ``width`` x ``height`` (CRC recomputed): decoding it would need
+    width x height bytes, its header says so in 24."""
+    data = bytearray(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def huge_jpeg(grey: np.ndarray, width: int, height: int) -> bytes:
+    """A JPEG of ``grey`` whose start-of-frame declares ``width`` x ``height``."""
+    data = bytearray(cv2.imencode(".jpg", grey)[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def huge_tiff(width: int, height: int) -> bytes:
+    """An uncompressed TIFF header declaring ``width`` x ``height`` 8-bit grey pixels, with no pixels behind it."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+            (278, 4, height), (279, 4, width * height)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", tag, kind, 1, value)
+                                                   for tag, kind, value in tags) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd
+
+
+@pytest.mark.parametrize("name, size", [("big.png", 20000), ("big.jpg", 20000), ("big.tif", 8000)])
+def test_png_jpeg_and_tiff_headers_are_refused_before_decoding(tmp_path, grey, name, size):
+    data = {"big.png": huge_png, "big.jpg": lambda w, h: huge_jpeg(grey, w, h), "big.tif": huge_tiff}[name](size, size)
+    path = tmp_path / name
+    path.write_bytes(data)
+    for named, read in ((str(path), lambda: list(read_frames(path, 50_000_000))),
+                        (name, lambda: list(sources.frames_from_bytes(data, name, 50_000_000)))):
+        with pytest.raises(TooManyPixels) as info:
+            read()
+        assert str(info.value) == (f"{named}: declares {size} x {size} ({size * size / 1e6:.1f} megapixels) per "
+                                   "frame, over the budget of 50 megapixels (--max-pixels)")
+
+
+def test_an_image_beyond_pillows_own_limit_is_refused(tmp_path):
+    path = tmp_path / "big.tif"
+    path.write_bytes(huge_tiff(20000, 20000))
+    with pytest.raises(TooManyPixels, match=r"Pillow's own limit \(400.0 megapixels\)"):
+        list(read_frames(path, 50_000_000))
+
+
+def test_budget_is_per_frame_and_inclusive(tmp_path, grey):
+    path = write_image(tmp_path / "scan.png", grey)
+    height, width = grey.shape
+    assert only(path).image.shape == grey.shape  # no budget: read as ever
+    assert np.array_equal(next(read_frames(path, width * height)).image, grey)
+    with pytest.raises(TooManyPixels, match=f"{width} x {height}"):
+        list(read_frames(path, width * height - 1))
+
+
+def test_dicom_and_video_headers_are_checked(tmp_path, grey):
+    cine = write_dicom(tmp_path / "cine.dcm", np.stack([grey] * 3), frames=3)
+    clip = write_video(tmp_path / "clip.avi", [grey[:200, :200]] * 2)
+    pixels = grey.shape[0] * grey.shape[1]
+    assert len(list(read_frames(cine, pixels))) == 3  # the budget is per frame, not for the loop
+    with pytest.raises(TooManyPixels, match=rf"{grey.shape[1]} x {grey.shape[0]} .*\(3 frames\)") as info:
+        list(read_frames(cine, pixels - 1))
+    assert str(info.value).startswith(str(cine))
+    with pytest.raises(TooManyPixels, match="200 x 200") as info:
+        list(read_frames(clip, 200 * 200 - 1))
+    assert str(info.value).startswith(str(clip)) and len(list(read_frames(clip, 200 * 200))) == 2
+
+
+def test_unreadable_header_is_left_to_the_reader(tmp_path):
+    path = tmp_path / "text.png"
+    path.write_text("this is not a picture\n")
+    with pytest.raises(DataError, match="not a readable image") as info:
+        list(read_frames(path, 100))
+    assert not isinstance(info.value, TooManyPixels)

@@ -12,8 +12,9 @@ a CSV of image, mask [, class, group, pixel_spacing_mm], or BUSI's <stem>_mask*.
     cases.png      the best, median and worst lesion cases and two normal ones
 
 Every file is read before anything is scored. Each bad one (an image without a mask, a mask that cannot be matched
-to its image, a non-binary mask, an unreadable file) is reported on its own line; then the command stops with
-status 1 and writes nothing, unless --skip-bad scores the rest and lists what it skipped in summary.json.
+to its image, a non-binary mask, an unreadable file, a file whose header declares more than --max-pixels pixels) is
+reported on its own line; then the command stops with status 1 and writes nothing, unless --skip-bad scores the rest
+and lists what it skipped in summary.json.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ultraseg.data import labelled
 from ultraseg.errors import DataError
 from ultraseg.io import write_csv, write_json
 from ultraseg.runtime.segmenter import Segmenter
-from ultraseg.runtime.sources import to_grey
+from ultraseg.runtime.sources import MAX_PIXELS, check_pixels, to_grey
 
 DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
 CASE_COLUMNS = ("id", "file", "class", "group", "dice", "iou", "precision", "recall", "hd95", "hd95_mm",
@@ -58,12 +59,15 @@ class Loaded:
     errors: list[str] = field(default_factory=list)
 
 
-def load(data: Path, layout: labelled.Layout = "auto") -> Loaded:
-    """Scan ``data`` and read every case, collecting (not raising) the errors of single files; a folder that
+def load(data: Path, layout: labelled.Layout = "auto", max_pixels: int = MAX_PIXELS) -> Loaded:
+    """Scan ``data`` and read every case, collecting (not raising) the errors of single files (an image or mask
+    whose header declares more than ``max_pixels`` pixels is one, found before it is decoded); a folder that
     cannot be scanned at all raises :class:`DataError`."""
     loaded = Loaded()
     for case in tqdm(labelled.scan(data, layout), desc="read", unit="img", file=sys.stderr):
         try:
+            for path in (case.image, *case.masks):
+                check_pixels(path, max_pixels)
             image, ref = labelled.load(case)
         except DataError as err:
             loaded.errors.append(" ".join(str(err).split()))
@@ -105,11 +109,11 @@ def by_group(rows: Sequence[dict]) -> dict[str, dict[str, Any]]:
 
 
 def evaluate(model: Path, data: Path, out: Path, layout: labelled.Layout = "auto", skip_bad: bool = False,
-             n_boot: int = 1000, seed: int = 0) -> dict:
+             n_boot: int = 1000, seed: int = 0, max_pixels: int = MAX_PIXELS) -> dict:
     """Score ``model`` on ``data`` and write cases.csv, summary.json and cases.png below ``out``; returns the
     summary. Raises :class:`BadFiles` when a file was bad and ``skip_bad`` is off, before writing anything."""
     segmenter = Segmenter(model)
-    loaded = load(data, layout)
+    loaded = load(data, layout, max_pixels)
     if loaded.errors and not skip_bad:
         raise BadFiles(f"{data}: {len(loaded.errors)} bad file(s), reported above; nothing was scored "
                         "(fix them, or pass --skip-bad to score the rest)")
@@ -143,6 +147,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ap.add_argument("--skip-bad", action="store_true", help="score the readable images when some are bad")
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the Dice CI (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: %(default)s)")
+    ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                    help="largest image accepted, in pixels (default: %(default)s); a file whose header declares "
+                         "more is reported as a bad file before it is decoded")
     ap.set_defaults(run=run)
     return ap
 
@@ -150,7 +157,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """0 when every file was scored, 1 when some were bad (skipped or not), 2 when nothing could be scored."""
     try:
-        summary = evaluate(args.model, args.data, args.out, args.layout, args.skip_bad, args.bootstrap, args.seed)
+        summary = evaluate(args.model, args.data, args.out, args.layout, args.skip_bad, args.bootstrap, args.seed,
+                           args.max_pixels)
     except DataError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1 if isinstance(err, BadFiles) else 2

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ultraseg.errors import DataError
 from ultraseg.io import atomic_path, write_csv
 from ultraseg.runtime.segmenter import Segmentation, Segmenter
-from ultraseg.runtime.sources import Frame, expand, read_frames, to_grey, to_grey_channels
+from ultraseg.runtime.sources import MAX_PIXELS, Frame, expand, read_frames, to_grey, to_grey_channels
 
 DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
 COLUMNS = ("file", "frame", "lesion_present", "score", "area_px", "area_mm2", "bbox_x", "bbox_y", "bbox_w",
@@ -63,6 +63,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help="CPU threads for the model (default: 1)")
     ap.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                     help="results.csv or results.jsonl (default: csv)")
+    ap.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+                    help="largest frame accepted, in pixels (default: %(default)s); a file whose header declares "
+                         "larger frames is reported and skipped before it is decoded")
     ap.add_argument("--no-overlay", dest="overlay", action="store_false", help="write masks only, no overlays")
     ap.set_defaults(run=run)
     return ap
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=len(files), desc="predict", unit="file", file=sys.stderr) as bar:
         for path in files:
             try:
-                for frame in read_frames(path):
+                for frame in read_frames(path, args.max_pixels):
                     rows.append(predict_frame(segmenter, frame, args, names[path]))
                     bar.set_postfix(frames=len(rows), refresh=False)
             except (DataError, cv2.error) as err:

@@ -4,7 +4,8 @@
   back in RGB(A) order, as the runtime expects. A TIFF yields its first page only.
 * Folders are searched recursively, in sorted order, for those extensions, for DICOM (``.dcm``/``.dicom`` or any
   file with the ``DICM`` preamble) and for video; hidden files and anything else are skipped.
-* DICOM files (read with pydicom, imported only when a DICOM is read) yield every frame of a cine loop. Grey frames
+* DICOM files (read with pydicom, imported only when a DICOM is read) yield every frame of a cine loop; compressed
+  pixel data (JPEG Lossless, JPEG-LS, JPEG 2000, RLE) decodes through pydicom's pylibjpeg plugins. Grey frames
   are mapped to 8 bits as a viewer would show them: the modality LUT (RescaleSlope/Intercept) is applied; then the
   first WindowCenter/WindowWidth, when present, maps to 0..255 by DICOM's linear VOI function; without a window,
   values already within 0..255 are kept as they are (an ordinary 8-bit ultrasound frame is left untouched) and any
@@ -15,11 +16,14 @@
 * Video files (OpenCV, through FFmpeg) yield every frame, in RGB.
 
 Every file that cannot be read raises :class:`~ultraseg.errors.DataError` naming the file and the reason.
+Given a pixel budget, a file whose header declares larger frames raises :class:`TooManyPixels` before a pixel is
+decoded: a small, highly compressed file can declare a frame whose decoding alone would fill the machine's memory.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,17 @@ DICOM_SUFFIXES = (".dcm", ".dicom")
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", ".wmv", ".mpg", ".mpeg", ".y4m")
 CM_UNITS = 3
 """PhysicalUnitsX/YDirection code for centimetres (DICOM PS3.3 C.8.5.5.1.15)."""
+MAX_PIXELS = 50_000_000
+"""The default budget of pixels per frame (``--max-pixels``). Scanners write frames of well under a megapixel to a
+few megapixels (a 4K screen capture is 8.3), and stitched panoramas stay below this; decoding a frame this large
+already takes a few hundred MB."""
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+"""JPEG start-of-frame markers: every SOFn but DHT, JPG and DAC, which share the range."""
+
+
+class TooManyPixels(DataError):
+    """A file declares frames larger than the pixel budget."""
 
 
 @dataclass
@@ -110,8 +125,9 @@ def _wanted(path: Path, root: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def read_frames(path: str | Path) -> Iterator[Frame]:
-    """The frames of one file, one at a time (a long cine or video is never held in memory whole)."""
+def read_frames(path: str | Path, max_pixels: int | None = None) -> Iterator[Frame]:
+    """The frames of one file, one at a time (a long cine or video is never held in memory whole); with
+    ``max_pixels``, a file declaring larger frames is refused (see :func:`check_pixels`) before any is decoded."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -119,6 +135,8 @@ def read_frames(path: str | Path) -> Iterator[Frame]:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+    if max_pixels is not None:
+        check_pixels(path, max_pixels)
     which = kind(path)
     if which == "image":
         yield Frame(path, 0, read_image(path))
@@ -139,10 +157,13 @@ def read_image(path: Path) -> np.ndarray:
     return decode_image(data, path)
 
 
-def decode_image(data: np.ndarray, path: Path) -> np.ndarray:
-    """The bytes of an image file (uint8 array) decoded as :func:`read_image` does; ``path`` names it in errors."""
+def decode_image(data: np.ndarray, path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """The bytes of an image file (uint8 array) decoded as :func:`read_image` does; ``path`` names it in errors;
+    with ``max_pixels``, an image declaring more is refused before it is decoded."""
     if data.size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+    if max_pixels is not None:
+        check_pixels(path, max_pixels, data.tobytes())
     if data[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-12:].tobytes():
         # checked here because libpng would print its own complaint to stderr before OpenCV gives up
         raise DataError(f"{path}: truncated PNG (the file ends before its IEND chunk)")
@@ -184,12 +205,127 @@ def to_grey_channels(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.nan_to_num(array.astype(np.float64))), 0, 255).astype(np.uint32)
 
 
-def frames_from_bytes(data: bytes, name: str) -> list[Frame]:
-    """The frames of a file received in memory (an upload): a DICOM (by its preamble or a .dcm name) or an image."""
+def frames_from_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Iterator[Frame]:
+    """The frames of a file received in memory (an upload), one at a time: a DICOM (by its preamble or a .dcm name)
+    or an image; with ``max_pixels``, the header is checked (see :func:`check_pixels`) before anything is decoded."""
     path = Path(name or "upload")
-    if data[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
-        return list(read_dicom(path, data))
-    return [Frame(path, 0, decode_image(np.frombuffer(data, np.uint8), path))]
+    if not data:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    if max_pixels is not None:
+        check_pixels(path, max_pixels, data)
+    if is_dicom_bytes(data, path):
+        yield from read_dicom(path, data)
+    else:
+        yield Frame(path, 0, decode_image(np.frombuffer(data, np.uint8), path))
+
+
+def is_dicom_bytes(data: bytes, path: Path) -> bool:
+    """Whether an in-memory file is a DICOM: its preamble, or a .dcm/.dicom name."""
+    return data[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES
+
+
+# ---------------------------------------------------------------------------------------------------- pixel budget
+
+
+def check_pixels(path: Path, max_pixels: int, data: bytes | None = None) -> None:
+    """Raise :class:`TooManyPixels` when the header of ``path`` (or of ``data``, the file in memory) declares frames
+    of more than ``max_pixels`` pixels. Only the header is read: PNG's IHDR, JPEG's SOF, DICOM's Rows and Columns,
+    a video's frame size, Pillow's lazy open for other images. A header that cannot be read passes: the decoder
+    then gives its own error."""
+    size = declared_size(path, data)
+    if size is None:
+        return
+    pixels, shape, frames = size
+    if pixels > max_pixels:
+        cine = f" ({frames} frames)" if frames > 1 else ""
+        raise TooManyPixels(f"{path}: declares {shape} ({pixels / 1e6:.1f} megapixels) per frame{cine}, over the "
+                            f"budget of {max_pixels / 1e6:g} megapixels (--max-pixels)")
+
+
+Declared = tuple[int, str, int]
+"""Pixels per frame, the frame size as the header gives it ("W x H"), and the number of frames."""
+
+
+def _declared(width: int, height: int, frames: int = 1) -> Declared:
+    return width * height, f"{width} x {height}", frames
+
+
+def declared_size(path: Path, data: bytes | None = None) -> Declared | None:
+    """What the file's header declares (see :data:`Declared`), or None when it cannot be read."""
+    try:
+        return _declared_size(path, data)
+    except OSError:  # unreadable: the reader says why
+        return None
+
+
+def _declared_size(path: Path, data: bytes | None) -> Declared | None:
+    with open(path, "rb") if data is None else io.BytesIO(data) as fh:
+        head = fh.read(132)
+        fh.seek(0)
+        if head[:8] == PNG_MAGIC and head[12:16] == b"IHDR":
+            return _declared(int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_size(fh) or _pillow_size(fh)
+        if head[128:132] == b"DICM" or path.suffix.lower() in DICOM_SUFFIXES:
+            return _dicom_size(fh)
+    if data is None and kind(path) == "video":
+        return _video_size(path)
+    return _pillow_size(io.BytesIO(data) if data is not None else path)
+
+
+def _jpeg_size(fh: Any) -> Declared | None:
+    """Walk the JPEG's marker segments up to its start-of-frame, skipping the others by their length."""
+    fh.seek(2)
+    while len(segment := fh.read(4)) == 4 and segment[0] == 0xFF:
+        if segment[1] in JPEG_SOF:
+            sof = fh.read(5)  # precision, lines, samples per line
+            height, width = int.from_bytes(sof[1:3], "big"), int.from_bytes(sof[3:5], "big")
+            return _declared(width, height) if height else None  # 0 lines: the height comes later, in a DNL segment
+        fh.seek(int.from_bytes(segment[2:4], "big") - 2, 1)
+    return None
+
+
+def _pillow_size(source: Any) -> Declared | None:
+    """The size Pillow's lazy open reads from the header (it decodes nothing until asked)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if hasattr(source, "seek"):
+        source.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                return _declared(*image.size)
+    except Image.DecompressionBombError as err:
+        # Pillow refuses to open past its own limit, and says only the pixel count
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        return (int(pixels.group(1)), "a size beyond Pillow's own limit", 1) if pixels else None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+
+
+def _dicom_size(fh: Any) -> Declared | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        return _declared(int(ds.Columns), int(ds.Rows), int(ds.get("NumberOfFrames", 1) or 1))
+    except Exception:  # pydicom raises many types for malformed files; the reader reports them
+        return None
+
+
+def _video_size(path: Path) -> Declared | None:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return None
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        frames = max(1, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+        return _declared(width, height, frames) if width and height else None
+    finally:
+        capture.release()
 
 
 def bgr_to_rgb(image: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from ultraseg.commands.viewer import server
+from ultraseg.runtime import sources
 from ultraseg.data.busi import read_image
 from ultraseg.errors import DataError
 from ultraseg.runtime import Segmenter
@@ -102,7 +103,7 @@ def test_health_describes_the_model(client, segmenter):
     assert body["status"] == "ok" and body["model"] == str(segmenter.path)
     assert body["input_size"] == segmenter.size == 32
     assert body["postprocess"] == segmenter.postprocess.to_dict() and body["threshold"] == 0.5
-    assert body["source"] is None
+    assert body["source"] is None and body["max_pixels"] == sources.MAX_PIXELS
 
 
 def test_page_and_static_files_are_served_and_local(client):
@@ -178,6 +179,18 @@ def test_spacing_query_gives_mm2(client, busi_file):
     assert body["area_mm2"] == pytest.approx(body["area_px"] * 0.01)
 
 
+def test_a_frame_over_the_pixel_budget_is_refused_with_413_from_its_header(segmenter, busi_file, busi_image):
+    budget = busi_image.size - 1
+    with TestClient(server.create_app(segmenter, max_pixels=budget)) as small:
+        response = post_image(small, busi_file)
+        dicom = small.post("/segment", content=dicom_bytes(busi_image[None]),
+                           headers={"Content-Type": "application/dicom"})
+        assert small.get("/health").json()["max_pixels"] == budget
+    height, width = busi_image.shape
+    assert response.status_code == 413 and response.json()["error"].startswith(f"upload: declares {width} x {height}")
+    assert dicom.status_code == 413 and "--max-pixels" in dicom.json()["error"]
+
+
 def test_oversize_upload_is_refused_with_413(client):
     response = client.post("/segment", content=b"\0" * (2 * 2**20 + 1), headers={"Content-Type": "image/png"})
     assert response.status_code == 413 and "2 MB" in response.json()["error"]
@@ -212,6 +225,16 @@ def test_garbage_bytes_are_one_clear_400(client, content_type):
 def test_bad_threshold_is_a_400(client, busi_file, threshold):
     response = post_image(client, busi_file, threshold=threshold)
     assert response.status_code == 400 and "threshold" in response.json()["error"]
+
+
+def test_forms_are_held_to_one_file_and_the_size_limit(client, busi_file):
+    data = busi_file.read_bytes()
+    two = client.post("/segment", files=[("a", ("a.webp", data, "image/webp")), ("b", ("b.webp", data, "image/webp"))])
+    assert two.status_code == 400 and "Too many files" in two.json()["error"]
+    none = client.post("/segment", files={"note": (None, "a text field, no file")})
+    assert none.status_code == 400 and none.json()["error"] == "multipart upload without a file"
+    big = client.post("/segment", files={"file": ("big.png", b"\0" * (2 * 2**20 + 1), "image/png")})
+    assert big.status_code == 413 and "2 MB" in big.json()["error"]
 
 
 def test_uploads_are_never_spooled_to_disk(client, monkeypatch, tmp_path):
@@ -350,17 +373,20 @@ def serve_parser() -> argparse.ArgumentParser:
 def test_serve_options_and_defaults():
     args = serve_parser().parse_args(["serve", "model.onnx"])
     assert (args.host, args.port, args.source, args.threads, args.max_upload_mb) == ("127.0.0.1", 8000, None, 1, 20)
-    assert args.run is server.run
+    assert args.run is server.run and args.max_pixels == sources.MAX_PIXELS
     args = serve_parser().parse_args(["serve", "m.onnx", "--port", "9000", "--source", "/dev/video0",
-                                      "--max-upload-mb", "5"])
-    assert (args.port, args.source, args.max_upload_mb) == (9000, "/dev/video0", 5)
+                                      "--max-upload-mb", "5", "--max-pixels", "1000000"])
+    assert (args.port, args.source, args.max_upload_mb, args.max_pixels) == (9000, "/dev/video0", 5, 1_000_000)
+    with pytest.raises(SystemExit):
+        serve_parser().parse_args(["serve", "m.onnx", "--max-pixels", "0"])
 
 
 def test_serve_help_explains_the_options(capsys):
     with pytest.raises(SystemExit):
         serve_parser().parse_args(["serve", "--help"])
     text = capsys.readouterr().out
-    for option in ("--host", "--port", "--source", "--threads", "--max-upload-mb", "/dev/video", "DICOM"):
+    for option in ("--host", "--port", "--source", "--threads", "--max-upload-mb", "--max-pixels", "/dev/video",
+                   "DICOM"):
         assert option in text
 
 
@@ -380,7 +406,6 @@ def test_serve_reports_a_bad_source_without_starting(zoo, tmp_path, capsys):
 def test_a_16bit_monochrome1_dicom_gets_the_answer_predict_gives(client, segmenter, busi_image, tmp_path):
     """The viewer reads files with ultraseg.runtime.sources, as the command line does: one answer per file."""
     from tests.runtime.test_sources import write_dicom
-    from ultraseg.runtime import sources
 
     path = write_dicom(tmp_path / "scan.dcm", (255 - busi_image).astype(np.uint16) * 40, photometric="MONOCHROME1")
     (frame,) = sources.read_frames(path)

@@ -11,9 +11,12 @@
 
 Every answer carries lesion_present, score, area_px, area_mm2, bbox, contour (at most ~200 points, image pixels),
 width, height, threshold, timings (ms) and the mask as an RGBA PNG data URL (lesion opaque, the rest transparent)
-ready to draw over the frame. Errors are JSON too: {"error": "..."} with 400, 413 or 415.
+ready to draw over the frame. Errors are JSON too: {"error": "..."} with 400, 413 or 415. A body over
+--max-upload-mb and an image or DICOM whose header declares frames over --max-pixels get 413, the latter before a
+pixel is decoded.
 
-Uploads are read into memory under the size limit and decoded there: nothing is written to disk.
+Uploads are read into memory under the size limit and decoded there: nothing is written to disk. A form upload goes
+through Starlette's multipart parser with its limits (one file, a few small fields), told to keep the file in memory.
 """
 
 from __future__ import annotations
@@ -26,16 +29,18 @@ import re
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -54,6 +59,13 @@ SOURCE_SIDE = 512
 FOLDER_FPS = 5.0
 """A folder of stills plays at this rate, slow enough to see each image."""
 DICOM_TYPES = ("application/dicom",)
+DRAIN_BYTES = 128 * 2**20
+"""A refused body up to this size is read to its end and dropped, so that a client that sends the whole body before
+reading the answer (urllib, requests) gets the JSON rather than a broken pipe; a longer one gets the connection
+closed, rather than the server reading without end."""
+FORM_FIELDS = 8
+"""Text fields a form upload may carry besides its file (the page sends none)."""
+FORM_FIELD_BYTES = 2**16
 MASK_NAME = re.compile(r"_mask(_\d+)?$")
 """BUSI-style mask files (``x_mask.png``, ``x_mask_1.png``) beside the scans are not frames: a folder skips them."""
 
@@ -79,10 +91,12 @@ class Decoded:
 # ---------------------------------------------------------------------------------------------------- decoding
 
 
-def decode(data: bytes, name: str = "") -> Decoded:
-    """An upload's frames and pixel spacing, read as ``ultraseg predict`` reads the same file."""
-    frames = sources.frames_from_bytes(data, name)
-    return Decoded(frames[0].image, [f.image for f in frames], frames[0].pixel_spacing)
+def decode(data: bytes, name: str = "", max_pixels: int | None = sources.MAX_PIXELS) -> tuple[Decoded, int]:
+    """An upload's first frame and pixel spacing, read as ``ultraseg predict`` reads the same file, and its number
+    of frames. Only the first frame is kept: the later frames of a cine are decoded one at a time to count them."""
+    frames = sources.frames_from_bytes(data, name, max_pixels)
+    first = next(frames)
+    return Decoded(first.image, [first.image], first.pixel_spacing), 1 + sum(1 for _ in frames)
 
 
 def read_file(path: Path) -> Decoded:
@@ -221,53 +235,62 @@ def media_kind(content_type: str, filename: str = "") -> str:
                       "file (application/dicom)")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (never read past it)."""
+def too_large(limit: int) -> UploadError:
+    return UploadError(413, f"upload larger than the {limit / 2**20:g} MB limit (--max-upload-mb)")
+
+
+async def limited_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body's chunks, refused with 413 up front when Content-Length exceeds ``limit`` and as soon as
+    the bytes received do (a chunked body declares no length), so nothing past the limit is ever held."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise UploadError(413, f"upload larger than the {limit / 2**20:g} MB limit (--max-upload-mb)")
-    chunks, size = [], 0
+        raise too_large(limit)
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise UploadError(413, f"upload larger than the {limit / 2**20:g} MB limit (--max-upload-mb)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+            raise too_large(limit)
+        yield chunk
 
 
-def multipart_file(body: bytes, content_type: str) -> tuple[str, str, bytes]:
-    """(content type, filename, bytes) of the first file in a multipart form, parsed in memory."""
-    _, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if not boundary:
-        raise UploadError(400, "multipart upload without a boundary")
-    parts: list[dict[str, Any]] = []
-    name = bytearray()
-
-    def on_part_begin() -> None:
-        parts.append({"headers": {}, "data": bytearray(), "value": bytearray()})
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        parts[-1]["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        parts[-1]["headers"][bytes(name).decode("latin-1").lower()] = bytes(parts[-1]["value"]).decode("latin-1")
-        name.clear()
-        parts[-1]["value"].clear()
-
-    callbacks = {"on_part_begin": on_part_begin, "on_header_value": on_header_value, "on_header_end": on_header_end,
-                 "on_header_field": lambda data, start, end: name.extend(data[start:end]),
-                 "on_part_data": lambda data, start, end: parts[-1]["data"].extend(data[start:end])}
+async def discard_body(request: Request) -> None:
+    """Read what is left of a refused request's body, up to :data:`DRAIN_BYTES`, keeping none of it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > DRAIN_BYTES:
+        return
+    size = 0
     try:
-        MultipartParser(boundary, callbacks).write(body)
-    except Exception as err:  # python-multipart raises its own types for malformed forms
-        raise UploadError(400, f"malformed multipart upload ({err})") from None
-    for part in parts:
-        _, disposition = parse_options_header(part["headers"].get("content-disposition", ""))
-        if b"filename" in disposition:
-            return (part["headers"].get("content-type", ""), disposition[b"filename"].decode("utf-8", "replace"),
-                    bytes(part["data"]))
-    raise UploadError(400, "multipart upload without a file")
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > DRAIN_BYTES:
+                return
+    except (RuntimeError, ClientDisconnect):  # RuntimeError: the body was read whole already
+        return
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (never read past it)."""
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
+
+
+async def form_file(request: Request, limit: int) -> tuple[str, str, bytes]:
+    """(content type, filename, bytes) of the one file of a multipart form, read by Starlette's parser under
+    ``limit`` bytes in all, one file and a few small fields. Starlette spools a file over 1 MB to a temporary
+    file; here the spool holds the whole limit, so an upload never touches the disk."""
+    parser = MultiPartParser(request.headers, limited_stream(request, limit), max_files=1, max_fields=FORM_FIELDS,
+                             max_part_size=FORM_FIELD_BYTES)
+    parser.spool_max_size = limit
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise UploadError(400, f"malformed multipart upload: {err.message}") from None
+    try:
+        upload = next((value for _, value in form.multi_items() if isinstance(value, UploadFile)), None)
+        if upload is None:
+            raise UploadError(400, "multipart upload without a file")
+        return upload.content_type or "", upload.filename or "", await upload.read()
+    finally:
+        await form.close()
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -368,12 +391,15 @@ def open_source(spec: str) -> FrameSource:
 class Settings:
     max_upload_bytes: int = 20 * 2**20
     source: str | None = None
+    max_pixels: int = sources.MAX_PIXELS
 
 
-def create_app(segmenter: Segmenter, source: str | None = None, max_upload_mb: float = 20) -> Starlette:
-    """The viewer's app for ``segmenter``; ``source`` is the spec of a server-side stream (see :func:`open_source`)."""
+def create_app(segmenter: Segmenter, source: str | None = None, max_upload_mb: float = 20,
+               max_pixels: int = sources.MAX_PIXELS) -> Starlette:
+    """The viewer's app for ``segmenter``; ``source`` is the spec of a server-side stream (see :func:`open_source`);
+    uploads over ``max_upload_mb`` MB and images declaring frames of over ``max_pixels`` pixels are refused."""
     engine = Engine(segmenter)
-    settings = Settings(int(max_upload_mb * 2**20), source)
+    settings = Settings(int(max_upload_mb * 2**20), source, max_pixels)
 
     async def page(request: Request) -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -381,16 +407,18 @@ def create_app(segmenter: Segmenter, source: str | None = None, max_upload_mb: f
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "model": str(segmenter.path), "input_size": segmenter.size,
                              "postprocess": segmenter.postprocess.to_dict(), "threshold": engine.threshold,
-                             "source": settings.source, "max_upload_mb": max_upload_mb})
+                             "source": settings.source, "max_upload_mb": max_upload_mb,
+                             "max_pixels": settings.max_pixels})
 
     async def segment(request: Request) -> JSONResponse:
         try:
             return JSONResponse(await segment_upload(request, engine, settings))
         except UploadError as err:
+            await discard_body(request)
             return error(err.status, str(err))
 
     async def frames(websocket: WebSocket) -> None:
-        await stream_frames(websocket, engine)
+        await stream_frames(websocket, engine, settings.max_pixels)
 
     async def served(websocket: WebSocket) -> None:
         await stream_source(websocket, engine, settings.source)
@@ -409,25 +437,29 @@ async def segment_upload(request: Request, engine: Engine, settings: Settings) -
         media_kind(content_type)  # 415 before reading a byte of the body
     threshold = parse_threshold(request.query_params.get("threshold"), engine.threshold)
     spacing = parse_spacing(request.query_params.get("spacing"))
-    body = await read_body(request, settings.max_upload_bytes)
     filename = ""
     if multipart:
-        content_type, filename, body = multipart_file(body, content_type)
+        content_type, filename, body = await form_file(request, settings.max_upload_bytes)
+    else:
+        body = await read_body(request, settings.max_upload_bytes)
     kind = media_kind(content_type, filename)
     start = time.perf_counter()
     try:
-        decoded = decode(body, filename or ("upload.dcm" if kind == "dicom" else "upload"))
+        decoded, count = await run_in_threadpool(
+            decode, body, filename or ("upload.dcm" if kind == "dicom" else "upload"), settings.max_pixels)
+    except sources.TooManyPixels as err:
+        raise UploadError(413, str(err)) from None
     except DataError as err:
         raise UploadError(400, str(err)) from None
     decode_ms = 1000 * (time.perf_counter() - start)
     reply = await run_in_threadpool(engine.run, decoded.image, threshold, spacing or decoded.spacing,
                                     frame=request.query_params.get("frame") == "1")
     reply["timings"]["decode_ms"] = decode_ms
-    reply["frames"] = len(decoded.frames)
+    reply["frames"] = count
     return reply
 
 
-async def stream_frames(websocket: WebSocket, engine: Engine) -> None:
+async def stream_frames(websocket: WebSocket, engine: Engine, max_pixels: int | None = sources.MAX_PIXELS) -> None:
     """WS /ws: one JSON answer per binary frame; text {"threshold": t} changes the threshold for what follows."""
     await websocket.accept()
     threshold = engine.threshold
@@ -439,7 +471,7 @@ async def stream_frames(websocket: WebSocket, engine: Engine) -> None:
             if message.get("text") is not None:
                 threshold = control_threshold(message["text"], threshold)
                 continue
-            await websocket.send_json(await frame_answer(message.get("bytes") or b"", engine, threshold))
+            await websocket.send_json(await frame_answer(message.get("bytes") or b"", engine, threshold, max_pixels))
     except WebSocketDisconnect:
         return
 
@@ -452,10 +484,11 @@ def control_threshold(text: str, current: float) -> float:
         return current
 
 
-async def frame_answer(data: bytes, engine: Engine, threshold: float) -> dict[str, Any]:
+async def frame_answer(data: bytes, engine: Engine, threshold: float,
+                       max_pixels: int | None = sources.MAX_PIXELS) -> dict[str, Any]:
     start = time.perf_counter()
     try:
-        image = sources.decode_image(np.frombuffer(data, np.uint8), Path("frame"))
+        image = sources.decode_image(np.frombuffer(data, np.uint8), Path("frame"), max_pixels)
     except DataError as err:
         return {"error": str(err)}
     decode_ms = 1000 * (time.perf_counter() - start)
@@ -523,8 +556,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: %(default)s)")
     ap.add_argument("--max-upload-mb", type=float, default=20, metavar="MB",
                     help="largest upload accepted, in MB (default: %(default)s); larger ones get 413")
+    ap.add_argument("--max-pixels", type=positive_int, default=sources.MAX_PIXELS, metavar="N",
+                    help="largest frame accepted, in pixels (default: %(default)s); an image or DICOM whose header "
+                         "declares larger frames gets 413 before it is decoded")
     ap.set_defaults(run=run)
     return ap
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -537,7 +584,7 @@ def run(args: argparse.Namespace) -> int:
     except DataError as err:
         print(f"ultraseg serve: error: {err}", file=sys.stderr)
         return 2
-    app = create_app(segmenter, args.source, args.max_upload_mb)
+    app = create_app(segmenter, args.source, args.max_upload_mb, args.max_pixels)
     print(f"ultraseg serve: {segmenter.path} at http://{args.host}:{args.port}/ (Ctrl+C to stop)", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
