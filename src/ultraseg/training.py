@@ -140,8 +140,8 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         cfg: TrainParams, loss_fn: LossFn, device: torch.device, live: Any, resume_path: Path,
         run_id: str, desc: str = "train") -> FitResult:
     """Train ``model`` in place under ``cfg.precision``; return the best weights by val Dice and the per-epoch
-    history. Validation runs in fp32 whatever the training precision, so val Dice selects on the model's own
-    arithmetic."""
+    history. Validation runs in fp32 whatever the training precision, so val Dice scores the weights as they are
+    saved and exported."""
     precision = precision_mod.resolve(cfg.precision, device)
     seed_everything(cfg.seed)
     fmt = memory_format(device)

@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -37,6 +37,9 @@ from ultraseg.params import BenchmarkParams, Params
 from ultraseg.pipeline import end_to_end as end_to_end_probe
 from ultraseg.timing import peak_rss_mb, steady, time_call
 from ultraseg.variants import DEPLOY_FILE, DEPLOYED, VARIANTS, Variant, by_name, checkpoint_file, predictor
+
+if TYPE_CHECKING:
+    from ultraseg.precision import Precision
 
 SEED_UNET = {"name": "unet", "widths": [64, 128, 256, 512]}
 """The U-Net this project started from: four levels of 64-512 channels."""
@@ -123,7 +126,7 @@ def measure_training_steps(params: Params) -> dict[str, Any]:
     return out
 
 
-def _step_ms(config: dict, loss: dict, params: Params, precision: Any) -> float:
+def _step_ms(config: dict, loss: dict, params: Params, precision: Precision) -> float:
     """p50 (ms) of :func:`ultraseg.training.train_step` on a fixed seeded batch of images and disc masks."""
     import torch
 
