@@ -180,7 +180,7 @@ def test_a_cut_short_params_file_is_refused(tmp_path, repo_root):
     lines = (repo_root / "params.yaml").read_text().splitlines(keepends=True)
     cut = tmp_path / "cut.yaml"
     cut.write_text("".join(lines[: len(lines) - 2]))
-    with pytest.raises(ParamsError, match=rf"^{re.escape(str(cut))}: missing key benchmark\.max_disturbance; "):
+    with pytest.raises(ParamsError, match=rf"^{re.escape(str(cut))}: missing key benchmark\.retries; "):
         P.load(cut)
     only = tmp_path / "only.yaml"
     only.write_text("fetch: {source: x, sha256: null}\n")

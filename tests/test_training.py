@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_precision import allow
 from ultraseg import training
 from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet
@@ -63,16 +64,22 @@ def run(tmp_path, cfg: TrainParams = CFG, live=None, run_id: str = "a", empty_va
                       tmp_path / "resume.pt", run_id, desc="test")
 
 
-def test_same_params_same_result(tmp_path) -> None:
-    a = run(tmp_path / "a")
-    b = run(tmp_path / "b")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_params_same_result(tmp_path, precision: str, monkeypatch) -> None:
+    allow(precision, monkeypatch)
+    cfg = replace(CFG, precision=precision)
+    a = run(tmp_path / "a", cfg)
+    b = run(tmp_path / "b", cfg)
     assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
     assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, ema: float) -> None:
-    cfg = replace(CFG, ema=ema)
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, ema: float, precision: str,
+                                                          monkeypatch) -> None:
+    allow(precision, monkeypatch)
+    cfg = replace(CFG, ema=ema, precision=precision)
     reference = run(tmp_path / "ref", cfg)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "cut", cfg, live=RecordingLive(interrupt_at=2))  # dies while logging epoch 2

@@ -449,13 +449,15 @@ class TrainParams(Section):
     validation and the saved model use the average. 0 = off."""
     threshold: float = 0.5
     """Probability above which a pixel is lesion, for val Dice/IoU."""
-    amp: bool = True
-    """Mixed precision; used on CUDA only."""
     model: ModelParams = field(default_factory=ModelParams)
     loss: LossParams = field(default_factory=LossParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
     distributed: DistributedParams = field(default_factory=DistributedParams)
     """Several training processes (DDP); distill and prune-finetune train the same way."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training arithmetic (:mod:`ultraseg.precision`): ``auto`` uses bf16 where the CPU multiplies it natively
+    (AVX512-BF16 or AMX) and mixed precision on CUDA, else fp32; ``bf16`` is refused where the hardware lacks it.
+    Distill and prune-finetune train the same way."""
 
     def check(self, prefix: str) -> None:
         _positive(self, prefix, "epochs", "batch_size", "lr")
@@ -736,6 +738,9 @@ class BenchmarkParams(Section):
     it (all cores' time over its wall time) while it ran."""
     retries: int = 3
     """Repeats of a disturbed measurement; the least disturbed one is kept and its disturbance reported."""
+    memory_goal_mb: float = 150.0
+    """Peak resident memory (MB) the process holding only the runtime and the deployable file should stay under;
+    reported beside the measured peak."""
 
     def check(self, prefix: str) -> None:
         _require(self, prefix, "size", lambda v: v is None or (v >= 16 and v % 16 == 0),
@@ -746,6 +751,7 @@ class BenchmarkParams(Section):
         for name in ("warmup", "retries"):
             _within(self, prefix, name, 0, math.inf, open_high=True)
         _within(self, prefix, "max_disturbance", 0.0, 1.0)
+        _positive(self, prefix, "memory_goal_mb")
 
 
 @dataclass(frozen=True)

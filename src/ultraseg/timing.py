@@ -1,11 +1,15 @@
 """Latency measurement (after nanoGPT's ``bench.py``: warm up, time many repeats, report the median).
 
 Only the model call is timed: the input is built once, outside the loop. On a shared machine absolute times drift,
-so models are compared by ratios of medians measured in one interleaved session (:func:`compare`).
+so models are compared by ratios of medians measured in one interleaved session (:func:`compare`), and a timed block
+records the CPU time other processes took while it ran (:func:`steady` repeats a disturbed one). Torch-free, so that
+a process timing the runtime holds nothing else.
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +35,59 @@ def time_call(fn: Callable[[], object], warmup: int = 10, runs: int = 50) -> dic
     times *= 1000
     return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
             "mean_ms": float(times.mean()), "min_ms": float(times.min()), "runs": runs}
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all cores have spent not idle since boot (``/proc/stat``); None where there is no such file."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def disturbed(fn: Callable[[], dict]) -> tuple[dict, float]:
+    """Run ``fn``; return its result and the share of all cores' time other processes used meanwhile (NaN where
+    ``/proc/stat`` cannot be read)."""
+    busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+    result = fn()
+    wall, busy_after = time.perf_counter() - start, busy_cpu_seconds()
+    if busy is None or busy_after is None:
+        return result, float("nan")
+    others = max(0.0, (busy_after - busy) - (own_cpu_seconds() - own))
+    return result, others / (wall * os.cpu_count())
+
+
+def steady(fn: Callable[[], dict], max_disturbance: float, retries: int) -> dict:
+    """``fn()``'s result from the least disturbed of up to ``1 + retries`` attempts, stopping at the first one
+    within ``max_disturbance``; adds ``disturbance`` and ``attempts``."""
+    best, best_share, attempts = None, float("inf"), 0
+    for attempts in range(1, retries + 2):
+        result, share = disturbed(fn)
+        if best is None or share < best_share or np.isnan(share):
+            best, best_share = result, share
+        if not share > max_disturbance:  # NaN (unknown) is not retried
+            break
+    return {**best, "disturbance": round(best_share, 4), "attempts": attempts}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB) since it started: the kernel's high-water mark (``VmHWM`` in
+    ``/proc/self/status``), NaN where there is none. Not ``ru_maxrss``: the kernel carries the high-water mark of the
+    process that started this one across ``exec`` into it, so a small fresh process would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return float("nan")
+    return kib * 1024 / 1e6
 
 
 def _input(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ultraseg import checkpoint, distributed, metadata, metrics
+from ultraseg import checkpoint, distributed, metadata, metrics, precision as precision_mod
 from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet, load_split
 from ultraseg.io import atomic_path
@@ -70,11 +70,9 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the GPU has it (no loss scaling needed), fp16 on older GPUs, none on the CPU."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def memory_format(device: torch.device) -> torch.memory_format:
+    """oneDNN's NHWC convolutions are the fast path on x86 CPUs, in fp32 and bf16 alike."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -121,13 +119,33 @@ class FitResult:
     seconds: float = 0.0
 
 
+def train_step(net: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               precision: precision_mod.Precision, loss_fn: LossFn, grad_clip: float, images: torch.Tensor,
+               masks: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on a batch, the forward under ``precision``; returns the loss. ``net`` runs the forward
+    (DDP's wrapper in several processes), ``trained`` holds the weights whose gradients are clipped."""
+    with precision.autocast():
+        loss = loss_fn(net(images).float(), images, masks, *extra)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(trained.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, val_masks: np.ndarray,
         cfg: TrainParams, loss_fn: LossFn, device: torch.device, live: Any, resume_path: Path,
         run_id: str, desc: str = "train") -> FitResult:
-    """Train ``model`` in place; return the best weights by val Dice and the per-epoch history."""
+    """Train ``model`` in place under ``cfg.precision``; return the best weights by val Dice and the per-epoch
+    history. Validation runs in fp32 whatever the training precision, so val Dice scores the weights as they are
+    saved and exported."""
+    precision = precision_mod.resolve(cfg.precision, device)
     seed_everything(cfg.seed)
-    channels_last = device.type == "cpu"  # oneDNN's NHWC convolutions are the fast path on x86 CPUs
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fmt = memory_format(device)
+    model.to(device, memory_format=fmt)
     steps_per_epoch = len(train_set) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ParamsError(f"train.batch_size: {cfg.batch_size} is larger than the training set ({len(train_set)})")
@@ -142,8 +160,7 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         warmup = cfg.warmup_epochs * steps_per_epoch
         factor = (lambda s: lr_factor(s, warmup, total)) if cfg.scheduler == "cosine" else (lambda s: 1.0)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    scaler = precision.grad_scaler()
     # the weight average is what gets validated and kept: it smooths the epoch-to-epoch swings of a small val set
     ema = AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     evaluated = trained if ema is None else ema.module
@@ -180,17 +197,9 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
                    disable=not distributed.is_main())
         for images, masks, *extra in bar:
             images, masks, extra = images.to(device), masks.to(device), [e.to(device) for e in extra]
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = loss_fn(net(images).float(), images, masks, *extra)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            images = images.contiguous(memory_format=fmt)
+            loss = train_step(net, trained, optimizer, scaler, precision, loss_fn, cfg.grad_clip, images, masks,
+                              *extra)
             if cfg.scheduler != "plateau":
                 scheduler.step()
             if ema is not None:
@@ -236,14 +245,16 @@ def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: Lo
 
     ``soft``: per-image maps of the train split that the loss gets with each batch (cached teacher logits)."""
     device = select_device(cfg.device)
+    precision = precision_mod.resolve(cfg.precision, device)  # refused before the data is read, not after
     threads = configure_cpu(cfg.threads)
     mode = params.preprocess.normalize
     train_x, train_y, _ = load_split(data_dir, split_csv, "train", mode)
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
     config = cfg.model.config()
     if distributed.is_main():
-        print(f"{kind}: {config['name']} {count_parameters(model):,} params on {device} ({threads} threads"
-              f"{f' x {distributed.world_size()} processes' if distributed.world_size() > 1 else ''}), "
+        ranks = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+        print(f"{kind}: {config['name']} {count_parameters(model):,} params on {device} in {precision.name} "
+              f"({threads} threads{ranks}), "
               f"{len(train_x)} train / {len(val_x)} val images at {params.preprocess.size}px")
 
     with open_live(live_dir) as live:
@@ -262,7 +273,7 @@ def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: Lo
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "val_dice": round(result.best["dice"], 4), "val_iou": round(result.best["iou"], 4),
         "val_normal_clean": round(result.best["normal_clean"], 4),
-        "train_minutes": round(result.seconds / 60, 2), "device": device.type,
+        "train_minutes": round(result.seconds / 60, 2), "device": device.type, **precision.record(),
     }
 
 

@@ -13,20 +13,24 @@ import time
 import numpy as np
 import pytest
 
-from ultraseg import params as params_mod
+from ultraseg import params as params_mod, precision as precision_mod, timing
 from ultraseg.pipeline import benchmark
 from ultraseg.params import BenchmarkParams
+from ultraseg.runtime.model_files import DEPLOY_FILE
 from ultraseg.variants import VARIANTS, by_name
 
 QUICK = BenchmarkParams(threads=(1, 0), warmup=1, runs=3, batch=2, batch_runs=2, retries=0)
+TINY_TRAINING = {"train": {"threads": 1, "batch_size": 2, "model": {"widths": [4, 8, 16]}},
+                 "distill": {"student": {"widths": [4, 8]}}}
+"""Training steps of tiny networks: the benchmark times the shipped ones, the tests only what it records."""
 
 
 def test_disturbance_counts_other_processes_not_our_own():
-    _, own = benchmark.disturbed(lambda: sum(i * i for i in range(2_000_000)))
+    _, own = timing.disturbed(lambda: sum(i * i for i in range(2_000_000)))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        _, other = benchmark.disturbed(lambda: time.sleep(0.5))
+        _, other = timing.disturbed(lambda: time.sleep(0.5))
     finally:
         busy.kill()
     if np.isnan(other):
@@ -39,13 +43,13 @@ def test_disturbance_counts_other_processes_not_our_own():
 def test_a_disturbed_measurement_is_repeated_and_the_least_disturbed_kept(monkeypatch):
     shares = iter([0.5, 0.3, 0.05, 0.01])
     calls = []
-    monkeypatch.setattr(benchmark, "disturbed", lambda fn: (calls.append(1) or {"p50_ms": len(calls)},
+    monkeypatch.setattr(timing, "disturbed", lambda fn: (calls.append(1) or {"p50_ms": len(calls)},
                                                             next(shares)))
-    result = benchmark.steady(lambda: {}, max_disturbance=0.1, retries=5)
+    result = timing.steady(lambda: {}, max_disturbance=0.1, retries=5)
     assert result == {"p50_ms": 3, "disturbance": 0.05, "attempts": 3}
     shares = iter([0.5, 0.3, 0.4])
     calls.clear()
-    result = benchmark.steady(lambda: {}, max_disturbance=0.1, retries=2)
+    result = timing.steady(lambda: {}, max_disturbance=0.1, retries=2)
     assert result == {"p50_ms": 2, "disturbance": 0.3, "attempts": 3}
 
 
@@ -60,7 +64,8 @@ def test_measure_reports_latency_throughput_and_memory(zoo):
 
 
 def test_run_measures_every_variant_in_its_own_process(zoo):
-    params = dataclasses.replace(params_mod.from_dict({"preprocess": {"size": zoo.size}}), benchmark=QUICK)
+    params = dataclasses.replace(params_mod.from_dict({"preprocess": {"size": zoo.size}, **TINY_TRAINING}),
+                                 benchmark=QUICK)
     variants = (by_name("teacher"), by_name("pruned_int8"))
     out = benchmark.run(params, zoo.models, variants)
     assert list(out["variants"]) == ["teacher", "pruned_int8"]
@@ -77,7 +82,7 @@ def test_run_measures_every_variant_in_its_own_process(zoo):
 def test_stage_writes_metrics_and_plots(zoo, repo_root, tmp_path, params_file):
     evaluate = {"variants": {v.name: {"dice": 0.5 + 0.05 * k} for k, v in enumerate(VARIANTS)}}
     (tmp_path / "evaluate.json").write_text(json.dumps(evaluate))
-    params_file(tmp_path / "params.yaml", {"preprocess": {"size": zoo.size}, "benchmark": {
+    params_file(tmp_path / "params.yaml", {"preprocess": {"size": zoo.size}, **TINY_TRAINING, "benchmark": {
         "threads": [1], "warmup": 1, "runs": 2, "batch": 2, "batch_runs": 1, "retries": 0}})
     out = subprocess.run(
         [sys.executable, str(repo_root / "stages" / "benchmark.py"), "--params", "params.yaml", "--models",
@@ -94,9 +99,59 @@ def test_stage_writes_metrics_and_plots(zoo, repo_root, tmp_path, params_file):
     end = metrics["end_to_end"]
     assert set(end["frames"]) == {"scan", "scanner_640x480"} and end["frames"]["scanner_640x480"]["frame_hw"] == [480, 640]
     assert end["torch_loaded"] is False  # the runtime's memory is measured without PyTorch
+    assert 0 < end["peak_rss_mb"] < RUNTIME_BOUND_MB and metrics["settings"]["memory_goal_mb"] == 150
+    steps = metrics["training_steps"]
+    assert set(steps) == {"cpu_features", "bf16_supported", "teacher", "student"}
+    assert steps["cpu_features"] == list(precision_mod.cpu_features())
+    assert steps["bf16_supported"] == precision_mod.cpu_has_bf16(precision_mod.cpu_features())
+    for name in ("teacher", "student"):
+        assert set(steps[name]) == {"fp32_ms", "bf16_ms", "speedup"} and steps[name]["fp32_ms"] > 0
+        assert (steps[name]["bf16_ms"] is None) == (not steps["bf16_supported"])
     assert metrics["seed_unet"]["model"]["widths"] == [64, 128, 256, 512]
     assert metrics["speedup_end_to_end_vs_seed_unet"] == round(
         metrics["seed_unet"]["p50_ms"] / end["frames"]["scan"]["p50_ms"], 1)
+
+
+RUNTIME_BOUND_MB = 300
+"""Far above what numpy, OpenCV, ONNX Runtime and a tiny model take, far below what importing PyTorch adds: a
+structural bound, not a timing."""
+
+
+def test_end_to_end_memory_is_that_of_a_process_holding_only_the_runtime(zoo):
+    import torch  # this process holds PyTorch and its peak is PyTorch's; the measured one must not be
+
+    assert torch.ones(1).item() == 1
+    frame = np.full((48, 64), 100, np.uint8)
+    out = benchmark.measure_end_to_end(zoo.models / DEPLOY_FILE, {"scan": frame}, QUICK)
+    assert out["torch_loaded"] is False
+    assert 0 < out["peak_rss_mb"] < RUNTIME_BOUND_MB < timing.peak_rss_mb()
+    scan = out["frames"]["scan"]
+    assert scan["frame_hw"] == [48, 64] and 0 < scan["p50_ms"] <= scan["p95_ms"]
+
+
+def test_a_failing_end_to_end_measurement_names_the_file(tmp_path):
+    with pytest.raises(RuntimeError, match=r"nope\.onnx: the end-to-end measurement failed"):
+        benchmark.measure_end_to_end(tmp_path / "nope.onnx", {"scan": np.zeros((8, 8), np.uint8)}, QUICK)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_training_steps_are_timed_in_fp32_and_in_bf16_only_where_native(native, monkeypatch):
+    """Without avx512_bf16/amx_bf16 bf16 is not timed (its emulation says nothing about the hardware); with them
+    (here pretended when absent: emulated bf16 still runs, only its time means nothing) both are, with their ratio."""
+    monkeypatch.setattr(precision_mod, "cpu_features", lambda: ("avx2", "amx_bf16") if native else ("avx2",))
+    params = params_mod.from_dict({"preprocess": {"size": 32}, **TINY_TRAINING,
+                                   "benchmark": {"warmup": 1, "runs": 30}})
+    steps = benchmark.measure_training_steps(params)
+    assert steps["cpu_features"] == (["avx2", "amx_bf16"] if native else ["avx2"])
+    assert steps["bf16_supported"] is native
+    for name in ("teacher", "student"):
+        row = steps[name]
+        assert row["fp32_ms"] > 0
+        if native:
+            assert row["bf16_ms"] > 0  # the ratio of the unrounded times; the recorded ones are rounded to 0.1 ms
+            assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["bf16_ms"], rel=0.03)
+        else:
+            assert row["bf16_ms"] is None and row["speedup"] is None
 
 
 def test_stage_without_evaluate_metrics_fails_with_one_line(repo_root, tmp_path, params_file):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, tiny_workspace
-from ultraseg import checkpoint, params as params_mod
+from ultraseg import checkpoint, params as params_mod, precision as precision_mod
 from ultraseg.metadata import data_files, model_meta, run_id
 from ultraseg.models.registry import build_model, count_macs, count_parameters
 from ultraseg.pipeline import prune_finetune
@@ -30,6 +30,7 @@ SUMMARY_KEYS = {
     "params_before", "params_after", "params_ratio", "macs_before", "macs_after", "macs_ratio", "bytes_before",
     "bytes_after", "bytes_ratio", "val_dice_teacher", "val_dice_before", "val_dice_pruned_no_finetune",
     "val_dice_after", "teacher_to_pruned_macs", "teacher_to_pruned_params", "finetune_epochs_total",
+    "precision", "cpu_features",
 }
 TEACHER_VAL_DICE, STUDENT_VAL_DICE = 0.25, 0.5
 
@@ -74,6 +75,9 @@ def test_summary_keys(pruned):
     _, _, summary, _ = pruned
     assert set(summary) == SUMMARY_KEYS
     assert summary["finetune_epochs_total"] == 1
+    features = precision_mod.cpu_features()  # train.precision: auto, read on this machine
+    assert summary["cpu_features"] == list(features)
+    assert summary["precision"] == ("bf16" if precision_mod.cpu_has_bf16(features) else "fp32")
     json.dumps(summary, allow_nan=False)  # what the stage writes to metrics/prune.json
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, tiny_workspace
-from ultraseg import checkpoint, params as params_mod
+from ultraseg import checkpoint, params as params_mod, precision as precision_mod
 from ultraseg.metadata import data_files, run_id
 from ultraseg.models.registry import build_model, count_parameters
 from ultraseg.pipeline import train
@@ -22,7 +22,7 @@ PARAMS = {
               "model": {"widths": TINY}},
 }
 SUMMARY_KEYS = {"model", "params", "gmacs", "best_epoch", "epochs_run", "val_dice", "val_iou", "val_normal_clean",
-                "train_minutes", "device"}
+                "train_minutes", "device", "precision", "cpu_features"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,9 @@ def test_train_writes_teacher_summary_and_curves(workspace, tmp_path):
 
     assert set(summary) == SUMMARY_KEYS
     assert summary["model"] == "unet" and summary["device"] == "cpu"
+    features = precision_mod.cpu_features()  # read from this machine, as the stage read them
+    assert summary["cpu_features"] == list(features)
+    assert summary["precision"] == ("bf16" if precision_mod.cpu_has_bf16(features) else "fp32")  # train.precision: auto
     assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1
     assert summary["params"] == count_parameters(build_model(params.train.model.config()))
     assert summary["gmacs"] > 0
@@ -96,3 +99,12 @@ def test_a_batch_larger_than_the_train_split_is_refused(workspace, tmp_path):
     with pytest.raises(params_mod.ParamsError, match="batch_size"):
         run(params, workspace, tmp_path)
     assert not (tmp_path / "teacher.pt").exists()
+
+
+def test_bf16_on_a_cpu_without_it_is_refused_before_training(workspace, tmp_path, monkeypatch):
+    monkeypatch.setattr(precision_mod, "cpu_features", lambda: ("avx2",))
+    params = params_mod.from_dict(PARAMS | {"train": PARAMS["train"] | {"precision": "bf16"}})
+    with pytest.raises(params_mod.ParamsError, match=r"^train\.precision: bf16 needs a CPU with avx512_bf16 or "
+                                                     r"amx_bf16; this one has avx2 \(use auto or fp32\)$"):
+        run(params, workspace, tmp_path)
+    assert not (tmp_path / "live").exists() and not (tmp_path / "teacher.pt").exists()

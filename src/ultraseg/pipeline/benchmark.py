@@ -1,25 +1,30 @@
-"""The benchmark stage's work: size, compute, latency, throughput and memory of every variant on this CPU.
+"""The benchmark stage's work: size, compute, latency, throughput and memory of every variant on this CPU, and
+the training step's time in fp32 and bf16.
 
 Each variant is measured in a fresh process (so its peak resident memory is its own) with every thread count of
 ``benchmark.threads``: batch-1 latency p50/p95 after warm-up (:func:`ultraseg.timing.time_call`) and batch-``batch``
 throughput, on a fixed seeded input built outside the timed loop. The machine is shared, so every timed block
 records the CPU time other processes used while it ran (from ``/proc/stat``, less this process's own time) as a
 fraction of all cores' time, and a block disturbed beyond ``max_disturbance`` is repeated; the least disturbed
-attempt is kept, and its disturbance reported.
+attempt is kept, and its disturbance reported (:func:`ultraseg.timing.steady`). The deployable file end to end runs
+in a process that imports the torch-free runtime alone (:mod:`ultraseg.pipeline.end_to_end`), so its peak memory is
+a deployment's.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import multiprocessing
 import os
 import platform
-import resource
-import time
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -28,59 +33,19 @@ from tqdm import tqdm
 from ultraseg import figures
 from ultraseg.data.busi import load_raw
 from ultraseg.io import split_ids
-from ultraseg.timing import time_call
 from ultraseg.params import BenchmarkParams, Params
+from ultraseg.pipeline import end_to_end as end_to_end_probe
 from ultraseg.runtime.model_files import DEPLOY_FILE, INT8_VARIANT, checkpoint_file
+from ultraseg.timing import peak_rss_mb, steady, time_call
 from ultraseg.variants import VARIANTS, Variant, by_name, predictor
+
+if TYPE_CHECKING:
+    from ultraseg.precision import Precision
 
 SEED_UNET = {"name": "unet", "widths": [64, 128, 256, 512]}
 """The U-Net this project started from: four levels of 64-512 channels."""
 SEED_INPUT = 256
 """The seed U-Net's input side."""
-
-
-# ---------------------------------------------------------------------------------------------------- disturbance
-
-
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all cores have spent not idle since boot (``/proc/stat``); None where there is no such file."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def disturbed(fn: Callable[[], dict]) -> tuple[dict, float]:
-    """Run ``fn``; return its result and the share of all cores' time other processes used meanwhile (NaN where
-    ``/proc/stat`` cannot be read)."""
-    busy, own, start = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
-    result = fn()
-    wall, busy_after = time.perf_counter() - start, busy_cpu_seconds()
-    if busy is None or busy_after is None:
-        return result, float("nan")
-    others = max(0.0, (busy_after - busy) - (own_cpu_seconds() - own))
-    return result, others / (wall * os.cpu_count())
-
-
-def steady(fn: Callable[[], dict], max_disturbance: float, retries: int) -> dict:
-    """``fn()``'s result from the least disturbed of up to ``1 + retries`` attempts, stopping at the first one
-    within ``max_disturbance``; adds ``disturbance`` and ``attempts``."""
-    best, best_share, attempts = None, float("inf"), 0
-    for attempts in range(1, retries + 2):
-        result, share = disturbed(fn)
-        if best is None or share < best_share or np.isnan(share):
-            best, best_share = result, share
-        if not share > max_disturbance:  # NaN (unknown) is not retried
-            break
-    return {**best, "disturbance": round(best_share, 4), "attempts": attempts}
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
@@ -93,10 +58,6 @@ def rss_mb() -> float:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
     except (OSError, ValueError):
         return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux reports KiB
 
 
 def measure(name: str, models_dir: Path, size: int, params: BenchmarkParams) -> dict[str, Any]:
@@ -128,27 +89,69 @@ def measure(name: str, models_dir: Path, size: int, params: BenchmarkParams) -> 
 
 
 def measure_end_to_end(deployable: Path, frames: dict[str, np.ndarray], params: BenchmarkParams) -> dict[str, Any]:
-    """The deployable file through the torch-free runtime, frame in and answer out (preprocess, model,
-    post-process), one thread, on each frame; with the median of each part and this process's peak memory. Meant to
-    run in a fresh process, which then holds the runtime alone."""
-    import cv2
+    """The deployable file end to end on each frame, one thread, with this process's peak memory: measured by
+    :mod:`ultraseg.pipeline.end_to_end` in a new interpreter that imports the torch-free runtime alone."""
+    settings = {"warmup": params.warmup, "runs": params.runs, "max_disturbance": params.max_disturbance,
+                "retries": params.retries}
+    src = str(Path(end_to_end_probe.__file__).parents[2])  # this ultraseg's sources, whatever the caller's path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory() as tmp:
+        np.savez(Path(tmp) / "frames.npz", **frames)
+        out = Path(tmp) / "end_to_end.json"
+        done = subprocess.run([sys.executable, "-m", end_to_end_probe.__name__, str(deployable),
+                               str(Path(tmp) / "frames.npz"), json.dumps(settings), str(out)],
+                              capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"{deployable}: the end-to-end measurement failed:\n{done.stderr.strip()}")
+        return json.loads(out.read_text())
 
-    from ultraseg.runtime.segmenter import Segmenter
 
-    cv2.setNumThreads(1)  # OpenCV's own pool would lend the preprocessing other cores: one core means one thread
-    segmenter = Segmenter(deployable, threads=1)
-    out: dict[str, Any] = {}
-    for name, frame in frames.items():
-        parts: list[dict[str, float]] = []
-        timed = steady(lambda: time_call(lambda: parts.append(segmenter.segment(frame).timings), params.warmup,
-                                         params.runs), params.max_disturbance, params.retries)
-        last = parts[-params.runs:]
-        out[name] = {"frame_hw": list(frame.shape[:2]), "p50_ms": round(timed["p50_ms"], 3),
-                     "p95_ms": round(timed["p95_ms"], 3), "disturbance": timed["disturbance"],
-                     **{f"{key[:-3]}_p50_ms": round(float(np.median([p[key] for p in last])), 3) for key in last[0]}}
-    import sys
+def measure_training_steps(params: Params) -> dict[str, Any]:
+    """A training step of the teacher and of the student (task loss) at ``train.batch_size`` and the training input
+    side, on the CPU with ``train.threads``: its p50 in fp32 and, where the CPU multiplies bf16 natively, in bf16,
+    and their ratio. A few steps after warm-up, as for the seed U-Net: each is long enough for a stable median."""
+    from ultraseg import params as params_mod, precision as precision_mod, training
 
-    return {"frames": out, "torch_loaded": "torch" in sys.modules, "peak_rss_mb": round(peak_rss_mb(), 1)}
+    training.configure_cpu(params.train.threads)
+    features = precision_mod.cpu_features()
+    supported = precision_mod.cpu_has_bf16(features)
+    losses = {"teacher": params_mod.to_dict(params.train.loss), "student": params.distill.task_loss(params.train)}
+    models = {"teacher": params.train.model, "student": params.distill.student}
+    out: dict[str, Any] = {"cpu_features": list(features), "bf16_supported": supported}
+    for name, model in models.items():
+        fp32 = _step_ms(model.config(), losses[name], params, precision_mod.Precision("fp32", "cpu", features))
+        bf16 = _step_ms(model.config(), losses[name], params, precision_mod.Precision("bf16", "cpu", features)) \
+            if supported else None
+        out[name] = {"fp32_ms": round(fp32, 1), "bf16_ms": None if bf16 is None else round(bf16, 1),
+                     "speedup": None if bf16 is None else round(fp32 / bf16, 2)}
+    return out
+
+
+def _step_ms(config: dict, loss: dict, params: Params, precision: Precision) -> float:
+    """p50 (ms) of :func:`ultraseg.training.train_step` on a fixed seeded batch of images and disc masks."""
+    import torch
+
+    from ultraseg import training
+    from ultraseg.losses import build_loss
+    from ultraseg.models.registry import build_model
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(config).to(memory_format=training.memory_format(cpu)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr, weight_decay=params.train.weight_decay)
+    criterion = build_loss(loss)
+    batch, side = params.train.batch_size, params.preprocess.size
+    images = torch.randn(batch, 1, side, side).contiguous(memory_format=training.memory_format(cpu))
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    masks = (((yy - side / 2) ** 2 + (xx - side / 2) ** 2) < (side / 4) ** 2).float().expand(batch, 1, side, side)
+    scaler = precision.grad_scaler()
+
+    def step() -> None:
+        training.train_step(model, model, optimizer, scaler, precision, lambda logits, _x, m: criterion(logits, m),
+                            params.train.grad_clip, images, masks)
+
+    runs = max(3, params.benchmark.runs // 10)
+    return time_call(step, min(params.benchmark.warmup, 2), runs)["p50_ms"]
 
 
 def measure_seed_unet(size: int, params: BenchmarkParams) -> dict[str, Any]:
@@ -221,10 +224,16 @@ def run(params: Params, models_dir: Path, variants: tuple[Variant, ...] = VARIAN
         tqdm.write(f"benchmark: {variant.name:13s} p50 "
                    + "  ".join(f"{k[8:]} thr {v['p50_ms']:.2f} ms" for k, v in timings.items()
                                if k.startswith("threads_")))
+    steps = in_fresh_process(measure_training_steps, params)
+    tqdm.write("benchmark: training step " + "  ".join(
+        f"{name} fp32 {steps[name]['fp32_ms']:.0f} ms bf16 "
+        + (f"{steps[name]['bf16_ms']:.0f} ms" if steps["bf16_supported"] else "not native here")
+        for name in ("teacher", "student")))
     summary = {"input": [1, 1, size, size], "environment": environment(),
                "settings": {"warmup": cfg.warmup, "runs": cfg.runs, "batch": cfg.batch, "batch_runs": cfg.batch_runs,
-                            "max_disturbance": cfg.max_disturbance, "retries": cfg.retries},
-               "variants": results, "speedups": speedups(results)}
+                            "max_disturbance": cfg.max_disturbance, "retries": cfg.retries,
+                            "memory_goal_mb": cfg.memory_goal_mb},
+               "variants": results, "speedups": speedups(results), "training_steps": steps}
     if frame is not None:
         summary |= end_to_end(models_dir, frame, size, cfg, results)
     return summary
@@ -234,10 +243,11 @@ def end_to_end(models_dir: Path, frame: np.ndarray, size: int, cfg: BenchmarkPar
                results: dict[str, dict]) -> dict[str, Any]:
     """The deployable file's whole-frame latency and the runtime's memory, the seed U-Net, and their ratios."""
     frames = {"scan": frame, "scanner_640x480": cv2.resize(frame, (640, 480), interpolation=cv2.INTER_LINEAR)}
-    deployed = in_fresh_process(measure_end_to_end, Path(models_dir) / DEPLOY_FILE, frames, cfg)
+    deployed = measure_end_to_end(Path(models_dir) / DEPLOY_FILE, frames, cfg)
     seed = in_fresh_process(measure_seed_unet, SEED_INPUT, cfg)
     scan = deployed["frames"]["scan"]["p50_ms"]
-    tqdm.write(f"benchmark: deployed end to end {scan:.2f} ms per frame; seed U-Net {seed['p50_ms']:.1f} ms")
+    tqdm.write(f"benchmark: deployed end to end {scan:.2f} ms per frame, peak memory {deployed['peak_rss_mb']} MB "
+               f"(goal {cfg.memory_goal_mb:g}); seed U-Net {seed['p50_ms']:.1f} ms")
     return {"end_to_end": deployed, "seed_unet": seed,
             "speedup_end_to_end_vs_seed_unet": round(seed["p50_ms"] / scan, 1),
             "speedup_end_to_end_vs_teacher_eager": round(results["teacher"]["threads_1"]["p50_ms"] / scan, 2)

@@ -14,6 +14,7 @@ from ultraseg.losses import build_loss
 from ultraseg.metadata import data_files, run_id
 from ultraseg.models.registry import build_model
 from ultraseg.params import Params
+from ultraseg.precision import resolve as resolve_precision
 
 
 def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out: Path, live_dir: Path,
@@ -22,6 +23,7 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
     cfg = params.distill
     budget = cfg.budget(params.train)
     device = training.select_device(budget.device)
+    precision = resolve_precision(budget.precision, device)  # both students train in it; refused before any work
     teacher, meta = checkpoint.load(teacher_path, device)
     if device.type == "cpu":
         teacher = teacher.to(memory_format=torch.channels_last)
@@ -40,7 +42,8 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
                                      soft=soft if kd_weight > 0 else None)
 
     summary = {"teacher_val_dice": meta["val"]["dice"], "temperature": cfg.temperature,
-               "kd_weight": cfg.kd_weight, "student": student_run(cfg.kd_weight, out, live_dir, "student")}
+               "kd_weight": cfg.kd_weight, **precision.record(),
+               "student": student_run(cfg.kd_weight, out, live_dir, "student")}
     summary["kept"] = "distilled"
     if cfg.baseline:
         scratch = resume_dir / "baseline_model.pt"

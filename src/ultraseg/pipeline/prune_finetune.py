@@ -18,6 +18,7 @@ from ultraseg.losses import build_loss
 from ultraseg.metadata import data_files, model_meta, run_id
 from ultraseg.models.registry import count_macs, count_parameters
 from ultraseg.params import Params
+from ultraseg.precision import resolve as resolve_precision
 from ultraseg.pruning import calibration_batches, prune, pruned_widths, summary
 
 
@@ -27,6 +28,7 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     budget = dataclasses.replace(params.distill.budget(params.train), epochs=cfg.finetune_epochs,
                                  lr=cfg.finetune_lr, warmup_epochs=0, patience=0)
     device = training.select_device(budget.device)
+    precision = resolve_precision(budget.precision, device)  # what fit trains in, refused before any work
     training.configure_cpu(budget.threads)
     teacher, teacher_meta = checkpoint.load(teacher_path, device)
     student, student_meta = checkpoint.load(student_path, device)
@@ -76,7 +78,7 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
         "val_dice_after": meta["val_dice"],
         "teacher_to_pruned_macs": round(count_macs(teacher.cpu(), size) / count_macs(pruned, size), 2),
         "teacher_to_pruned_params": round(count_parameters(teacher) / count_parameters(pruned), 2),
-        "finetune_epochs_total": cfg.steps * cfg.finetune_epochs,
+        "finetune_epochs_total": cfg.steps * cfg.finetune_epochs, **precision.record(),
     }
 
 
