@@ -236,3 +236,15 @@ def test_memory_is_compared_with_the_goal_when_the_benchmark_sets_one(peak, verd
     assert "holding only the runtime and the deployable file" in text
     old = " ".join(sections.memory_note({"end_to_end": {"peak_rss_mb": peak}, "settings": {}}).split())
     assert old == f"the process holding the runtime alone peaked at {peak} MB"
+
+
+def test_stream_note_quotes_both_decisions_and_says_nothing_without_the_key():
+    scores = {"flips_per_100": 12.5, "change_lag_frames": 0.4, "accuracy": 0.91}
+    smooth = {"flips_per_100": 3.4, "change_lag_frames": 2.1, "accuracy": 0.88}
+    entry = {"stream": {"method": "debounce", "frames": 3, "alpha": 0.5}, "per_frame": scores, "smoothed": smooth}
+    stream = {"split": "test", "frames": 240, "runs": 20, "run_frames": 12, "deployed": entry}
+    text = sections.stream_note(stream)
+    assert "| deployed | per frame | 12.5 | 0.40 | 0.910 |" in text
+    assert "| deployed | smoothed | 3.4 | 2.10 | 0.880 |" in text
+    assert "after 3 disagreeing frames" in text and "20 runs of 12 frames" in text
+    assert sections.stream_note(None) == ""

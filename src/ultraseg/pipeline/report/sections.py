@@ -476,6 +476,28 @@ the model predicts nothing.
 {table(header, rows)}
 
 {table(['model', 'severity', 'mean Dice drop', 'worst shift (drop)', 'most lesions predicted empty'], summary)}
+{stream_note(rob.get("stream"))}"""
+
+
+def stream_note(stream: dict | None) -> str:
+    """How steady each model's lesion decision is on the simulated live scan, frame by frame and smoothed."""
+    if not stream:
+        return ""
+    models = [m for m in stream if isinstance(stream[m], dict) and "per_frame" in stream[m]]
+    rule = stream[models[0]]["stream"]
+    how = {"none": "each frame alone", "debounce": f"a decision changes after {rule['frames']} disagreeing frames",
+           "ema": f"an exponential average of the score (newest frame weighted {rule['alpha']:g})"}[rule["method"]]
+    rows = [[m, mode.replace("_", " "), num(stream[m][mode]["flips_per_100"], ".1f"),
+             num(stream[m][mode]["change_lag_frames"], ".2f"), num(stream[m][mode]["accuracy"], ".3f")]
+            for m in models for mode in ("per_frame", "smoothed")]
+    return f"""
+**A live stream** (`stream` in the same file). A simulated probe rests on {stream['split']} scans in
+{stream['runs']} runs of {stream['run_frames']} frames, lesion and normal in turn, each frame drifted, re-gained and
+re-noised (`ultraseg.clips`); the smoothing is `deploy.stream` ({rule['method']}: {how}), stored in the deployable
+file. Flips: changes of the lesion decision per 100 frames; lag: frames from a true change until the decision
+follows it.
+
+{table(['model', 'decision', 'flips per 100 frames', 'lag (frames)', 'frames decided right'], rows)}
 """
 
 
