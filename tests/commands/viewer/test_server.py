@@ -415,3 +415,28 @@ def test_a_16bit_monochrome1_dicom_gets_the_answer_predict_gives(client, segment
                            headers={"Content-Type": "application/dicom"})
     assert response.status_code == 200, response.text
     assert response.json()["area_px"] == expected > 0
+
+
+def test_websocket_smooths_the_decision_per_connection(zoo, busi_image):
+    """A stream's lesion decision changes only after the file's debounce count of disagreeing frames, and each
+    connection starts afresh."""
+    from ultraseg.params import StreamParams
+
+    smoothed = Segmenter(zoo.models / "pruned.int8.onnx", stream=StreamParams("debounce", 3, 0.5))
+    low, _ = pick_thresholds(smoothed, busi_image)
+    none = 0.999
+    if smoothed.probability(busi_image)[0].max() >= none:
+        pytest.skip("the untrained test model is too sure of this image for a lesion-free threshold")
+    png = cv2.imencode(".png", busi_image)[1].tobytes()
+
+    def decisions(thresholds):
+        with TestClient(server.create_app(smoothed)) as client, client.websocket_connect("/ws") as ws:
+            out = []
+            for threshold in thresholds:
+                ws.send_text(json.dumps({"threshold": threshold}))
+                ws.send_bytes(png)
+                out.append(ws.receive_json()["lesion_present"])
+            return out
+
+    assert decisions([low, none, none, none]) == [True, True, True, False]
+    assert decisions([none, low]) == [False, False]

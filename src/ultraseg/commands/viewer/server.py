@@ -50,6 +50,7 @@ from ultraseg.errors import DataError
 from ultraseg.runtime import sources
 from ultraseg.runtime.segmenter import Segmentation, Segmenter
 from ultraseg.runtime.sources import to_grey
+from ultraseg.runtime.stream import Smoother
 
 STATIC = Path(__file__).parent / "static"
 CONTOUR_POINTS = 200
@@ -185,10 +186,13 @@ class Engine:
         return self.segmenter.postprocess.threshold
 
     def run(self, image: np.ndarray, threshold: float, spacing: tuple[float, float] | None = None,
-            side: int | None = None, frame: bool = False) -> dict[str, Any]:
-        """Segment and describe ``image``; ``side`` caps the mask (and frame) sent back; ``frame`` adds the image."""
+            side: int | None = None, frame: bool = False, smoother: Smoother | None = None) -> dict[str, Any]:
+        """Segment and describe ``image``; ``side`` caps the mask (and frame) sent back; ``frame`` adds the image;
+        a stream's ``smoother`` carries its lesion decision over from the frames before."""
         with self.lock:
             result = self.segmenter.segment(image, pixel_spacing=spacing, threshold=threshold)
+        if smoother is not None:
+            result = self.segmenter.smoothed(result, smoother, pixel_spacing=spacing, threshold=threshold)
         start = time.perf_counter()
         reply = answer(result, threshold, side)
         if frame:
@@ -462,7 +466,7 @@ async def segment_upload(request: Request, engine: Engine, settings: Settings) -
 async def stream_frames(websocket: WebSocket, engine: Engine, max_pixels: int | None = sources.MAX_PIXELS) -> None:
     """WS /ws: one JSON answer per binary frame; text {"threshold": t} changes the threshold for what follows."""
     await websocket.accept()
-    threshold = engine.threshold
+    threshold, smoother = engine.threshold, engine.segmenter.smoother()
     try:
         while True:
             message = await websocket.receive()
@@ -471,7 +475,8 @@ async def stream_frames(websocket: WebSocket, engine: Engine, max_pixels: int | 
             if message.get("text") is not None:
                 threshold = control_threshold(message["text"], threshold)
                 continue
-            await websocket.send_json(await frame_answer(message.get("bytes") or b"", engine, threshold, max_pixels))
+            await websocket.send_json(await frame_answer(message.get("bytes") or b"", engine, threshold, max_pixels,
+                                                         smoother))
     except WebSocketDisconnect:
         return
 
@@ -484,15 +489,15 @@ def control_threshold(text: str, current: float) -> float:
         return current
 
 
-async def frame_answer(data: bytes, engine: Engine, threshold: float,
-                       max_pixels: int | None = sources.MAX_PIXELS) -> dict[str, Any]:
+async def frame_answer(data: bytes, engine: Engine, threshold: float, max_pixels: int | None = sources.MAX_PIXELS,
+                       smoother: Smoother | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         image = sources.decode_image(np.frombuffer(data, np.uint8), Path("frame"), max_pixels)
     except DataError as err:
         return {"error": str(err)}
     decode_ms = 1000 * (time.perf_counter() - start)
-    reply = await run_in_threadpool(engine.run, image, threshold)
+    reply = await run_in_threadpool(engine.run, image, threshold, smoother=smoother)
     reply["timings"]["decode_ms"] = decode_ms
     return reply
 
@@ -520,7 +525,7 @@ async def stream_source(websocket: WebSocket, engine: Engine, spec: str | None) 
 
 
 async def play(websocket: WebSocket, engine: Engine, source: FrameSource) -> None:
-    threshold, due = engine.threshold, time.perf_counter()
+    threshold, due, smoother = engine.threshold, time.perf_counter(), engine.segmenter.smoother()
     while True:
         threshold = control_threshold(await websocket.receive_text(), threshold)
         if source.fps:
@@ -531,7 +536,7 @@ async def play(websocket: WebSocket, engine: Engine, source: FrameSource) -> Non
             await websocket.send_json({"error": "the source stopped giving frames"})
             return
         await websocket.send_json(await run_in_threadpool(engine.run, frame, threshold, source.spacing,
-                                                          SOURCE_SIDE, True))
+                                                          SOURCE_SIDE, True, smoother))
 
 
 # ---------------------------------------------------------------------------------------------------- command
