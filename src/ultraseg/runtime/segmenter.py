@@ -43,7 +43,7 @@ from ultraseg.runtime.ood import FEATURES, NOT_CHECKED, OodCheck, frame_problem
 from ultraseg.runtime.postprocess import PostProcess
 from ultraseg.runtime.stream import PER_FRAME, Smoother
 from ultraseg.runtime.preprocess import normalize, preprocess, resize_probabilities
-from ultraseg.runtime.sources import to_grey
+from ultraseg.runtime.sources import check_image, to_grey
 
 REQUIRED_METADATA = ("preprocess", "size", "normalize", "threshold")
 """What a model file must carry for the runtime to use it (the pipeline's export writes all of them)."""
@@ -165,7 +165,7 @@ class Segmenter:
         """Segment one image. ``pixel_spacing``: (row, column) mm per pixel, for the area in mm²; ``threshold``
         replaces the stored pixel threshold for this call (the rest of the rule is kept). A frame out of
         distribution (:attr:`Segmentation.in_distribution`) gets no lesion and an empty mask."""
-        problem = frame_problem(image, self.ood.min_side if self.ood else 1)
+        problem = frame_problem(check_image(image), self.ood.min_side if self.ood else 1)
         if problem:
             return self.no_answer(image, problem)
         prob, features, timings = self._forward(image)
