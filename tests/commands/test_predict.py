@@ -271,7 +271,8 @@ def test_rows_say_whether_each_frame_is_one_the_model_knows(batch, zoo, tmp_path
     deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, train_val_split(zoo, tmp_path / "split.csv"), checked)
     write_image(tmp_path / "in" / "blank.png", np.full((60, 80), 40, np.uint8))
     write_image(tmp_path / "in" / "scan.png", batch.grey)
-    code, _ = invoke([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(checked), "--threshold", "0.001"])
+    code, _ = invoke([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(checked),
+                      "--threshold", "0.001"])
     rows = {Path(r["file"]).name: r for r in read_csv(tmp_path / "out" / "results.csv")}
     assert code == 0
     assert (rows["blank.png"]["in_distribution"], rows["blank.png"]["ood_reason"]) == ("False", "constant frame")

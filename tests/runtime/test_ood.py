@@ -77,7 +77,8 @@ def test_a_frame_far_from_the_training_scans_gets_no_lesion_answer(checked):
     assert d > segmenter.ood.threshold
     result = segmenter.segment(far)
     assert not result.in_distribution and not result.lesion_present and result.area_px == 0
-    assert result.ood_reason == f"features far from the training scans (distance {d:.3g} > {segmenter.ood.threshold:.3g})"
+    threshold = segmenter.ood.threshold
+    assert result.ood_reason == f"features far from the training scans (distance {d:.3g} > {threshold:.3g})"
     near = segmenter.segment(scan)
     assert near.in_distribution == (segmenter.ood.distance(segmenter.features(scan)) <= segmenter.ood.threshold)
     assert near.lesion_present == near.in_distribution  # the rule draws everywhere unless the check says no

@@ -58,4 +58,6 @@ class OodCheck:
     def reason(self, features: np.ndarray) -> str:
         """Why the features lie outside the training scans ("" when they do not)."""
         d = self.distance(features)
-        return "" if d <= self.threshold else f"features far from the training scans (distance {d:.3g} > {self.threshold:.3g})"
+        if d <= self.threshold:
+            return ""
+        return f"features far from the training scans (distance {d:.3g} > {self.threshold:.3g})"

@@ -124,7 +124,8 @@ class Segmenter:
             params_mod.from_dict(stored_stream, StreamParams) if stored_stream else PER_FRAME)
         self.input = self.session.get_inputs()[0].name
         has_features = FEATURES in (o.name for o in self.session.get_outputs())
-        self.ood: OodCheck | None = OodCheck.from_meta(self.meta["ood"]) if has_features and "ood" in self.meta else None
+        checked = has_features and "ood" in self.meta
+        self.ood: OodCheck | None = OodCheck.from_meta(self.meta["ood"]) if checked else None
         if self.ood is None:
             warnings.warn(f"{self.path}: no out-of-distribution check in this file (only the deploy stage's file "
                           "carries one): every frame is answered, marked 'not checked'", stacklevel=2)
@@ -236,5 +237,6 @@ def describe(mask: np.ndarray, prob: np.ndarray, pixel_spacing: Sequence[float] 
         contour = max(contours, key=cv2.contourArea)[:, 0, :]
     area_mm2 = None if pixel_spacing is None else area * float(pixel_spacing[0]) * float(pixel_spacing[1])
     score = float(prob.max()) if prob.size else 0.0
-    return Segmentation(mask=mask, probability=prob, score=score, lesion_present=area > 0 if present is None else present,
+    return Segmentation(mask=mask, probability=prob, score=score,
+                        lesion_present=area > 0 if present is None else present,
                         area_px=area, area_mm2=area_mm2, bbox=bbox, contour=contour)
