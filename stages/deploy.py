@@ -29,7 +29,8 @@ def main(argv=None) -> None:
     io.write_json(args.metrics, summary)
     chosen, plain = summary["val_chosen"], summary["val_threshold_only"]
     print(f"deploy: {summary['postprocess']}; val Dice {plain['dice']} -> {chosen['dice']}, normal clean "
-          f"{plain['normal_clean']} -> {chosen['normal_clean']} -> {args.out}")
+          f"{plain['normal_clean']} -> {chosen['normal_clean']}; val scans in distribution {summary['ood']['val_pass']} "
+          f"-> {args.out}")
 
 
 if __name__ == "__main__":

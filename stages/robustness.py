@@ -44,7 +44,9 @@ def main(argv=None) -> None:
     robustness.figure(summary, args.figure)
     io.write_json(args.metrics, summary)
     moderate = {name: m["by_severity"]["moderate"]["mean_drop"] for name, m in summary["models"].items()}
-    print(f"robustness: mean Dice drop at moderate severity {moderate} -> {args.metrics}")
+    ood = summary["ood"]
+    print(f"robustness: mean Dice drop at moderate severity {moderate}; out of distribution: built set "
+          f"{ood['built']['flagged']}, {args.on} scans {ood['scans']['flagged']} -> {args.metrics}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_ood_summary_scores_the_built_set_and_the_scans(zoo, tmp_path):
     summary = robustness.ood_summary(segmenter, zoo.raw, zoo.split, seed=0)
     built = ood_frames.build(0)
     flags = [not segmenter.segment(f.image).in_distribution for f in built]
-    assert summary["checked"] and summary["threshold"] == segmenter.ood.threshold
+    assert summary["checked"] and summary["threshold"] == round(segmenter.ood.threshold, 4)
     assert summary["built"]["frames"] == len(built) and summary["built"]["flagged"] == round(sum(flags) / len(flags), 4)
     assert summary["built"]["by_kind"]["blank"] == {"frames": 3, "flagged": 1.0}
     assert sum(summary["built"]["reasons"].values()) == len(built)

@@ -98,7 +98,8 @@ def ood_summary(segmenter: Segmenter, raw_dir: Path, split_csv: Path, seed: int,
     ids = split_ids(split_csv, split)
     scans = [segmenter.segment(load_raw(raw_dir, i)[0]) for i in tqdm(ids, desc=f"ood: {split}", unit="img")]
     flagged = [not r.in_distribution for r in scans]
-    return {"checked": segmenter.ood is not None, "threshold": segmenter.ood.threshold if segmenter.ood else None,
+    return {"checked": segmenter.ood is not None,
+            "threshold": round(segmenter.ood.threshold, 4) if segmenter.ood else None,
             "built": ood_frames.flagged([not r.in_distribution for r in results], [f.kind for f in built])
             | {"reasons": reasons(results)},
             "scans": {"split": split, "images": len(ids), "flagged": round(float(np.mean(flagged)), 4),
