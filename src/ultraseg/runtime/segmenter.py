@@ -186,7 +186,7 @@ class Segmenter:
         shape = np.asarray(image).shape[:2]
         empty = np.zeros(shape, np.float32)
         result = describe(np.zeros(shape, bool), empty)
-        result.score, result.in_distribution, result.ood_reason = 0.0, False, reason
+        result.in_distribution, result.ood_reason = False, reason
         result.timings = {"preprocess_ms": 0.0, "model_ms": 0.0, "postprocess_ms": 0.0}
         return result
 
