@@ -1,10 +1,11 @@
 """deploy: choose the int8 model's threshold and post-processing on val, and write the deployable file.
 
 Reads the `deploy` params section (the grid of rules and the Dice tolerance), models/pruned.int8.onnx, data/raw and
-data/split.csv (val only). Writes models/deploy/ultraseg.int8.onnx (the int8 model with the chosen rule in its
-metadata: everything a user needs) and metrics/deploy.json (the rule, whether the model is averaged over a left-right
-flip, and val lesion Dice and normal_clean with the rule and with the best threshold alone, with and without the
-flip).
+data/split.csv (val; train for the out-of-distribution check). Writes models/deploy/ultraseg.int8.onnx (the int8
+model with the chosen rule and the out-of-distribution check in its metadata: everything a user needs) and
+metrics/deploy.json (the rule, whether the model is averaged over a left-right flip, val lesion Dice and
+normal_clean with the rule and with the best threshold alone, with and without the flip, and under "ood" the
+check's threshold and the share of val scans it lets through).
 """
 
 from pathlib import Path
@@ -28,7 +29,8 @@ def main(argv=None) -> None:
     io.write_json(args.metrics, summary)
     chosen, plain = summary["val_chosen"], summary["val_threshold_only"]
     print(f"deploy: {summary['postprocess']}; val Dice {plain['dice']} -> {chosen['dice']}, normal clean "
-          f"{plain['normal_clean']} -> {chosen['normal_clean']} -> {args.out}")
+          f"{plain['normal_clean']} -> {chosen['normal_clean']}; val scans in distribution {summary['ood']['val_pass']} "
+          f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ unshifted test split, the share of lesion images with no prediction, normal imag
 drop per severity; under "val", the deployed file's mean and worst drop and most missed lesions per severity on
 the val split, by which training levers are chosen; under "stream", each model's decision flips per 100 frames,
 the frames a true change takes to show and the share of frames decided right on a simulated live scan, frame by
-frame and with the deployable file's stream smoothing) and plots/robustness/dice_drop.png.
+frame and with the deployable file's stream smoothing; under "ood", the share of a built set of frames that are not
+breast ultrasound (photographs, blank, gradient, noise and text screens) and of the split's scans that the deployable
+file flags out of distribution) and plots/robustness/dice_drop.png.
 """
 
 from pathlib import Path
@@ -38,10 +40,13 @@ def main(argv=None) -> None:
     if args.on == "test":  # the deployed file on shifted val too: what training levers are chosen by
         summary["val"] = robustness.val_summary(models["deployed"], args.raw, args.split, params.evaluate.seed)
     summary["stream"] = robustness.stream_summary(models, args.raw, args.split, params.evaluate.seed, args.on)
+    summary["ood"] = robustness.ood_summary(models["deployed"], args.raw, args.split, params.evaluate.seed, args.on)
     robustness.figure(summary, args.figure)
     io.write_json(args.metrics, summary)
     moderate = {name: m["by_severity"]["moderate"]["mean_drop"] for name, m in summary["models"].items()}
-    print(f"robustness: mean Dice drop at moderate severity {moderate} -> {args.metrics}")
+    ood = summary["ood"]
+    print(f"robustness: mean Dice drop at moderate severity {moderate}; out of distribution: built set "
+          f"{ood['built']['flagged']}, {args.on} scans {ood['scans']['flagged']} -> {args.metrics}")
 
 
 if __name__ == "__main__":

@@ -304,6 +304,15 @@ def zoo(tmp_path_factory) -> Zoo:
     return Zoo(root, root / "raw", root / "data", root / "split.csv", models, masks, size)
 
 
+def train_val_split(zoo: Zoo, path: Path) -> Path:
+    """The zoo's split with its test rows made train rows (the zoo has no train split)."""
+    from ultraseg.io import read_csv, write_csv
+
+    rows = [r | {"split": "train" if r["split"] == "test" else r["split"]} for r in read_csv(zoo.split)]
+    write_csv(path, rows, list(rows[0]))
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------- other layouts
 
 

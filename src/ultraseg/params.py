@@ -666,6 +666,25 @@ class StreamParams(Section):
 
 
 @dataclass(frozen=True)
+class OodParams(Section):
+    """The out-of-distribution check stored in the deployable file (:mod:`ultraseg.runtime.ood`): a frame whose
+    pooled deepest features lie far from the train scans' gets no lesion answer."""
+
+    val_pass: float = 0.99
+    """Share of val scans that must pass: the distance threshold is the smallest that lets them."""
+    shrinkage: float = 0.1
+    """Weight of the mean variance on the diagonal of the train features' covariance (more dimensions than a few
+    hundred scans pin down)."""
+    min_side: int = 32
+    """Frames with a side below this (px) are refused before the network runs."""
+
+    def check(self, prefix: str) -> None:
+        _require(self, prefix, "val_pass", lambda v: 0 < v <= 1, "a value in (0, 1]")
+        _require(self, prefix, "shrinkage", lambda v: 0 < v <= 1, "a value in (0, 1]")
+        _require(self, prefix, "min_side", lambda v: v >= 1, "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class DeployParams(Section):
     """The deployable model's threshold and post-processing rule (:class:`ultraseg.runtime.postprocess.PostProcess`),
     chosen on val over the grid below; test is never looked at."""
@@ -685,6 +704,8 @@ class DeployParams(Section):
     val images clean is deployed: a user scanning healthy tissue should mostly see "no lesion"."""
     stream: StreamParams = field(default_factory=StreamParams)
     """The live-stream smoothing stored in the deployable file with the rule."""
+    ood: OodParams = field(default_factory=OodParams)
+    """The out-of-distribution check stored in the deployable file."""
 
     def check(self, prefix: str) -> None:
         _within(self, prefix, "threshold_step", 0.001, 0.5)

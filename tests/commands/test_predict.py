@@ -275,3 +275,27 @@ def test_console_command(tmp_path, busi_mirror, model):
 
 def path_shape(path: Path) -> tuple[int, ...]:
     return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape
+
+
+def test_rows_say_whether_each_frame_is_one_the_model_knows(batch, zoo, tmp_path):
+    from tests.conftest import train_val_split
+    from ultraseg import params as params_mod
+    from ultraseg.pipeline import deploy
+
+    assert {(r["in_distribution"], r["ood_reason"]) for r in batch.rows} == {("True", "not checked")}
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+                                   "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
+    checked = tmp_path / "checked.onnx"
+    deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, train_val_split(zoo, tmp_path / "split.csv"), checked)
+    write_image(tmp_path / "in" / "blank.png", np.full((60, 80), 40, np.uint8))
+    write_image(tmp_path / "in" / "scan.png", batch.grey)
+    code, _ = invoke([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(checked),
+                      "--threshold", "0.001"])
+    rows = {Path(r["file"]).name: r for r in read_csv(tmp_path / "out" / "results.csv")}
+    assert code == 0
+    assert (rows["blank.png"]["in_distribution"], rows["blank.png"]["ood_reason"]) == ("False", "constant frame")
+    assert rows["blank.png"]["lesion_present"] == "False" and rows["blank.png"]["area_px"] == "0"
+    scan = Segmenter(checked).segment(batch.grey, threshold=0.001)
+    assert (rows["scan.png"]["in_distribution"], rows["scan.png"]["ood_reason"]) == (str(scan.in_distribution),
+                                                                                      scan.ood_reason)
+    assert rows["scan.png"]["lesion_present"] == str(scan.in_distribution)  # lesion nearly everywhere when answered

@@ -11,6 +11,7 @@ from ultraseg.params import DeployParams
 from ultraseg.pipeline import deploy
 from ultraseg.runtime import Segmenter
 from ultraseg.runtime.postprocess import PostProcess
+from tests.conftest import train_val_split
 
 
 def test_grid_leaves_out_gates_that_change_nothing():
@@ -47,7 +48,8 @@ def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, 
                                    "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01],
                                               "flips": flips}})
     out = tmp_path / "deploy" / "ultraseg.int8.onnx"
-    summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, zoo.split, out)
+    split = train_val_split(zoo, tmp_path / "split.csv")
+    summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, split, out)
     rule = PostProcess.from_dict(summary["postprocess"])
     assert Segmenter(out).postprocess == rule
     assert Segmenter(out).meta["threshold"] == rule.threshold
@@ -62,6 +64,38 @@ def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, 
     assert summary["val_chosen"]["dice"] >= summary["val_threshold_only"]["dice"] - 0.005 - 1e-9
     assert summary["postprocess"] in [{k: p[k] for k in rule.to_dict()} for p in summary["val_operating_points"]]
     json.dumps(summary)
+
+
+def test_run_stores_an_ood_check_that_val_passes(zoo, tmp_path):
+    """The deployable file carries the features output and a check fitted on train whose threshold lets at least
+    ``val_pass`` of the val scans through, as the runtime answers them."""
+    from ultraseg.data.busi import load_raw
+    from ultraseg.io import split_ids
+    from ultraseg.runtime.ood import FEATURES
+
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+                                   "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0],
+                                              "ood": {"val_pass": 0.6, "min_side": 20}}})
+    split = train_val_split(zoo, tmp_path / "split.csv")
+    out = tmp_path / "deploy.onnx"
+    summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, split, out)["ood"]
+    segmenter = Segmenter(out)
+    assert FEATURES in [o.name for o in segmenter.session.get_outputs()]
+    assert segmenter.ood is not None and segmenter.ood.min_side == 20
+    assert summary["train_images"] == len(split_ids(split, "train")) == 6
+    assert summary["features"] == len(segmenter.ood.mean) and summary["val_pass_target"] == 0.6
+    val = [load_raw(zoo.raw, i)[0] for i in split_ids(split, "val")]
+    passed = [segmenter.segment(image).in_distribution for image in val]
+    assert summary["val_pass"] == round(sum(passed) / len(passed), 4) >= 0.6
+    distances = sorted(segmenter.ood.distance(segmenter.features(image)) for image in val)
+    assert summary["threshold"] == pytest.approx(distances[1], abs=1e-4)  # the 2nd of 3: 2/3 >= 0.6 > 1/3
+
+
+def test_run_needs_train_scans_for_the_ood_check(zoo, tmp_path):
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+                                   "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
+    with pytest.raises(ValueError, match=f"{zoo.split}: no image in split 'train'"):
+        deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, zoo.split, tmp_path / "deploy.onnx")
 
 
 def test_score_counts_lesion_dice_and_clean_normals():

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from ultraseg import onnx_io, params as params_mod, quantization
-from ultraseg.io import read_csv, write_csv
+from ultraseg.io import read_csv
 from ultraseg.pipeline import quantize
 from ultraseg.runtime.model_files import DEPLOYABLE_NETWORK, INT8_FILE, onnx_file
+from tests.conftest import train_val_split
 
 SUMMARY_KEYS = {
     "fp32_bytes", "int8_bytes", "size_ratio", "val_dice_fp32", "val_dice_int8", "val_dice_drop",
@@ -19,13 +20,6 @@ SUMMARY_KEYS = {
     "latency_p50_ms_1thread", "speedup_int8_vs_fp32", "speedup_int8_vs_teacher_onnx",
     "speedup_int8_vs_teacher_eager", "torch_threads_during_timing", "threads_available",
 }
-
-
-def train_val_split(zoo, path: Path) -> Path:
-    """The zoo's split with its test rows made train rows (the zoo has no train split)."""
-    rows = [r | {"split": "train" if r["split"] == "test" else r["split"]} for r in read_csv(zoo.split)]
-    write_csv(path, rows, list(rows[0]))
-    return path
 
 
 def n_rows(split_csv: Path, split: str) -> int:

@@ -81,3 +81,37 @@ def test_the_teacher_is_smoothed_as_the_deployable_file_is(zoo):
     models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
                                     zoo.models / "deploy" / "ultraseg.int8.onnx")
     assert models["teacher"].stream_rule == models["deployed"].stream_rule
+
+
+def test_ood_summary_scores_the_built_set_and_the_scans(zoo, tmp_path):
+    from ultraseg import ood_frames
+    from ultraseg import params as params_mod
+    from ultraseg.pipeline import deploy
+    from ultraseg.runtime import Segmenter
+    from tests.conftest import train_val_split
+
+    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+                                   "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
+    deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, train_val_split(zoo, tmp_path / "split.csv"),
+               tmp_path / "deploy.onnx")
+    segmenter = Segmenter(tmp_path / "deploy.onnx")
+    summary = robustness.ood_summary(segmenter, zoo.raw, zoo.split, seed=0)
+    built = ood_frames.build(0)
+    flags = [not segmenter.segment(f.image).in_distribution for f in built]
+    assert summary["checked"] and summary["threshold"] == round(segmenter.ood.threshold, 4)
+    assert summary["built"]["frames"] == len(built) and summary["built"]["flagged"] == round(sum(flags) / len(flags), 4)
+    assert summary["built"]["by_kind"]["blank"] == {"frames": 3, "flagged": 1.0}
+    assert sum(summary["built"]["reasons"].values()) == len(built)
+    assert summary["built"]["reasons"]["constant frame"] == 3
+    assert summary["scans"]["split"] == "test" and summary["scans"]["images"] == 6
+    assert sum(summary["scans"]["reasons"].values()) == 6
+    assert summary["scans"]["flagged"] == round(1 - summary["scans"]["reasons"].get("in distribution", 0) / 6, 4)
+
+
+def test_ood_summary_of_a_file_without_the_check(zoo):
+    deployed = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                      zoo.models / "deploy" / "ultraseg.int8.onnx")["deployed"]
+    summary = robustness.ood_summary(deployed, zoo.raw, zoo.split, seed=0, split="val")
+    assert not summary["checked"] and summary["threshold"] is None
+    assert summary["built"]["reasons"] == {"constant frame": 3, "not checked": summary["built"]["frames"] - 3}
+    assert summary["scans"] == {"split": "val", "images": 3, "flagged": 0.0, "reasons": {"not checked": 3}}

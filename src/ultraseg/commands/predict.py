@@ -32,8 +32,8 @@ from ultraseg.runtime.segmenter import Segmentation, Segmenter
 from ultraseg.runtime.sources import MAX_PIXELS, Frame, expand, read_frames, to_grey, to_grey_channels
 
 DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
-COLUMNS = ("file", "frame", "lesion_present", "score", "area_px", "area_mm2", "bbox_x", "bbox_y", "bbox_w",
-           "bbox_h", "preprocess_ms", "model_ms", "postprocess_ms", "total_ms")
+COLUMNS = ("file", "frame", "in_distribution", "ood_reason", "lesion_present", "score", "area_px", "area_mm2",
+           "bbox_x", "bbox_y", "bbox_w", "bbox_h", "preprocess_ms", "model_ms", "postprocess_ms", "total_ms")
 FILL_RGB = (255, 60, 0)
 """Lesion fill colour of the overlay: an orange-red that stands out on grey ultrasound."""
 OUTLINE_RGB = (255, 230, 0)
@@ -181,7 +181,8 @@ def result_row(frame: Frame, result: Segmentation) -> dict[str, Any]:
     x, y, w, h = result.bbox if result.bbox is not None else (None,) * 4
     timings = {key: round(result.timings.get(key, 0.0), 3) for key in ("preprocess_ms", "model_ms", "postprocess_ms")}
     return {
-        "file": str(frame.source), "frame": frame.index, "lesion_present": result.lesion_present,
+        "file": str(frame.source), "frame": frame.index, "in_distribution": result.in_distribution,
+        "ood_reason": result.ood_reason, "lesion_present": result.lesion_present,
         "score": round(result.score, 6), "area_px": result.area_px,
         "area_mm2": None if result.area_mm2 is None else round(result.area_mm2, 6),
         "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h,

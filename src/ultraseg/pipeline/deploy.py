@@ -10,17 +10,22 @@ call, then the simpler rule, earlier in the grid). Test is never looked at.
 The summary also lists the val operating points the choice moves along (the rules no other rule beats on both lesion
 Dice and clean normal scans), so a user who weighs a false alarm on a normal scan differently can see what another
 ``dice_tolerance`` would buy.
+
+The file also carries the out-of-distribution check (:mod:`ultraseg.ood`): the network's pooled deepest features as a
+second output, the Gaussian of the train scans' features, and the distance threshold that at least
+``deploy.ood.val_pass`` of the val scans pass.
 """
 
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import metrics, onnx_io, params as params_mod
+from ultraseg import metrics, ood, onnx_io, params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import split_ids
 from ultraseg.params import DeployParams, Params
@@ -65,7 +70,7 @@ def operating_points(rules: list[PostProcess], scores: list[dict[str, float]]) -
 
 
 def val_probabilities(int8_path: Path, raw: list, flip: bool) -> list[np.ndarray]:
-    segmenter = Segmenter(int8_path, flip=flip)
+    segmenter = unchecked(int8_path, flip=flip)
     desc = f"deploy: val{' + flip' if flip else ''}"
     return [segmenter.probability(image)[0] for image, _ in tqdm(raw, desc=desc, unit="img")]
 
@@ -84,9 +89,11 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
     options = [(flip, k) for flip in scores for k in range(len(rules))]
     flip, chosen = options[choose([scores[f][k] for f, k in options], params.deploy.dice_tolerance)]
     rule = rules[chosen]
-    onnx_io.write_with_metadata(int8_path, out, {"postprocess": rule.to_dict(), "threshold": rule.threshold,
-                                                 "flip": flip, "stream": params_mod.to_dict(params.deploy.stream),
-                                                 "deploy_params_hash": params_mod.digest(params.deploy)})
+    ood.write_with_features(int8_path, out)
+    onnx_io.write_with_metadata(out, out, {"postprocess": rule.to_dict(), "threshold": rule.threshold,
+                                           "flip": flip, "stream": params_mod.to_dict(params.deploy.stream),
+                                           "deploy_params_hash": params_mod.digest(params.deploy)})
+    check = fit_ood(params, out, raw_dir, split_csv, [image for image, _ in raw])
     return {
         "file": str(out), "bytes": out.stat().st_size, "val_images": len(ids), "rules_tried": len(options),
         "dice_tolerance": params.deploy.dice_tolerance,
@@ -95,7 +102,31 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
         "stream": params_mod.to_dict(params.deploy.stream),
         "val_chosen": rounded(scores[flip][chosen]),
         "val_operating_points": operating_points(rules, scores[flip]),
+        "ood": check,
     } | {f"val_threshold_only{'_flip' if flip else ''}": best_plain(rules, scores[flip]) for flip in scores}
+
+
+def fit_ood(params: Params, out: Path, raw_dir: Path, split_csv: Path, val: list[np.ndarray]) -> dict:
+    """Fit the out-of-distribution check on the train scans' features and its threshold on ``val``, through the
+    file ``out`` itself, store it in ``out``'s metadata, and return its summary (the val pass rate is the share of
+    val scans the runtime answers as in distribution)."""
+    segmenter = unchecked(out)
+    train = [segmenter.features(load_raw(raw_dir, i)[0])
+             for i in tqdm(split_ids(split_csv, "train"), desc="deploy: ood train", unit="img")]
+    val_features = [segmenter.features(image) for image in tqdm(val, desc="deploy: ood val", unit="img")]
+    settings = params.deploy.ood
+    meta = ood.fit(train, val_features, settings.val_pass, settings.shrinkage, settings.min_side)
+    onnx_io.write_with_metadata(out, out, {"ood": meta})
+    passed = [r.in_distribution for r in Segmenter(out).segment_batch(val)]
+    return {"features": len(meta["mean"]), "train_images": len(train), "threshold": round(meta["threshold"], 4),
+            "val_pass_target": settings.val_pass, "val_pass": round(float(np.mean(passed)), 4)}
+
+
+def unchecked(path: Path, **kwargs) -> Segmenter:
+    """A Segmenter of a file the deploy stage is still writing, which has no out-of-distribution check yet."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no out-of-distribution check")
+        return Segmenter(path, **kwargs)
 
 
 def best_plain(rules: list[PostProcess], scores: list[dict[str, float]]) -> dict[str, float]:

@@ -8,13 +8,14 @@ val; the deployable file with its own rule), so the comparison is between what e
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import clips, metrics, shifts
+from ultraseg import clips, metrics, ood_frames, shifts
 from ultraseg import params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import read_csv, split_ids
@@ -87,6 +88,27 @@ def stream_summary(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path,
                      "per_frame": clips.stream_scores([r.lesion_present for r in results], clip.truth),
                      "smoothed": clips.stream_scores(steady, clip.truth)}
     return out
+
+
+def ood_summary(segmenter: Segmenter, raw_dir: Path, split_csv: Path, seed: int, split: str = "test") -> dict[str, Any]:
+    """The share of the built not-breast-ultrasound set (:mod:`ultraseg.ood_frames`) that ``segmenter`` flags out of
+    distribution, overall and per kind, and the share of ``split``'s scans it flags, each with the reasons given."""
+    built = ood_frames.build(seed)
+    results = [segmenter.segment(f.image) for f in tqdm(built, desc="ood: built set", unit="frame")]
+    ids = split_ids(split_csv, split)
+    scans = [segmenter.segment(load_raw(raw_dir, i)[0]) for i in tqdm(ids, desc=f"ood: {split}", unit="img")]
+    flagged = [not r.in_distribution for r in scans]
+    return {"checked": segmenter.ood is not None,
+            "threshold": round(segmenter.ood.threshold, 4) if segmenter.ood else None,
+            "built": ood_frames.flagged([not r.in_distribution for r in results], [f.kind for f in built])
+            | {"reasons": reasons(results)},
+            "scans": {"split": split, "images": len(ids), "flagged": round(float(np.mean(flagged)), 4),
+                      "reasons": reasons(scans)}}
+
+
+def reasons(results: list) -> dict[str, int]:
+    """How many results give each kind of reason (its text up to any figures), "in distribution" for none."""
+    return dict(Counter(r.ood_reason.split(" (")[0] or "in distribution" for r in results))
 
 
 def summarize(result: dict[str, dict[str, dict]]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ proves it.
 - :mod:`~ultraseg.runtime.preprocess` and :mod:`~ultraseg.runtime.filters`: what a frame goes through before the
   network, the same code the preprocess stage runs on the training data
 - :mod:`~ultraseg.runtime.postprocess`: from probabilities to the mask (threshold and post-processing rule)
+- :mod:`~ultraseg.runtime.ood`: whether a frame lies within what the model was trained on
 - :mod:`~ultraseg.runtime.sources`: images, folders, DICOM and video files as frames
 - :mod:`~ultraseg.runtime.model_files`: the names of the files the pipeline writes, and running any ONNX file
 """

@@ -2,13 +2,13 @@
 
 Everything that turns a scan into an answer is read from the ONNX file's metadata: the preprocessing params (speckle
 filter, CLAHE), the input size and normalisation, whether to average the model over a left-right flip, and the
-threshold and post-processing rule chosen on val. A
-:class:`Segmenter` takes an image of any size, greyscale, RGB(A) or 16-bit, and returns a :class:`Segmentation` at
-the image's own resolution.
+threshold and post-processing rule chosen on val, and the out-of-distribution check (:mod:`ultraseg.runtime.ood`).
+A :class:`Segmenter` takes an image of any size, greyscale, RGB(A) or 16-bit, and returns a :class:`Segmentation`
+at the image's own resolution.
 
 >>> import numpy as np
 >>> segmenter = Segmenter(MODEL)                 # e.g. "models/deploy/ultraseg.int8.onnx"
->>> frame = np.full((300, 400), 90, np.uint8)     # any size; grey, RGB(A) or 16-bit
+>>> frame = np.random.default_rng(0).integers(0, 256, (300, 400), np.uint8)  # any size; grey, RGB(A), 16-bit
 >>> result = segmenter.segment(frame, pixel_spacing=(0.1, 0.1))
 >>> result.mask.shape, result.probability.shape, result.mask.dtype
 ((300, 400), (300, 400), dtype('bool'))
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,11 @@ from ultraseg import params as params_mod
 from ultraseg.errors import DataError
 from ultraseg.params import PreprocessParams
 from ultraseg.params import StreamParams
+from ultraseg.runtime.ood import FEATURES, NOT_CHECKED, OodCheck, frame_problem
 from ultraseg.runtime.postprocess import PostProcess
 from ultraseg.runtime.stream import PER_FRAME, Smoother
 from ultraseg.runtime.preprocess import normalize, preprocess, resize_probabilities
-from ultraseg.runtime.sources import to_grey
+from ultraseg.runtime.sources import check_image, to_grey
 
 REQUIRED_METADATA = ("preprocess", "size", "normalize", "threshold")
 """What a model file must carry for the runtime to use it (the pipeline's export writes all of them)."""
@@ -67,6 +69,11 @@ class Segmentation:
     """Outer contour of the largest lesion, (N, 2) pixel coordinates (x, y); None when there is none."""
     timings: dict[str, float] = field(default_factory=dict)
     """Milliseconds spent in ``preprocess_ms``, ``model_ms`` and ``postprocess_ms``."""
+    in_distribution: bool = True
+    """Whether the frame lies within what the model was trained on (:mod:`ultraseg.runtime.ood`); a frame that
+    does not gets no lesion answer: no lesion and an empty mask."""
+    ood_reason: str = ""
+    """Why the frame is out of distribution; "" when it is not, ``not checked`` when the model file cannot tell."""
 
 
 def read_metadata(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
@@ -116,37 +123,71 @@ class Segmenter:
         self.stream_rule: StreamParams = stream or (
             params_mod.from_dict(stored_stream, StreamParams) if stored_stream else PER_FRAME)
         self.input = self.session.get_inputs()[0].name
+        has_features = FEATURES in (o.name for o in self.session.get_outputs())
+        checked = has_features and "ood" in self.meta
+        self.ood: OodCheck | None = OodCheck.from_meta(self.meta["ood"]) if checked else None
+        if self.ood is None:
+            warnings.warn(f"{self.path}: no out-of-distribution check in this file (only the deploy stage's file "
+                          "carries one): every frame is answered, marked 'not checked'", stacklevel=2)
 
     def __repr__(self) -> str:
         return f"Segmenter({str(self.path)!r}, size={self.size}, flip={self.flip}, postprocess={self.postprocess})"
 
     def probability(self, image: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         """Lesion probabilities (H, W) at the image's resolution, and the preprocessing and model times (ms)."""
+        prob, _, timings = self._forward(image)
+        return prob, timings
+
+    def features(self, image: np.ndarray) -> np.ndarray | None:
+        """The pooled deepest features (K,) of one image, as the out-of-distribution check reads them; None for a
+        file without the ``features`` output."""
+        return self._forward(image)[1]
+
+    def _forward(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, dict[str, float]]:
         start = time.perf_counter()
         grey = to_grey(image)
         x = normalize(preprocess(grey, self.preprocess_params), self.normalize)[None, None]
         mid = time.perf_counter()
-        prob = self._sigmoid_of(x)
+        prob, features = self._sigmoid_of(x)
         if self.flip:
-            prob = 0.5 * (prob + self._sigmoid_of(x[..., ::-1])[:, ::-1])
+            prob = 0.5 * (prob + self._sigmoid_of(x[..., ::-1])[0][:, ::-1])
         end = time.perf_counter()
         prob = resize_probabilities(prob, grey.shape)
         done = time.perf_counter()
-        return prob, {"preprocess_ms": 1000 * (mid - start + done - end), "model_ms": 1000 * (end - mid)}
+        return prob, features, {"preprocess_ms": 1000 * (mid - start + done - end), "model_ms": 1000 * (end - mid)}
 
-    def _sigmoid_of(self, x: np.ndarray) -> np.ndarray:
-        logits = self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0][0, 0]
-        return 1.0 / (1.0 + np.exp(-logits))
+    def _sigmoid_of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})
+        features = outputs[1][0] if len(outputs) > 1 else None
+        return 1.0 / (1.0 + np.exp(-outputs[0][0, 0])), features
 
     def segment(self, image: np.ndarray, pixel_spacing: Sequence[float] | None = None,
                 threshold: float | None = None) -> Segmentation:
         """Segment one image. ``pixel_spacing``: (row, column) mm per pixel, for the area in mm²; ``threshold``
-        replaces the stored pixel threshold for this call (the rest of the rule is kept)."""
-        prob, timings = self.probability(image)
+        replaces the stored pixel threshold for this call (the rest of the rule is kept). A frame out of
+        distribution (:attr:`Segmentation.in_distribution`) gets no lesion and an empty mask."""
+        problem = frame_problem(check_image(image), self.ood.min_side if self.ood else 1)
+        if problem:
+            return self.no_answer(image, problem)
+        prob, features, timings = self._forward(image)
         start = time.perf_counter()
+        reason = NOT_CHECKED if self.ood is None or features is None else self.ood.reason(features)
         rule = self.postprocess if threshold is None else dataclasses.replace(self.postprocess, threshold=threshold)
-        result = describe(rule.apply(prob), prob, pixel_spacing)
+        in_distribution = reason in ("", NOT_CHECKED)
+        mask = rule.apply(prob) if in_distribution else np.zeros(prob.shape, bool)
+        result = describe(mask, prob, pixel_spacing)
+        result.in_distribution, result.ood_reason = in_distribution, reason
         result.timings = timings | {"postprocess_ms": 1000 * (time.perf_counter() - start)}
+        return result
+
+    @staticmethod
+    def no_answer(image: np.ndarray, reason: str) -> Segmentation:
+        """The answer for a frame that holds no scan: out of distribution, no lesion, zero probability."""
+        shape = np.asarray(image).shape[:2]
+        empty = np.zeros(shape, np.float32)
+        result = describe(np.zeros(shape, bool), empty)
+        result.in_distribution, result.ood_reason = False, reason
+        result.timings = {"preprocess_ms": 0.0, "model_ms": 0.0, "postprocess_ms": 0.0}
         return result
 
     def segment_batch(self, images: Iterable[np.ndarray], **kwargs: Any) -> list[Segmentation]:
@@ -167,7 +208,11 @@ class Segmenter:
     def smoothed(self, result: Segmentation, smoother: Smoother, pixel_spacing: Sequence[float] | None = None,
                  threshold: float | None = None) -> Segmentation:
         """``result`` with ``smoother``'s decision: no mask where it says no lesion, and the rule's mask without
-        its image-level gate where it says lesion against the frame's own answer."""
+        its image-level gate where it says lesion against the frame's own answer. A frame out of distribution
+        counts as no lesion and keeps its own (empty) answer."""
+        if not result.in_distribution:
+            smoother.update(False, 0.0)
+            return result
         present = smoother.update(result.lesion_present, result.score)
         if present == result.lesion_present:
             return result
@@ -176,7 +221,7 @@ class Segmenter:
             rule = dataclasses.replace(rule, threshold=threshold)
         mask = rule.apply(result.probability) if present else np.zeros_like(result.mask)
         out = describe(mask, result.probability, pixel_spacing, present=present)
-        out.timings = result.timings
+        out.timings, out.ood_reason = result.timings, result.ood_reason
         return out
 
 
@@ -191,5 +236,7 @@ def describe(mask: np.ndarray, prob: np.ndarray, pixel_spacing: Sequence[float] 
         contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         contour = max(contours, key=cv2.contourArea)[:, 0, :]
     area_mm2 = None if pixel_spacing is None else area * float(pixel_spacing[0]) * float(pixel_spacing[1])
-    return Segmentation(mask=mask, probability=prob, score=float(prob.max()), lesion_present=area > 0 if present is None else present,
+    score = float(prob.max()) if prob.size else 0.0
+    return Segmentation(mask=mask, probability=prob, score=score,
+                        lesion_present=area > 0 if present is None else present,
                         area_px=area, area_mm2=area_mm2, bbox=bbox, contour=contour)

@@ -180,7 +180,7 @@ _LUMA = np.array([[19595, 38470, 7471]], np.float32) / np.float32(65536)
 def to_grey(image: np.ndarray) -> np.ndarray:
     """Any image array as 8-bit greyscale: RGB(A) by ITU-R 601 luma with PIL's integer rounding (alpha ignored),
     16-bit by /257 (full range to full range), other integer or float arrays clipped to [0, 255]."""
-    array = np.asarray(image)
+    array = check_image(image)
     if array.ndim == 3 and array.shape[2] in (3, 4):
         levels = array[..., :3] if array.dtype == np.uint8 else to_grey_channels(array[..., :3])
         # PIL's (19595 R + 38470 G + 7471 B + 2^15) >> 16 in float32: every term and sum is a multiple of 2^-16
@@ -189,9 +189,15 @@ def to_grey(image: np.ndarray) -> np.ndarray:
         return np.floor(luma + np.float32(0.5)).astype(np.uint8)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    if array.ndim != 2 or array.size == 0:
-        raise DataError(f"expected a greyscale, RGB or RGBA image, got an array of shape {array.shape}")
     return to_grey_channels(array).astype(np.uint8)
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as an array, if it has the shape of a greyscale (H, W or H, W, 1), RGB or RGBA image."""
+    array = np.asarray(image)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))) or array.size == 0:
+        raise DataError(f"expected a greyscale, RGB or RGBA image, got an array of shape {array.shape}")
+    return array
 
 
 def to_grey_channels(array: np.ndarray) -> np.ndarray:

@@ -190,6 +190,17 @@ def test_opacity_changes_the_overlay_not_the_answer(page, busi_mirror):
     assert after[1] == before[1] > 0 and after[0] < before[0]
 
 
+def test_a_frame_that_is_not_a_scan_shows_the_not_a_breast_scan_state(page, busi_mirror, tmp_path):
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((120, 160), 40, np.uint8))
+    upload(page, blank)
+    assert page.locator("#ood").is_visible()
+    assert "Not a breast scan: constant frame" in page.locator("#ood").inner_text()
+    assert page.locator("#lesion").inner_text() == "–" and coloured_pixels(page) == 0
+    upload(page, busi_mirror.joinpath(*BENIGN))  # the zoo's file has no check: a scan is answered, the state goes
+    assert not page.locator("#ood").is_visible() and page.locator("#lesion").inner_text() in ("yes", "no")
+
+
 def test_unsupported_upload_shows_the_servers_error(page, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a scan")

@@ -113,7 +113,8 @@ def test_page_and_static_files_are_served_and_local(client):
         assert ref.startswith("/static/"), ref
         assert client.get(ref).status_code == 200
     assert "http" not in client.get("/static/app.js").text.replace("https:", "")  # nothing fetched from outside
-    for element in ("fps", "area-px", "area-mm2", "latency-ms", "lesion", "score", "threshold", "overlay", "opacity"):
+    for element in ("fps", "area-px", "area-mm2", "latency-ms", "lesion", "score", "threshold", "overlay", "opacity",
+                    "ood"):
         assert f'id="{element}"' in page.text
 
 
@@ -127,11 +128,21 @@ def test_upload_answers_what_the_runtime_says(client, segmenter, busi_file, busi
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["area_px"] == expected.area_px > 0 and body["lesion_present"] is True
+    assert (body["in_distribution"], body["ood_reason"]) == (expected.in_distribution, expected.ood_reason)
     assert body["score"] == pytest.approx(expected.score) and body["bbox"] == list(expected.bbox)
     assert (body["width"], body["height"]) == busi_image.shape[::-1] and body["threshold"] == threshold
     assert np.array_equal(decode_mask(body["mask"]), expected.mask)
     assert 2 <= len(body["contour"]) <= server.CONTOUR_POINTS + 1 and body["area_mm2"] is None
     assert set(body["timings"]) >= {"preprocess_ms", "model_ms", "postprocess_ms", "decode_ms"}
+
+
+def test_a_frame_that_is_not_a_scan_gets_no_lesion_answer(client):
+    ok, png = cv2.imencode(".png", np.full((60, 80), 40, np.uint8))
+    response = client.post("/segment", content=png.tobytes(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["in_distribution"], body["ood_reason"]) == (False, "constant frame")
+    assert body["lesion_present"] is False and body["area_px"] == 0 and body["contour"] == []
 
 
 def test_threshold_changes_the_mask(client, segmenter, busi_file, busi_image):

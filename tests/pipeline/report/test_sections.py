@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import train_val_split
 from ultraseg import params as params_mod
 from ultraseg.pipeline.report import sections
 
@@ -47,7 +48,8 @@ def test_deployable_section_quotes_deploy_evaluate_and_benchmark(zoo, tmp_path) 
     models = tmp_path / "models"
     models.mkdir()
     (models / "pruned.int8.onnx").write_bytes((zoo.models / "pruned.int8.onnx").read_bytes())
-    chosen = deploy.run(params, models / "pruned.int8.onnx", zoo.raw, zoo.split, models / "deploy" / "ultraseg.int8.onnx")
+    chosen = deploy.run(params, models / "pruned.int8.onnx", zoo.raw, train_val_split(zoo, tmp_path / "split.csv"),
+                        models / "deploy" / "ultraseg.int8.onnx")
     scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, [by_name("pruned_int8")],
                                    deployable=models / "deploy" / "ultraseg.int8.onnx")
     bench = {"end_to_end": benchmark.measure_end_to_end(models / "deploy" / "ultraseg.int8.onnx",

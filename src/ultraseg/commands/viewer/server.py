@@ -9,7 +9,8 @@
   WS   /source      the server's --source (camera, video file, cine DICOM, folder): the page sends
                     {"threshold": t} for each frame it wants, and gets the frame and its answer as JSON
 
-Every answer carries lesion_present, score, area_px, area_mm2, bbox, contour (at most ~200 points, image pixels),
+Every answer carries in_distribution and ood_reason (a frame the model was not trained on gets no lesion answer),
+lesion_present, score, area_px, area_mm2, bbox, contour (at most ~200 points, image pixels),
 width, height, threshold, timings (ms) and the mask as an RGBA PNG data URL (lesion opaque, the rest transparent)
 ready to draw over the frame. Errors are JSON too: {"error": "..."} with 400, 413 or 415. A body over
 --max-upload-mb and an image or DICOM whose header declares frames over --max-pixels get 413, the latter before a
@@ -168,7 +169,8 @@ def subsample(contour: np.ndarray | None, points: int = CONTOUR_POINTS) -> list[
 def answer(result: Segmentation, threshold: float, mask_side: int | None = None) -> dict[str, Any]:
     """The JSON the page gets for one segmented image."""
     height, width = result.mask.shape
-    return {"lesion_present": result.lesion_present, "score": result.score, "area_px": result.area_px,
+    return {"in_distribution": result.in_distribution, "ood_reason": result.ood_reason,
+            "lesion_present": result.lesion_present, "score": result.score, "area_px": result.area_px,
             "area_mm2": result.area_mm2, "bbox": list(result.bbox) if result.bbox else None,
             "contour": subsample(result.contour), "width": width, "height": height, "threshold": threshold,
             "mask": mask_png(result.mask, mask_side), "timings": dict(result.timings)}

@@ -67,7 +67,10 @@ function drawContour(ctx, points, sx, sy) {
 
 function report(r, latencyMs) {
   state.results += 1;
-  $("lesion").textContent = r.lesion_present ? "yes" : "no";
+  const known = r.in_distribution !== false;   // a frame the model was not trained on gets no lesion answer
+  $("ood").hidden = known;
+  $("ood").textContent = known ? "" : `Not a breast scan: ${r.ood_reason}`;
+  $("lesion").textContent = !known ? "–" : r.lesion_present ? "yes" : "no";
   $("lesion").dataset.value = String(r.lesion_present);
   $("lesion").classList.toggle("yes", r.lesion_present);
   setNumber("score", r.score, r.score.toFixed(3));
