@@ -19,10 +19,11 @@ def test_run_scores_every_condition_and_summarises_drops(zoo, tmp_path):
         for by_level in result["shifts"].values():
             for scores in by_level.values():
                 assert abs(scores["drop"] - (clean - scores["dice"])) <= 1.5e-4
-                assert 0 <= scores["missed"] <= 1
+                assert 0 <= scores["missed"] <= 1 and 0 <= scores["flagged"] <= 1
         moderate = result["by_severity"]["moderate"]
         drops = [result["shifts"][s]["moderate"]["drop"] for s in result["shifts"]]
         assert moderate["worst_drop"] == max(drops)
+        assert moderate["most_flagged"] == max(result["shifts"][s]["moderate"]["flagged"] for s in result["shifts"])
         assert abs(moderate["mean_drop"] - sum(drops) / len(drops)) < 1e-4
     again = robustness.run(models, zoo.raw, zoo.split, seed=0)
     assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)

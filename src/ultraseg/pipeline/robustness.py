@@ -27,13 +27,15 @@ NONE = "none"
 
 def score(segmenter: Segmenter, images: list[np.ndarray], refs: list[np.ndarray], ids: list[str],
           classes: list[str]) -> dict[str, Any]:
-    """Lesion-mean Dice, normal_clean and the share of lesion images with an empty prediction."""
-    preds = [segmenter.segment(image).mask for image in images]
-    rows = metrics.evaluate_cases(preds, refs, ids, classes)
+    """Lesion-mean Dice, normal_clean, the share of lesion images with an empty prediction, and the share of images
+    the model answers as not breast ultrasound (``flagged``; such a frame gets no mask)."""
+    results = [segmenter.segment(image) for image in images]
+    rows = metrics.evaluate_cases([r.mask for r in results], refs, ids, classes)
     lesion = [row for row in rows if row["ref_pixels"] > 0]
     agg = metrics.aggregate(rows, n_boot=1)
     return {"dice": agg["dice"], "normal_clean": agg["normal_clean"], "n_lesion": len(lesion),
-            "missed": sum(row["pred_pixels"] == 0 for row in lesion) / max(len(lesion), 1)}
+            "missed": sum(row["pred_pixels"] == 0 for row in lesion) / max(len(lesion), 1),
+            "flagged": sum(not r.in_distribution for r in results) / max(len(results), 1)}
 
 
 def conditions() -> list[tuple[str, str]]:
@@ -122,7 +124,8 @@ def summarize(result: dict[str, dict[str, dict]]) -> dict[str, Any]:
         worst = max(drops, key=drops.get)
         summary[level] = {"mean_drop": round(float(np.mean(list(drops.values()))), 4), "worst_shift": worst,
                           "worst_drop": drops[worst],
-                          "most_missed": round(max(table[shift][level]["missed"] for shift in table), 4)}
+                          "most_missed": round(max(table[shift][level]["missed"] for shift in table), 4),
+                          "most_flagged": round(max(table[shift][level]["flagged"] for shift in table), 4)}
     return {"clean": _rounded(result[NONE][NONE]), "by_severity": summary, "shifts": table}
 
 

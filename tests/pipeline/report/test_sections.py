@@ -250,3 +250,15 @@ def test_stream_note_quotes_both_decisions_and_says_nothing_without_the_key():
     assert "| deployed | smoothed | 3.4 | 2.10 | 0.880 |" in text
     assert "after 3 disagreeing frames" in text and "20 runs of 12 frames" in text
     assert sections.stream_note(None) == ""
+
+
+def test_ood_note_quotes_the_built_set_the_scans_and_the_shifts():
+    rob = {"models": {"deployed": {"by_severity": {"moderate": {"most_flagged": 0.125}}}},
+           "ood": {"checked": True, "threshold": 41.5,
+                   "built": {"frames": 40, "flagged": 0.95, "by_kind": {"photo": {"frames": 24, "flagged": 0.9167},
+                                                                        "blank": {"frames": 3, "flagged": 1.0}}},
+                   "scans": {"split": "test", "images": 160, "flagged": 0.0125}}}
+    text = " ".join(sections.ood_note(rob).split())
+    assert "flags 95% of 40 built frames" in text and "photo 92% of 24, blank 100% of 3" in text
+    assert "1.2% of the 160 test scans" in text and "threshold 41.5" in text and "at most 12% of the shifted" in text
+    assert sections.ood_note({"ood": {"checked": False}}) == "" and sections.ood_note({}) == ""

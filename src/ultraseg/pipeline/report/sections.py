@@ -476,7 +476,26 @@ the model predicts nothing.
 {table(header, rows)}
 
 {table(['model', 'severity', 'mean Dice drop', 'worst shift (drop)', 'most lesions predicted empty'], summary)}
-{stream_note(rob.get("stream"))}"""
+{stream_note(rob.get("stream"))}{ood_note(rob)}"""
+
+
+def ood_note(rob: dict) -> str:
+    """How often the deployable file answers "not a breast ultrasound frame": on the built set, on the split's scans
+    and under the shifts."""
+    ood = rob.get("ood")
+    if not ood or not ood.get("checked"):
+        return ""
+    built, scans = ood["built"], ood["scans"]
+    kinds = ", ".join(f"{kind} {v['flagged']:.0%} of {v['frames']}" for kind, v in built["by_kind"].items())
+    moderate = rob["models"]["deployed"]["by_severity"].get("moderate", {})
+    shifted = (f" Under the moderate shifts it flags at most {moderate['most_flagged']:.0%} of the shifted scans "
+               "(and draws no mask on them)." if "most_flagged" in moderate else "")
+    return f"""
+**Not a breast ultrasound frame** (`ood` in the same file). The deployable file flags
+{built['flagged']:.0%} of {built['frames']} built frames that are not breast ultrasound (`ultraseg.ood_frames`:
+{kinds}) and {scans['flagged']:.1%} of the {scans['images']} {scans['split']} scans (threshold
+{ood['threshold']} on the distance of the deepest features from the train scans', set on val).{shifted}
+"""
 
 
 def stream_note(stream: dict | None) -> str:
