@@ -294,8 +294,8 @@ def test_pruned_and_finetuned_model_still_segments():
 
 
 def test_light_pruning_without_finetuning_keeps_a_trained_model_working():
-    """Once the defect of the BUSI models (val Dice 0.82 -> 0.0 at 14%): L1 ranking is meaningless with a BatchNorm
-    after every convolution, and the head lost the channels it read lesions from."""
+    """A light prune of a trained model must leave it segmenting: L1 ranking is meaningless with a BatchNorm after
+    every convolution, and the head must keep the channels it reads lesions from."""
     torch.manual_seed(0)
     image, mask = disc_batch()
     model = build_model({"name": "unet", "widths": [8, 16, 32]})
