@@ -13,7 +13,7 @@ import scipy.ndimage as ndi
 
 from ultraseg.data import filters as F
 from ultraseg.data.filters import FILTERS, apply_filter
-from ultraseg.params import FilterParams
+from tests.conftest import shipped
 
 SPECKLE = ("lee", "frost", "kuan", "srad")
 SMOOTHERS = ("gaussian", "median", "bilateral", "nlm")
@@ -361,7 +361,7 @@ def test_unknown_parameter_names_it_and_the_valid_ones() -> None:
 def test_registry_matches_params_schema() -> None:
     # params.yaml's preprocess.filters.<name> section maps onto the filter's keywords, defaults included.
     assert tuple(FILTERS) == NAMES
-    defaults = FilterParams()
+    defaults = shipped("preprocess.filters")
     img = small_scan()
     for name in NAMES:
         kwargs = defaults.kwargs(name)

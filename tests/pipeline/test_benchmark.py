@@ -13,10 +13,10 @@ import pytest
 
 from ultraseg import params as params_mod
 from ultraseg.pipeline import benchmark
-from ultraseg.params import BenchmarkParams
 from ultraseg.variants import VARIANTS, by_name
+from tests.conftest import shipped, shipped_params
 
-QUICK = BenchmarkParams(threads=(1, 0), warmup=1, runs=3, batch=2, batch_runs=2, retries=0)
+QUICK = shipped("benchmark", threads=(1, 0), warmup=1, runs=3, batch=2, batch_runs=2, retries=0)
 
 
 def test_disturbance_counts_other_processes_not_our_own(monkeypatch):
@@ -59,7 +59,7 @@ def test_measure_reports_latency_throughput_and_memory(zoo):
 
 
 def test_run_measures_every_variant_in_its_own_process(zoo):
-    params = dataclasses.replace(params_mod.from_dict({"preprocess": {"size": zoo.size}}), benchmark=QUICK)
+    params = dataclasses.replace(shipped_params({"preprocess": {"size": zoo.size}}), benchmark=QUICK)
     variants = (by_name("teacher"), by_name("pruned_int8"))
     out = benchmark.run(params, zoo.models, variants)
     assert list(out["variants"]) == ["teacher", "pruned_int8"]
@@ -113,4 +113,4 @@ def test_stage_without_evaluate_metrics_fails_with_one_line(repo_root, tmp_path,
 ])
 def test_bad_params_name_the_key(field, value, message):
     with pytest.raises(params_mod.ParamsError, match=rf"^{message}"):
-        params_mod.from_dict({"benchmark": {field: value}})
+        shipped_params({"benchmark": {field: value}})

@@ -6,16 +6,15 @@ import json
 
 import pytest
 
-from ultraseg import params as params_mod
-from ultraseg.params import DeployParams
 from ultraseg.pipeline import deploy
 from ultraseg.postprocess import PostProcess
 from ultraseg.runtime import Segmenter
+from tests.conftest import shipped, shipped_params
 
 
 def test_grid_leaves_out_gates_that_change_nothing():
-    rules = deploy.candidate_rules(DeployParams(threshold_step=0.25, gates=(0.0, 0.6), min_areas=(0.0,),
-                                                keep_largest=(False,)))
+    rules = deploy.candidate_rules(shipped("deploy", threshold_step=0.25, gates=(0.0, 0.6), min_areas=(0.0,),
+                                           keep_largest=(False,)))
     assert [(r.threshold, r.gate) for r in rules] == [(0.25, 0.0), (0.25, 0.6), (0.5, 0.0), (0.5, 0.6), (0.75, 0.0)]
 
 
@@ -43,9 +42,9 @@ def test_operating_points_are_the_pareto_front_most_clean_first():
 
 @pytest.mark.parametrize("flips", [[False, True], [False]])
 def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, flips):
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
-                                   "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01],
-                                              "flips": flips}})
+    params = shipped_params({"preprocess": {"size": zoo.size},
+                            "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01],
+                                       "flips": flips}})
     out = tmp_path / "deploy" / "ultraseg.int8.onnx"
     summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, zoo.split, out)
     rule = PostProcess.from_dict(summary["postprocess"])

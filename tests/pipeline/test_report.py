@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from ultraseg import params as params_mod
 from ultraseg.pipeline import report
+from tests.conftest import shipped_params
 
 
 def test_missing_metrics_file_is_an_error_naming_it(tmp_path) -> None:
     (tmp_path / "split.json").write_text(json.dumps({}))
     with pytest.raises(report.ReportError, match="preprocess.json: metrics file missing"):
-        report.render(tmp_path, params_mod.from_dict({}), tmp_path / "params.yaml")
+        report.render(tmp_path, shipped_params(), tmp_path / "params.yaml")
 
 
 def test_report_stage_exits_with_one_line(tmp_path, repo_root, params_file) -> None:
@@ -30,16 +30,11 @@ def test_report_stage_exits_with_one_line(tmp_path, repo_root, params_file) -> N
 
 
 def test_test_and_speed_sections_quote_the_stage_outputs(zoo) -> None:
-    import dataclasses
-
     from ultraseg.pipeline import benchmark, evaluate
-    from ultraseg.params import BenchmarkParams, EvaluateParams
     from ultraseg.variants import by_name
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}})
-    params = dataclasses.replace(params, evaluate=EvaluateParams(bootstrap=20),
-                                 benchmark=BenchmarkParams(threads=(1,), warmup=1, runs=2, batch=2, batch_runs=1,
-                                                           retries=0))
+    quick = {"threads": [1], "warmup": 1, "runs": 2, "batch": 2, "batch_runs": 1, "retries": 0}
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}, "benchmark": quick})
     variants = (by_name("teacher"), by_name("pruned_int8"))
     scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, variants)
     bench = benchmark.run(params, zoo.models, variants)
@@ -61,9 +56,9 @@ def test_deployable_section_quotes_deploy_evaluate_and_benchmark(zoo, tmp_path) 
     from ultraseg.pipeline import benchmark, deploy, evaluate
     from ultraseg.variants import by_name
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20},
-                                   "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0, 0.01]},
-                                   "benchmark": {"threads": [1], "warmup": 1, "runs": 3, "retries": 0}})
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20},
+                            "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0, 0.01]},
+                            "benchmark": {"threads": [1], "warmup": 1, "runs": 3, "retries": 0}})
     models = tmp_path / "models"
     models.mkdir()
     (models / "pruned.int8.onnx").write_bytes((zoo.models / "pruned.int8.onnx").read_bytes())
@@ -119,7 +114,7 @@ def test_failure_and_paired_sections_quote_evaluate(zoo) -> None:
     from ultraseg.pipeline import evaluate
     from ultraseg.variants import VARIANTS
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}})
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}})
     scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, VARIANTS)
     text = report.failures_section(scores) + report.paired_section(scores)
     for name, m in scores["variants"].items():
@@ -191,21 +186,21 @@ def test_the_baseline_student_curve_comes_from_the_no_distillation_lever_of_this
 
 
 def test_design_section_follows_the_params() -> None:
-    params = params_mod.from_dict({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
+    params = shipped_params({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
     text = " ".join(report.design_section(params).split())
     assert "zoom 0.70–1.30" in text and "fan-shaped field of view on 20%" in text and "lr 0.002" in text
     assert "(width stretch and burned-in marks off in this run)" in text and "width stretch ±" not in text
-    marks = params_mod.from_dict({"train": {"augment": {"annotations_p": 0.3}}})
+    marks = shipped_params({"train": {"augment": {"annotations_p": 0.3}}})
     text = " ".join(report.design_section(marks).split())
     assert "calipers and text on 30%" in text and "(width stretch off in this run)" in text
-    norms = params_mod.from_dict({"train": {"model": {"norm": "instance"}}, "distill": {"student": {"norm": "group"}}})
+    norms = shipped_params({"train": {"model": {"norm": "instance"}}, "distill": {"student": {"norm": "group"}}})
     text = " ".join(report.design_section(norms).split())
     assert "Teacher normalisation: instance**, each image's own statistics, channel by channel" in text
     assert "The student keeps group normalisation." in text
-    off = params_mod.from_dict({"train": {"augment": {"enabled": False}}})
+    off = shipped_params({"train": {"augment": {"enabled": False}}})
     assert "none (`train.augment.enabled: false`)" in " ".join(report.design_section(off).split())
     assert "`empty` term" not in text and "empty ×" not in text
-    empty = params_mod.from_dict({"train": {"loss": {"empty": 0.5, "empty_fraction": 0.02}}})
+    empty = shipped_params({"train": {"loss": {"empty": 0.5, "empty_fraction": 0.02}}})
     text = " ".join(report.design_section(empty).split())
     assert "Loss: bce ×1, dice ×1, empty ×0.5.**" in text
     assert "cross-entropy on the highest 2% of each normal scan's logits" in text
@@ -264,17 +259,18 @@ def test_levers_section_names_the_levers_the_params_hold() -> None:
             "scanner-augment": {"changed": {"train.augment.scale": "0.25", "train.model.norm": "instance"},
                                 "val": {}, "test_headline": None}}
     levers = {"command": "x", "comparisons": [{"derived_from_commit": "abc1234", "missing": [], "runs": runs}]}
-    adopted = params_mod.from_dict({"train": {"model": {"norm": "instance"}}})
+    adopted = shipped_params({"train": {"model": {"norm": "instance"}}})
     text = " ".join(report.levers_section(levers, adopted).split())
     assert "Adopted into this run's params, on the val columns and seed spread below: `instance-norm` " \
            "(`train.model.norm=instance`)." in text and "`scanner-augment` (" not in text
-    text = " ".join(report.levers_section(levers, params_mod.from_dict({})).split())
+    without = shipped_params({"train": {"model": {"norm": "batch"}}})
+    text = " ".join(report.levers_section(levers, without).split())
     assert "No lever is adopted into this run's params." in text
     runs["student-in"] = {"changed": {"distill.student.norm": "instance"}, "val": {}, "test_headline": None}
     runs["both"] = {"changed": {"distill.student.norm": "instance", "distill.normal_target": "background"},
                     "val": {}, "test_headline": None}
-    adopted = params_mod.from_dict({"train": {"model": {"norm": "instance"}},
-                                    "distill": {"student": {"norm": "instance"}, "normal_target": "background"}})
+    adopted = shipped_params({"train": {"model": {"norm": "instance"}},
+                              "distill": {"student": {"norm": "instance"}, "normal_target": "background"}})
     text = " ".join(report.levers_section(levers, adopted).split())
     assert "`instance-norm` (`train.model.norm=instance`); `both` (`distill.student.norm=instance`, " \
            "`distill.normal_target=background`, holding `student-in`)." in text
