@@ -666,7 +666,7 @@ class DeployParams(Section):
     keep_largest: tuple[bool, ...]
     flips: tuple[bool, ...]
     """Test-time flip averaging tried (true: the model also runs on the mirror image). A second model call per frame
-    does not fit the one-core budget of ``benchmark``'s end-to-end time, so only ``false`` is tried by default."""
+    does not fit the one-core budget of ``benchmark``'s end-to-end time, so params.yaml tries only ``false``."""
     dice_tolerance: float
     """Among the rules whose val lesion Dice is within this of the best rule's, the one that leaves the most normal
     val images clean is deployed: a user scanning healthy tissue should mostly see "no lesion"."""
@@ -821,8 +821,8 @@ def from_dict(data: dict[str, Any], cls: type = Params) -> Any:
 
 
 def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file, which must set every key: an empty or cut-short file is refused rather than
-    run on built-in defaults. Every error message starts with the file's path."""
+    """Read and validate a params file, which must set every key (there are no built-in defaults): an empty or
+    cut-short file is refused naming the first missing key. Every error message starts with the file's path."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
