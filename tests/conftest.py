@@ -52,11 +52,35 @@ def _merge(base: dict, overrides: dict) -> dict:
     return base
 
 
+def shipped_data(overrides: dict | None = None) -> dict:
+    """The project's params.yaml as a dict, with ``overrides`` merged in (mappings merge, other values replace)."""
+    return _merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), overrides or {})
+
+
+def shipped_params(overrides: dict | None = None):
+    """The params that ship, with ``overrides`` merged in: the one way tests get params, so they run what users run
+    and change only what must be tiny (sizes, widths, epochs). Unknown keys and bad values fail as in params.yaml."""
+    from ultraseg import params
+
+    return params.from_dict(shipped_data(overrides))
+
+
+def shipped(section: str, **overrides):
+    """One section of :func:`shipped_params` by dotted name (``"train.model"``), with ``overrides`` of its keys."""
+    *parents, name = section.split(".")
+    nested = {name: overrides}
+    for parent in reversed(parents):
+        nested = {parent: nested}
+    value = shipped_params(nested)
+    for part in section.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def write_params(path: Path, overrides: dict | None = None) -> Path:
-    """The project's params.yaml with ``overrides`` merged in (mappings merge, other values replace), written to
-    ``path``: a params file must set every key, so tests change keys of the real one."""
-    data = _merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), overrides or {})
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    """:func:`shipped_data` written to ``path``: a params file must set every key, so tests change keys of the
+    real one."""
+    path.write_text(yaml.safe_dump(shipped_data(overrides), sort_keys=False))
     return path
 
 
@@ -251,11 +275,10 @@ def tiny_workspace(root: Path, counts: dict[str, int], size: int = 32) -> tuple[
             split.append({"id": image_id, "class": cls, "split": {1: "val", 2: "test"}.get(n, "train")})
     write_raw(root / "raw", images, masks)
     from ultraseg.io import write_csv
-    from ultraseg.params import PreprocessParams
     from ultraseg.pipeline import preprocess
 
     write_csv(root / "split.csv", split, ["id", "class", "split"])
-    preprocess.run(root / "raw", root / "data", PreprocessParams(size=size))
+    preprocess.run(root / "raw", root / "data", shipped("preprocess", size=size))
     return root / "data", root / "split.csv"
 
 
@@ -269,7 +292,7 @@ def zoo(tmp_path_factory) -> Zoo:
     from ultraseg import checkpoint, onnx_io, quantization
     from ultraseg.io import write_csv
     from ultraseg.models import build_model
-    from ultraseg.params import ExportParams, PreprocessParams, QuantizeParams, to_dict
+    from ultraseg.params import to_dict
     from ultraseg.pipeline import preprocess as preprocess_stage
     from ultraseg.runtime import preprocess
 
@@ -285,20 +308,20 @@ def zoo(tmp_path_factory) -> Zoo:
             split.append({"id": image_id, "class": cls, "split": "val" if k < n_val else "test"})
     write_raw(root / "raw", images, masks)
     write_csv(root / "split.csv", split, ["id", "class", "split"])
-    preprocess_stage.run(root / "raw", root / "data", PreprocessParams(size=size))
+    preprocess_stage.run(root / "raw", root / "data", shipped("preprocess", size=size))
     models = root / "models"
     (models / "onnx").mkdir(parents=True)
     torch.manual_seed(0)
     for network, widths in (("teacher", [8, 16]), ("student", [4, 8]), ("pruned", [4, 8])):
         config = {"name": "unet", "widths": widths, "up": "nearest"}
         meta = {"kind": network, "model": config, "size": size, "threshold": 0.5, "normalize": "zscore",
-                "preprocess": to_dict(PreprocessParams(size=size))}
+                "preprocess": to_dict(shipped("preprocess", size=size))}
         model = build_model(config).eval()
         checkpoint.save(models / f"{network}.pt", model, meta)
-        onnx_io.export(model, models / "onnx" / f"{network}.onnx", ExportParams(), meta)
+        onnx_io.export(model, models / "onnx" / f"{network}.onnx", shipped("export"), meta)
     calibration = preprocess.normalize(np.stack(list(images.values())), "zscore")
     quantization.quantize(models / "onnx" / "pruned.onnx", models / "pruned.int8.onnx", calibration,
-                          QuantizeParams(calibration_images=8))
+                          shipped("quantize", calibration_images=8))
     onnx_io.write_with_metadata(models / "pruned.int8.onnx", models / "deploy" / "ultraseg.int8.onnx",
                                 {"postprocess": {"threshold": 0.5, "gate": 0.0, "min_area": 0.0, "keep_largest": False}})
     return Zoo(root, root / "raw", root / "data", root / "split.csv", models, masks, size)

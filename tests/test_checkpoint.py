@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, shipped
 from ultraseg import checkpoint
 from ultraseg.models import build_model
-from ultraseg.params import PruneParams
 from ultraseg.pruning import prune, pruned_widths
 
 CONFIG = {"name": "unet", "widths": TINY, "up": "nearest"}
@@ -78,7 +77,7 @@ def test_load_of_a_missing_file_names_it(tmp_path):
 def test_a_channel_pruned_model_rebuilds_from_its_weights(tmp_path):
     model = trained_looking().eval()
     before = pruned_widths(model)
-    prune(model, torch.randn(1, 1, 32, 32), PruneParams(ratio=0.5, steps=1, round_to=2, calibration_batches=0))
+    prune(model, torch.randn(1, 1, 32, 32), shipped("prune", ratio=0.5, steps=1, round_to=2, calibration_batches=0))
     after = pruned_widths(model)
     assert after != before  # really pruned: the config's widths no longer describe the network
     checkpoint.save(tmp_path / "pruned.pt", model, META | {"kind": "pruned_student"})

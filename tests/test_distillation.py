@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -11,7 +10,7 @@ from torch import nn
 
 from ultraseg.distillation import DistillLoss, background_on_normals, kd_loss, teacher_targets
 from ultraseg.losses import build_loss
-from ultraseg.params import Params
+from tests.conftest import shipped_params
 
 
 def binary_kl(p: float, q: float) -> float:
@@ -96,14 +95,14 @@ def test_given_teacher_logits_replace_the_teachers_pass() -> None:
 
 def test_cached_targets_are_the_teachers_logits_on_the_plain_images() -> None:
     images = torch.randn(5, 7, 9).numpy()
-    logits = teacher_targets(Params(), Constant().eval(), images, torch.device("cpu"))
+    logits = teacher_targets(shipped_params(), Constant().eval(), images, torch.device("cpu"))
     assert logits.shape == images.shape and logits.dtype == images.dtype
     torch.testing.assert_close(torch.from_numpy(logits), 2.0 * torch.from_numpy(images))
 
 
 @pytest.mark.parametrize("change", [{"teacher_logits": "live"}, {"kd_weight": 0.0}])
 def test_no_cached_targets_when_the_teacher_runs_live_or_not_at_all(change: dict) -> None:
-    params = dataclasses.replace(Params(), distill=dataclasses.replace(Params().distill, **change))
+    params = shipped_params({"distill": change})
     assert teacher_targets(params, Refusing(), torch.randn(2, 4, 4).numpy(), torch.device("cpu")) is None
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from ultraseg import params as params_mod
 from ultraseg.metadata import data_files, model_meta, run_id
+from tests.conftest import shipped_params
 
 BASE = {"preprocess": {"size": 32}, "train": {"epochs": 1, "model": {"widths": [4, 8, 16]}}}
 
@@ -20,7 +21,7 @@ def params(overrides: dict | None = None) -> params_mod.Params:
     data = json.loads(json.dumps(BASE))
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
-    return params_mod.from_dict(data)
+    return shipped_params(data)
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_run_id_is_a_short_hex_digest_and_stable(files):
     rid = run_id(params(), *files)
     assert re.fullmatch(r"[0-9a-f]{16}", rid)
     assert run_id(params(), *files) == rid
-    assert run_id(params_mod.from_dict(json.loads(json.dumps(BASE))), *files) == rid
+    assert run_id(shipped_params(json.loads(json.dumps(BASE))), *files) == rid
 
 
 @pytest.mark.parametrize("section, change", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import onnx
@@ -11,11 +12,10 @@ import pytest
 import torch
 from onnx.external_data_helper import uses_external_data
 
-from tests.conftest import TINY
+from tests.conftest import TINY, shipped
 from ultraseg import onnx_io
 from ultraseg.models import build_model
 from ultraseg.onnx_io import ParityError
-from ultraseg.params import ExportParams
 
 VARIANTS = {
     "unet_transpose": {"name": "unet"},
@@ -53,7 +53,7 @@ def exported(tmp_path_factory):
     for name, config in VARIANTS.items():
         model = tiny(config)
         path = folder / name / "model.onnx"
-        onnx_io.export(model, path, ExportParams(), METADATA | {"model": {"widths": TINY, **config}})
+        onnx_io.export(model, path, shipped("export"), METADATA | {"model": {"widths": TINY, **config}})
         out[name] = (model, path)
     return out
 
@@ -90,7 +90,7 @@ def test_metadata_round_trip(exported, name):
 @pytest.mark.parametrize("size", [(33, 47), (64, 80)])
 def test_parity_on_odd_and_unseen_sizes(exported, name, size):
     model, path = exported[name]
-    report = onnx_io.parity(model, path, ExportParams(parity_height=size[0], parity_width=size[1]))
+    report = onnx_io.parity(model, path, shipped("export", parity_height=size[0], parity_width=size[1]))
     assert report["shapes"] == [f"2x1x{size[0]}x{size[1]}", "1x1x48x48"]  # plus the metadata size
     assert report["tolerance_used"] <= 1
     assert report["max_abs"] < 1e-4
@@ -114,14 +114,14 @@ def test_parity_fails_when_the_file_does_not_match_the_model(exported):
     with torch.no_grad():
         changed.head.bias += 0.01  # every logit moves by 0.01, ~20x the tolerance at this net's |logits| < 1
     with pytest.raises(ParityError, match=r"model\.onnx.*max \|diff\| [0-9.e-]+.*tolerance"):
-        onnx_io.parity(changed, path, ExportParams())
-    assert onnx_io.parity(model, path, ExportParams())["tolerance_used"] <= 1  # the original still passes
+        onnx_io.parity(changed, path, shipped("export"))
+    assert onnx_io.parity(model, path, shipped("export"))["tolerance_used"] <= 1  # the original still passes
 
 
 def test_torchscript_exporter_writes_the_opset_asked_for(tmp_path):
     model = tiny({"name": "unet", "up": "nearest"}).train()
     path = tmp_path / "ts.onnx"
-    params = ExportParams(exporter="torchscript", opset=17)
+    params = shipped("export", exporter="torchscript", opset=17)
     onnx_io.export(model, path, params, {"size": 32})
     assert model.training  # the caller's mode is restored
     proto = onnx.load(str(path))
@@ -133,7 +133,7 @@ def test_torchscript_exporter_writes_the_opset_asked_for(tmp_path):
 def test_bad_metadata_writes_nothing(tmp_path):
     path = tmp_path / "m.onnx"
     with pytest.raises(ValueError, match="metadata 'bad': not JSON-encodable"):
-        onnx_io.export(tiny({"name": "unet"}), path, ExportParams(), {"bad": {1, 2}})
+        onnx_io.export(tiny({"name": "unet"}), path, shipped("export"), {"bad": {1, 2}})
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -158,10 +158,10 @@ def test_session_options(exported):
 )
 def test_validate_names_the_key(field, value, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        ExportParams(**{field: value}).validate("export")
+        dataclasses.replace(shipped("export"), **{field: value}).validate("export")
 
 
 def test_validate_rejects_zero_tolerance():
     with pytest.raises(ValueError, match=r"export\.atol: rtol and atol cannot both be 0"):
-        ExportParams(rtol=0.0, atol=0.0).validate("export")
-    ExportParams(exporter="torchscript", opset=17).validate("export")
+        dataclasses.replace(shipped("export"), rtol=0.0, atol=0.0).validate("export")
+    shipped("export", exporter="torchscript", opset=17).validate("export")

@@ -7,12 +7,14 @@ import dataclasses
 import re
 import subprocess
 import sys
+import typing
 
 import pytest
 import yaml
 
 from ultraseg import params as P
 from ultraseg.params import ParamsError
+from tests.conftest import shipped, shipped_params
 
 
 def nested(dotted: str, value) -> dict:
@@ -23,14 +25,41 @@ def nested(dotted: str, value) -> dict:
     return out
 
 
-def test_defaults_load():
-    params = P.from_dict({})
-    assert params == P.Params()
-    assert P.from_dict(None) == P.Params()
-    assert params.preprocess.size == 128
-    assert params.preprocess.filter == "none"
-    assert params.split.fractions == P.SplitFractions(0.7, 0.1, 0.2)
-    assert params.fetch.sha256 is None
+def sections(cls: type = P.Params) -> list[type]:
+    """``cls`` and every section nested in it."""
+    hints = typing.get_type_hints(cls)
+    nested = [hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+    return [cls] + [s for n in nested for s in sections(n)]
+
+
+def test_no_field_has_a_default_that_could_drift_from_params_yaml():
+    """params.yaml is the one source of values: a default in code is a second one, which tests built on it would
+    run instead of what ships."""
+    found = sections()
+    assert P.TrainParams in found and P.SradParams in found and P.StudentAugmentParams in found
+    defaulted = [f"{cls.__name__}.{f.name}" for cls in found for f in dataclasses.fields(cls)
+                 if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert defaulted == []
+
+
+def test_from_dict_refuses_a_partial_mapping_naming_the_missing_key(repo_root):
+    data = yaml.safe_load((repo_root / "params.yaml").read_text())
+    assert P.from_dict(data) == P.load(repo_root / "params.yaml")
+    del data["train"]["model"]["norm"]
+    with pytest.raises(ParamsError, match=r"^missing key train\.model\.norm; "):
+        P.from_dict(data)
+    with pytest.raises(ParamsError, match=r"^missing key clip; "):
+        P.from_dict({"enabled": True, "tiles": 8}, P.ClaheParams)
+
+
+def test_shipped_params_are_params_yaml_with_only_the_overrides_changed(repo_root):
+    shipped_file = P.load(repo_root / "params.yaml")
+    assert shipped_params() == shipped_file
+    tiny = shipped_params({"train": {"model": {"widths": [4, 8]}}, "preprocess": {"size": 32}})
+    assert tiny.train.model.widths == (4, 8) and tiny.preprocess.size == 32
+    assert dataclasses.replace(tiny.train.model, widths=shipped_file.train.model.widths) == shipped_file.train.model
+    assert tiny.distill == shipped_file.distill
+    assert shipped("train.model", widths=[4, 8]) == tiny.train.model
 
 
 def test_repo_params_yaml_loads(repo_root):
@@ -61,12 +90,12 @@ def test_repo_params_yaml_spells_out_every_key(repo_root):
 )
 def test_unknown_key_named_at_every_depth(dotted):
     with pytest.raises(ParamsError, match=rf"unknown key {re.escape(dotted)};"):
-        P.from_dict(nested(dotted, 1))
+        shipped_params(nested(dotted, 1))
 
 
 def test_unknown_key_lists_the_valid_ones():
     with pytest.raises(ParamsError) as err:
-        P.from_dict(nested("preprocess.clahe.clipp", 2.0))
+        shipped_params(nested("preprocess.clahe.clipp", 2.0))
     assert str(err.value) == "unknown key preprocess.clahe.clipp; valid keys here: enabled, clip, tiles"
 
 
@@ -87,32 +116,32 @@ def test_unknown_key_lists_the_valid_ones():
 )
 def test_wrong_type_names_the_key(dotted, value, message):
     with pytest.raises(ParamsError) as err:
-        P.from_dict(nested(dotted, value))
+        shipped_params(nested(dotted, value))
     assert str(err.value) == message
 
 
 def test_optional_field_accepts_none_or_str_and_names_both():
-    assert P.from_dict(nested("fetch.sha256", None)).fetch.sha256 is None
-    assert P.from_dict(nested("fetch.sha256", "ab" * 32)).fetch.sha256 == "ab" * 32
+    assert shipped_params(nested("fetch.sha256", None)).fetch.sha256 is None
+    assert shipped_params(nested("fetch.sha256", "ab" * 32)).fetch.sha256 == "ab" * 32
     with pytest.raises(ParamsError, match=r"^fetch\.sha256: expected str or NoneType, got 5$"):
-        P.from_dict(nested("fetch.sha256", 5))
+        shipped_params(nested("fetch.sha256", 5))
 
 
 def test_literal_lists_valid_values():
     with pytest.raises(ParamsError) as err:
-        P.from_dict(nested("preprocess.filter", "foo"))
+        shipped_params(nested("preprocess.filter", "foo"))
     message = str(err.value)
     assert message.startswith("preprocess.filter: expected one of ")
     assert message.endswith("got 'foo'")
     for name in ("none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"):
         assert repr(name) in message
     with pytest.raises(ParamsError, match=r"preprocess\.normalize: expected one of 'unit', 'zscore', got 'minmax'"):
-        P.from_dict(nested("preprocess.normalize", "minmax"))
+        shipped_params(nested("preprocess.normalize", "minmax"))
 
 
 def test_every_literal_value_is_accepted():
     for name in ("none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"):
-        assert P.from_dict(nested("preprocess.filter", name)).preprocess.filter == name
+        assert shipped_params(nested("preprocess.filter", name)).preprocess.filter == name
 
 
 @pytest.mark.parametrize(
@@ -128,7 +157,7 @@ def test_every_literal_value_is_accepted():
         ({"preprocess": {"quality_sample": 0}}, r"^preprocess\.quality_sample: expected a positive number"),
         ({"split": {"duplicates": {"min_ncc": 1.5}}}, r"^split\.duplicates\.min_ncc: expected a value in \[-1\.0, 1\.0\]"),
         ({"split": {"duplicates": {"min_overlap": -0.1}}}, r"^split\.duplicates\.min_overlap: "),
-        ({"distill": {"baseline": False}}, r"^distill\.keep: 'best' compares with the baseline"),
+        ({"distill": {"baseline": False, "keep": "best"}}, r"^distill\.keep: 'best' compares with the baseline"),
         ({"train": {"ema": 1.0}}, r"^train\.ema: expected a value in \[0\.0, 0\.9999\], got 1\.0$"),
         ({"distill": {"ema": -0.5}}, r"^distill\.ema: expected a value in \[0\.0, 0\.9999\]"),
         ({"distill": {"teacher_logits": "stale"}}, r"^distill\.teacher_logits: expected one of 'cached', 'live'"),
@@ -138,18 +167,18 @@ def test_every_literal_value_is_accepted():
 )
 def test_validate_rejects_bad_values(data, pattern):
     with pytest.raises(ParamsError, match=pattern):
-        P.from_dict(data)
+        shipped_params(data)
 
 
 def test_valid_edge_values_pass():
-    params = P.from_dict({"split": {"fractions": {"train": 0.8, "val": 0.01, "test": 0.19}}, "preprocess": {"size": 16}})
+    params = shipped_params({"split": {"fractions": {"train": 0.8, "val": 0.01, "test": 0.19}}, "preprocess": {"size": 16}})
     assert params.split.fractions.val == 0.01
     assert params.preprocess.size == 16
 
 
 def test_ints_widen_to_float():
-    params = P.from_dict({"preprocess": {"clahe": {"clip": 3}, "filters": {"gaussian": {"sigma": 2}}},
-                          "train": {"lr": 1}})
+    params = shipped_params({"preprocess": {"clahe": {"clip": 3}, "filters": {"gaussian": {"sigma": 2}}},
+                            "train": {"lr": 1}})
     assert params.preprocess.clahe.clip == 3.0 and type(params.preprocess.clahe.clip) is float
     assert params.preprocess.filters.gaussian.sigma == 2.0 and type(params.preprocess.filters.gaussian.sigma) is float
     assert type(params.train.lr) is float
@@ -198,7 +227,7 @@ def test_load_reads_values(tmp_path, params_file):
     assert params.preprocess.filters.kwargs("lee") == {"window": 5}
     assert params.preprocess.filters.kwargs("none") == {}
     assert params.split.seed == 7
-    assert params.preprocess.clahe == P.ClaheParams()  # the project's file sets the defaults
+    assert params.preprocess.clahe == shipped("preprocess.clahe")  # the keys not changed keep the shipped values
 
 
 def test_params_error_is_a_value_error():
@@ -206,40 +235,40 @@ def test_params_error_is_a_value_error():
 
 
 def test_digest_stable_and_sensitive():
-    base = P.Params().preprocess
+    base = shipped("preprocess")
     assert re.fullmatch(r"[0-9a-f]{12}", P.digest(base))
-    assert P.digest(base) == P.digest(P.from_dict({}).preprocess)
+    assert P.digest(base) == P.digest(shipped_params().preprocess)
     assert P.digest(base) == P.digest(copy.deepcopy(base))
     changed = dataclasses.replace(base, size=64)
     assert P.digest(changed) != P.digest(base)
     nested_change = dataclasses.replace(base, clahe=dataclasses.replace(base.clahe, clip=2.5))
     assert P.digest(nested_change) != P.digest(base)
-    assert P.digest(P.Params().split) != P.digest(base)
+    assert P.digest(shipped("split")) != P.digest(base)
 
 
-def test_digest_same_in_a_fresh_interpreter():
+def test_digest_same_in_a_fresh_interpreter(repo_root):
     """No dependence on hash randomisation or object identity: another process computes the same digest."""
-    code = "from ultraseg import params as P; print(P.digest(P.Params()))"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert other.stdout.strip() == P.digest(P.Params())
+    code = "from ultraseg import params as P; print(P.digest(P.load('params.yaml')))"
+    other = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == P.digest(shipped_params())
 
 
 def test_to_dict_is_plain_json_data():
-    data = P.to_dict(P.Params())
+    data = P.to_dict(shipped_params())
     assert data["preprocess"]["clahe"] == {"enabled": True, "clip": 2.0, "tiles": 8}
     assert data["fetch"] == {"source": "../shared/data/busi", "sha256": None, "extra_sources": []}
-    assert P.from_dict(data) == P.Params()
+    assert P.from_dict(data) == shipped_params()
 
 
 def test_extra_sources_must_be_a_list_of_paths():
-    assert P.from_dict({"fetch": {"extra_sources": ["a", "b=/c"]}}).fetch.extra_sources == ("a", "b=/c")
+    assert shipped_params({"fetch": {"extra_sources": ["a", "b=/c"]}}).fetch.extra_sources == ("a", "b=/c")
     with pytest.raises(P.ParamsError, match=r"^fetch.extra_sources: expected a list, got '/data/a'"):
-        P.from_dict({"fetch": {"extra_sources": "/data/a"}})
+        shipped_params({"fetch": {"extra_sources": "/data/a"}})
 
 
 def test_val_split_cannot_be_empty():
     with pytest.raises(P.ParamsError, match=r"^split.fractions: train, val and test must be positive"):
-        P.from_dict({"split": {"fractions": {"train": 0.8, "val": 0.0, "test": 0.2}}})
+        shipped_params({"split": {"fractions": {"train": 0.8, "val": 0.0, "test": 0.2}}})
 
 
 @pytest.mark.parametrize("section, value, key", [
@@ -249,7 +278,7 @@ def test_val_split_cannot_be_empty():
 ])
 def test_bad_filter_parameter_names_its_dotted_key(section, value, key):
     with pytest.raises(P.ParamsError, match="^" + key.replace(".", r"\.") + ":"):
-        P.from_dict({"preprocess": {"filters": {section: value}}})
+        shipped_params({"preprocess": {"filters": {section: value}}})
 
 
 def test_params_is_a_leaf_that_loads_nothing_heavy():
@@ -266,28 +295,29 @@ def test_directly_built_sections_get_the_file_checks():
     """validate() re-checks every field's type, so a dataclass made in code is held to the params file's rules."""
     with pytest.raises(ParamsError, match=r"^prune\.importance: expected one of 'l1', 'l2', 'bn_scale', 'taylor', "
                                           r"got 'random'$"):
-        P.PruneParams(importance="random").validate("prune")
+        dataclasses.replace(shipped("prune"), importance="random").validate("prune")
     with pytest.raises(ParamsError, match=r"^train\.model\.widths\[1\]: expected int, got 2\.5$"):
-        P.TrainParams(model=P.ModelParams(widths=(1, 2.5))).validate("train")
+        model = dataclasses.replace(shipped("train.model"), widths=(1, 2.5))
+        dataclasses.replace(shipped("train"), model=model).validate("train")
 
 
 def test_student_augment_overrides_only_the_ranges_it_sets():
     """distill.augment changes the student's geometric ranges and nothing else; the teacher keeps train's."""
-    p = P.from_dict({"train": {"augment": {"scale": 0.1, "aspect": 0.05}}, "distill": {"augment": {"scale": 0.35}}})
+    p = shipped_params({"train": {"augment": {"scale": 0.1, "aspect": 0.05}}, "distill": {"augment": {"scale": 0.35}}})
     student = p.distill.budget(p.train).augment
     assert (student.scale, student.aspect, student.translate) == (0.35, 0.05, p.train.augment.translate)
     assert dataclasses.replace(student, scale=0.1) == p.train.augment
     with pytest.raises(ParamsError, match=r"^distill\.augment\.scale: expected a value in \[0\.0, 1\.0\), got 1\.0$"):
-        P.from_dict({"distill": {"augment": {"scale": 1.0}}})
+        shipped_params({"distill": {"augment": {"scale": 1.0}}})
     with pytest.raises(ParamsError, match=r"^unknown key distill\.augment\.rotate; valid keys here: scale, aspect"):
-        P.from_dict({"distill": {"augment": {"rotate": 5.0}}})
+        shipped_params({"distill": {"augment": {"rotate": 5.0}}})
 
 
 def test_student_task_loss_takes_its_own_empty_weight_or_the_teachers():
-    shared = P.from_dict({"train": {"loss": {"empty": 0.2}}})
+    shared = shipped_params({"train": {"loss": {"empty": 0.2}}})
     assert shared.distill.task_loss(shared.train)["empty"] == 0.2
-    own = P.from_dict({"train": {"loss": {"empty": 0.2, "dice": 0.5}}, "distill": {"empty_weight": 0.05}})
+    own = shipped_params({"train": {"loss": {"empty": 0.2, "dice": 0.5}}, "distill": {"empty_weight": 0.05}})
     loss = own.distill.task_loss(own.train)
     assert loss["empty"] == 0.05 and loss["dice"] == 0.5 and own.train.loss.empty == 0.2
     with pytest.raises(ParamsError, match=r"^distill\.empty_weight: expected a value in \[0\.0, 100\.0\]"):
-        P.from_dict({"distill": {"empty_weight": -0.1}})
+        shipped_params({"distill": {"empty_weight": -0.1}})

@@ -9,7 +9,8 @@ import torch
 from ultraseg import precision as precision_mod, training
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model
-from ultraseg.params import ModelParams, ParamsError, from_dict
+from ultraseg.params import ParamsError
+from tests.conftest import shipped, shipped_params
 
 CPU = torch.device("cpu")
 
@@ -65,15 +66,15 @@ def test_cpu_features_are_read_from_this_machine():
 
 
 def test_the_precision_key_takes_only_known_values():
-    assert from_dict({"train": {"precision": "bf16"}}).train.precision == "bf16"
+    assert shipped_params({"train": {"precision": "bf16"}}).train.precision == "bf16"
     with pytest.raises(ParamsError, match=r"^train\.precision"):
-        from_dict({"train": {"precision": "fp16"}})
+        shipped_params({"train": {"precision": "fp16"}})
 
 
 def one_step(name: str) -> tuple[float, torch.Tensor]:
     """Loss and flattened gradients of one training step of a tiny shipped-style U-Net from fixed weights."""
     torch.manual_seed(0)
-    model = build_model(ModelParams(widths=(8, 16, 32), norm="instance").config())
+    model = build_model(shipped("train.model", widths=[8, 16, 32], norm="instance").config())
     model.to(memory_format=training.memory_format(CPU))
     images = torch.randn(4, 1, 32, 32).contiguous(memory_format=training.memory_format(CPU))
     masks = (torch.randn(4, 1, 32, 32) > 0.5).float()

@@ -12,27 +12,27 @@ from torch import nn
 from ultraseg import checkpoint
 from ultraseg.losses import build_loss
 from ultraseg.models import build_model, count_macs, count_parameters, rebuild_from_state_dict
-from ultraseg.params import PruneParams
 from ultraseg.pruning import _head_inputs, prune, pruned_widths, recalibrate_norms, summary
+from tests.conftest import shipped
 
 WIDTHS = [8, 16, 32, 64]
 EXAMPLE = torch.zeros(1, 1, 32, 32)
 
-# (config, largest MACs ratio, largest params ratio) at ratio 0.5; measured ratios in the comments. Halving every
-# width quarters a full convolution's cost; the separable blocks keep relatively more, since their depthwise
-# convolutions cost linearly in the width and the input-reading convolutions keep their one input channel.
+# (config, largest MACs ratio, largest params ratio) at ratio 0.5. Halving every width quarters a full convolution's
+# cost; the separable blocks keep relatively more, since their depthwise convolutions cost linearly in the width and
+# the input-reading convolutions keep their one input channel.
 VARIANTS = {
-    "unet": ({"name": "unet"}, 0.30, 0.30),  # 0.252, 0.252
-    "attention_unet": ({"name": "attention_unet"}, 0.30, 0.30),  # 0.254, 0.252
-    "res_unet": ({"name": "res_unet"}, 0.30, 0.30),  # 0.252, 0.252
-    "separable_bilinear_conv": (  # 0.332, 0.297
+    "unet": ({"name": "unet"}, 0.30, 0.30),
+    "attention_unet": ({"name": "attention_unet"}, 0.30, 0.30),
+    "res_unet": ({"name": "res_unet"}, 0.30, 0.30),
+    "separable_bilinear_conv": (
         {"name": "unet", "block": "separable", "up": "bilinear", "down": "conv"}, 0.40, 0.36),
-    "group_norm": ({"name": "unet", "norm": "group"}, 0.30, 0.30),  # 0.252, 0.252
-    "instance_norm": ({"name": "unet", "norm": "instance"}, 0.30, 0.30),  # 0.252, 0.252
-    "unet_pp": ({"name": "unet_pp"}, 0.30, 0.30),  # 0.251, 0.252
-    "attention_separable_nearest": (  # 0.343, 0.307
+    "group_norm": ({"name": "unet", "norm": "group"}, 0.30, 0.30),
+    "instance_norm": ({"name": "unet", "norm": "instance"}, 0.30, 0.30),
+    "unet_pp": ({"name": "unet_pp"}, 0.30, 0.30),
+    "attention_separable_nearest": (
         {"name": "attention_unet", "block": "separable", "up": "nearest", "dropout": 0.1}, 0.40, 0.36),
-    "stem_stride_nearest": ({"name": "unet", "stem_stride": 2, "up": "nearest"}, 0.30, 0.30),  # 0.252, 0.253
+    "stem_stride_nearest": ({"name": "unet", "stem_stride": 2, "up": "nearest"}, 0.30, 0.30),
 }
 
 
@@ -66,7 +66,7 @@ def test_prune_variant(config, max_macs, max_params, tmp_path):
     config = tiny(config)
     model = build_model(config)
     before = copy.deepcopy(model)
-    params = PruneParams(ratio=0.5, steps=2, round_to=4)
+    params = shipped("prune", ratio=0.5, steps=2, round_to=4)
     calls = []
     pruned = prune(model, EXAMPLE, params, finetune=lambda m, step: calls.append((step, count_parameters(m))))
 
@@ -119,14 +119,14 @@ def test_widths_for_other_ratios(ratio, steps):
     """At 0.8 the 8- to 32-channel layers would round to 0 channels; they keep ``round_to`` instead."""
     model = build_model(tiny({"name": "res_unet"}))
     widths_before, kept = pruned_widths(model), head_inputs(model)
-    prune(model, EXAMPLE, PruneParams(ratio=ratio, steps=steps, round_to=4))
+    prune(model, EXAMPLE, shipped("prune", ratio=ratio, steps=steps, round_to=4))
     for name, width in pruned_widths(model).items():
         assert width == (widths_before[name] if name in kept else expected_width(widths_before[name], ratio, 4)), name
 
 
 def test_group_norm_groups_follow_the_rebuild_convention():
     model = build_model(tiny({"name": "unet", "norm": "group"}))
-    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=1))
+    prune(model, EXAMPLE, shipped("prune", ratio=0.5, steps=1))
     norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
     # 8 channels in 8 groups became 4 in gcd(8, 4) = 4 groups; 64 channels in 8 groups became 32 in 8 groups
     assert {(m.num_channels, m.num_groups) for m in norms} == {(4, 4), (8, 8), (16, 8), (32, 8)}
@@ -137,7 +137,7 @@ def test_global_pruning_meets_the_total_and_keeps_round_to():
     model = build_model(tiny({"name": "res_unet"}))
     before = copy.deepcopy(model)
     # l1: the untrained network's BatchNorm scales all equal 1, a tie that global ranking cannot split
-    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=2, global_pruning=True, importance="l1"))
+    prune(model, EXAMPLE, shipped("prune", ratio=0.5, steps=2, global_pruning=True, importance="l1"))
     stats = summary(before, model, 32)
     assert 0.2 <= stats["macs_ratio"] <= 0.3 and 0.2 <= stats["params_ratio"] <= 0.3, stats  # 0.242, 0.278
     widths = pruned_widths(model)
@@ -154,7 +154,7 @@ def test_ratio_zero_changes_nothing():
     torch.manual_seed(0)
     model = build_model(tiny({"name": "attention_unet"})).eval()
     before = copy.deepcopy(model)
-    prune(model, EXAMPLE, PruneParams(ratio=0.0, steps=2))
+    prune(model, EXAMPLE, shipped("prune", ratio=0.0, steps=2))
     assert pruned_widths(model) == pruned_widths(before)
     x = torch.randn(1, 1, 33, 47)
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_ratio_zero_changes_nothing():
 
 def test_training_mode_is_kept():
     model = build_model(tiny({"name": "unet"})).train()
-    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=1))
+    prune(model, EXAMPLE, shipped("prune", ratio=0.5, steps=1))
     assert model.training
 
 
@@ -187,7 +187,7 @@ def test_importance_criteria_rank_channels(importance, keeps):
     original = model.stem.conv1.conv.weight.detach().clone()
     images = torch.randn(4, 1, 32, 32)
     batch = (images, (images > 0.5).float())
-    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=1, importance=importance), example_batch=batch)
+    prune(model, EXAMPLE, shipped("prune", ratio=0.5, steps=1, importance=importance), example_batch=batch)
     kept = model.stem.conv1.conv.weight.detach()
     assert kept.shape[0] == 4
     # which original channels survived: each kept filter is an unchanged copy of one of them
@@ -204,7 +204,7 @@ def test_taylor_uses_the_given_loss():
         seen.append(images_.shape)
         return logits.square().mean()
 
-    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=2, importance="taylor"),
+    prune(model, EXAMPLE, shipped("prune", ratio=0.5, steps=2, importance="taylor"),
           example_batch=(images, images > 0), loss_fn=loss_fn)
     assert seen == [(2, 1, 32, 32)] * 2
     assert all(p.grad is None for p in model.parameters())
@@ -212,7 +212,7 @@ def test_taylor_uses_the_given_loss():
 
 def test_taylor_without_a_batch_is_refused():
     with pytest.raises(ValueError, match="example_batch"):
-        prune(build_model(tiny({"name": "unet"})), EXAMPLE, PruneParams(importance="taylor"))
+        prune(build_model(tiny({"name": "unet"})), EXAMPLE, shipped("prune", importance="taylor"))
 
 
 @pytest.mark.parametrize("field, value", [
@@ -221,18 +221,16 @@ def test_taylor_without_a_batch_is_refused():
     ("calibration_batches", -1), ("calibration_batches", 2.0),
 ])
 def test_validate_names_the_field(field, value):
-    params = dataclasses.replace(PruneParams(), **{field: value})
+    params = dataclasses.replace(shipped("prune"), **{field: value})
     with pytest.raises(ValueError, match=rf"^prune\.{field}: "):
         params.validate("prune")
     with pytest.raises(ValueError, match=rf"^prune\.{field}: "):
         prune(build_model(tiny({"name": "unet"})), EXAMPLE, params)
 
 
-def test_defaults_are_valid_and_frozen():
-    params = PruneParams()
+def test_shipped_params_are_valid_and_frozen():
+    params = shipped("prune")
     params.validate("prune")
-    assert (params.ratio, params.steps, params.importance, params.round_to) == (0.5, 2, "bn_scale", 4)
-    assert (params.calibration_batches, params.finetune_lr, params.finetune_epochs) == (8, 0.003, 30)
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.ratio = 0.1
 
@@ -288,20 +286,20 @@ def test_pruned_and_finetuned_model_still_segments():
         m.to(memory_format=torch.channels_last)  # as training.fit does on the CPU; the next step prunes NHWC weights
         train(m, image, mask, 30)
 
-    prune(model, EXAMPLE, PruneParams(ratio=0.5, steps=2), finetune=finetune)
+    prune(model, EXAMPLE, shipped("prune", ratio=0.5, steps=2), finetune=finetune)
     assert summary(before, model, 32)["macs_ratio"] < 0.3
     assert dice(model, image, mask).min() > 0.9
 
 
 def test_light_pruning_without_finetuning_keeps_a_trained_model_working():
-    """Once the defect of the BUSI models (val Dice 0.82 -> 0.0 at 14%): L1 ranking is meaningless with a BatchNorm
-    after every convolution, and the head lost the channels it read lesions from."""
+    """A light prune of a trained model must leave it segmenting: L1 ranking is meaningless with a BatchNorm after
+    every convolution, and the head must keep the channels it reads lesions from."""
     torch.manual_seed(0)
     image, mask = disc_batch()
     model = build_model({"name": "unet", "widths": [8, 16, 32]})
     train(model, image, mask, 120)
     assert dice(model, image, mask).min() > 0.9
-    prune(model, EXAMPLE, PruneParams(ratio=0.15, steps=1, round_to=1))
+    prune(model, EXAMPLE, shipped("prune", ratio=0.15, steps=1, round_to=1))
     assert dice(model, image, mask).mean() > 0.7
 
 
@@ -324,9 +322,9 @@ def test_calibration_recalibrates_every_step_and_is_optional():
     image, mask = disc_batch()
     model = build_model({"name": "unet", "widths": [8, 16, 32]})
     train(model, image, mask, 120)
-    without = prune(copy.deepcopy(model), EXAMPLE, PruneParams(ratio=0.5, steps=2, calibration_batches=0),
+    without = prune(copy.deepcopy(model), EXAMPLE, shipped("prune", ratio=0.5, steps=2, calibration_batches=0),
                     calibration=[image])
-    repaired = prune(copy.deepcopy(model), EXAMPLE, PruneParams(ratio=0.5, steps=2), calibration=[image])
+    repaired = prune(copy.deepcopy(model), EXAMPLE, shipped("prune", ratio=0.5, steps=2), calibration=[image])
     assert pruned_widths(without) == pruned_widths(repaired)
     norm = repaired.stem.conv1.norm
     assert norm.num_batches_tracked == 1  # measured again on the one calibration batch

@@ -15,7 +15,8 @@ from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model
-from ultraseg.params import AugmentParams, ModelParams, ParamsError, TrainParams
+from ultraseg.params import ParamsError, TrainParams
+from tests.conftest import shipped
 
 
 class RecordingLive:
@@ -47,8 +48,8 @@ def discs(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return images.astype(np.float32), masks
 
 
-CFG = TrainParams(epochs=3, batch_size=4, lr=0.01, warmup_epochs=1, patience=0,
-                  model=ModelParams(widths=(4, 8, 16)), augment=AugmentParams(speckle_p=1.0))
+CFG = shipped("train", epochs=3, batch_size=4, lr=0.01, warmup_epochs=1, patience=0,
+              model={"widths": [4, 8, 16]}, augment={"speckle_p": 1.0})
 
 
 def run(tmp_path, cfg: TrainParams = CFG, live=None, run_id: str = "a", empty_val: bool = False):
@@ -122,7 +123,7 @@ def test_early_stopping_stops_after_patience(tmp_path) -> None:
 
 
 def test_training_learns_discs(tmp_path) -> None:
-    cfg = replace(CFG, epochs=25, batch_size=2, lr=0.005, augment=AugmentParams(enabled=False))
+    cfg = replace(CFG, epochs=25, batch_size=2, lr=0.005, augment=shipped("train.augment", enabled=False))
     result = run(tmp_path, cfg)
     assert result.history[-1]["train_loss"] < 0.6 * result.history[0]["train_loss"]
     assert result.best["dice"] > 0.8
@@ -154,7 +155,7 @@ def test_soft_maps_reach_the_loss_warped_with_their_batch(tmp_path) -> None:
             seen.append((masks, soft[0]))
         return logits.mean() * 0 + masks.mean()
 
-    cfg = replace(CFG, epochs=1, augment=AugmentParams(affine_p=1.0, intensity_p=1.0, speckle_p=0.0))
+    cfg = replace(CFG, epochs=1, augment=shipped("train.augment", affine_p=1.0, intensity_p=1.0, speckle_p=0.0))
     train_set = SegmentationSet(x, y, Augment(cfg.augment), cfg.seed, soft=y.astype(np.float32))
     training.fit(build_model(cfg.model.config()), train_set, x[:2], y[:2], cfg, loss, torch.device("cpu"),
                RecordingLive(), tmp_path / "resume.pt", "soft", desc="test")

@@ -10,6 +10,10 @@ or a value of the wrong type raises :class:`ParamsError` naming the dotted key, 
 checked the same way: :meth:`Section.validate` re-checks each field against its annotation (so a dataclass built in
 code gets the same checks as one read from a file) and then runs the section's own range rules, ``check``, which
 report through :func:`_require`.
+
+No field has a default: ``params.yaml`` is the one source of values, so a section can only be built from a
+complete mapping (the file, a model file's stored section, or the file with some keys changed), and a value in code
+can never drift from the one that ships.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,18 +91,18 @@ class Section:
 
 @dataclass(frozen=True)
 class FetchParams(Section):
-    source: str = "../shared/data/busi"
+    source: str
     """A directory (mirror or original ``Dataset_BUSI_with_GT`` layout), a ``.zip`` of either, or an http(s) URL."""
-    sha256: str | None = None
+    sha256: str | None
     """Expected sha256 of a downloaded or zipped archive; ``null`` skips the check."""
-    extra_sources: tuple[str, ...] = ()
+    extra_sources: tuple[str, ...]
     """More labelled data, each ``[name=]path``: a folder or CSV in a layout :mod:`ultraseg.data.labelled` reads.
     Their ids become ``<name>/<id>``; ``source`` stays a single path because DVC tracks it as a dependency."""
 
 
 @dataclass(frozen=True)
 class GaussianParams(Section):
-    sigma: float = 1.0
+    sigma: float
 
     def check(self, prefix: str) -> None:
         _positive(self, prefix, "sigma")
@@ -106,7 +110,7 @@ class GaussianParams(Section):
 
 @dataclass(frozen=True)
 class MedianParams(Section):
-    window: int = 5
+    window: int
 
     def check(self, prefix: str) -> None:
         _odd_window(self, prefix, "window")
@@ -114,9 +118,9 @@ class MedianParams(Section):
 
 @dataclass(frozen=True)
 class BilateralParams(Section):
-    diameter: int = 7
-    sigma_color: float = 25.0
-    sigma_space: float = 5.0
+    diameter: int
+    sigma_color: float
+    sigma_space: float
 
     def check(self, prefix: str) -> None:
         _positive(self, prefix, "diameter", "sigma_color", "sigma_space")
@@ -124,9 +128,9 @@ class BilateralParams(Section):
 
 @dataclass(frozen=True)
 class NlmParams(Section):
-    h: float = 10.0
-    template_window: int = 7
-    search_window: int = 21
+    h: float
+    template_window: int
+    search_window: int
 
     def check(self, prefix: str) -> None:
         _positive(self, prefix, "h")
@@ -135,7 +139,7 @@ class NlmParams(Section):
 
 @dataclass(frozen=True)
 class LeeParams(Section):
-    window: int = 7
+    window: int
 
     def check(self, prefix: str) -> None:
         _odd_window(self, prefix, "window")
@@ -143,8 +147,8 @@ class LeeParams(Section):
 
 @dataclass(frozen=True)
 class FrostParams(Section):
-    window: int = 7
-    damping: float = 2.0
+    window: int
+    damping: float
 
     def check(self, prefix: str) -> None:
         _odd_window(self, prefix, "window")
@@ -153,7 +157,7 @@ class FrostParams(Section):
 
 @dataclass(frozen=True)
 class KuanParams(Section):
-    window: int = 7
+    window: int
 
     def check(self, prefix: str) -> None:
         _odd_window(self, prefix, "window")
@@ -161,8 +165,8 @@ class KuanParams(Section):
 
 @dataclass(frozen=True)
 class SradParams(Section):
-    iterations: int = 20
-    step: float = 0.05
+    iterations: int
+    step: float
     """Diffusion step; the explicit scheme is stable up to 1."""
 
     def check(self, prefix: str) -> None:
@@ -177,14 +181,14 @@ FilterName = Literal["none", "gaussian", "median", "bilateral", "nlm", "lee", "f
 class FilterParams(Section):
     """Each filter's own parameters; only the one named by ``preprocess.filter`` is applied."""
 
-    gaussian: GaussianParams = field(default_factory=GaussianParams)
-    median: MedianParams = field(default_factory=MedianParams)
-    bilateral: BilateralParams = field(default_factory=BilateralParams)
-    nlm: NlmParams = field(default_factory=NlmParams)
-    lee: LeeParams = field(default_factory=LeeParams)
-    frost: FrostParams = field(default_factory=FrostParams)
-    kuan: KuanParams = field(default_factory=KuanParams)
-    srad: SradParams = field(default_factory=SradParams)
+    gaussian: GaussianParams
+    median: MedianParams
+    bilateral: BilateralParams
+    nlm: NlmParams
+    lee: LeeParams
+    frost: FrostParams
+    kuan: KuanParams
+    srad: SradParams
 
     def kwargs(self, name: str) -> dict[str, Any]:
         """Keyword arguments of filter ``name`` (empty for ``none``)."""
@@ -193,9 +197,9 @@ class FilterParams(Section):
 
 @dataclass(frozen=True)
 class ClaheParams(Section):
-    enabled: bool = True
-    clip: float = 2.0
-    tiles: int = 8
+    enabled: bool
+    clip: float
+    tiles: int
 
     def check(self, prefix: str) -> None:
         _positive(self, prefix, "clip", "tiles")
@@ -203,14 +207,14 @@ class ClaheParams(Section):
 
 @dataclass(frozen=True)
 class PreprocessParams(Section):
-    size: int = 128
+    size: int
     """Side of the square network input, in pixels (images are resized, not cropped)."""
-    filter: FilterName = "none"
-    filters: FilterParams = field(default_factory=FilterParams)
-    clahe: ClaheParams = field(default_factory=ClaheParams)
-    normalize: Literal["unit", "zscore"] = "zscore"
+    filter: FilterName
+    filters: FilterParams
+    clahe: ClaheParams
+    normalize: Literal["unit", "zscore"]
     """``unit``: x/255; ``zscore``: per image (x - mean) / std, robust to another scanner's gain."""
-    quality_sample: int = 40
+    quality_sample: int
     """Images used to compare every filter's speckle suppression and edge preservation."""
 
     def check(self, prefix: str) -> None:
@@ -221,13 +225,13 @@ class PreprocessParams(Section):
 
 @dataclass(frozen=True)
 class DuplicateParams(Section):
-    max_features: int = 150
+    max_features: int
     """SIFT keypoints per image used to match near-duplicate scans."""
-    min_matches: int = 10
+    min_matches: int
     """RANSAC inliers of a similarity transform needed to call two images the same view."""
-    min_ncc: float = 0.35
+    min_ncc: float
     """Band-pass normalised cross-correlation of the aligned tissue needed to confirm a match."""
-    min_overlap: float = 0.2
+    min_overlap: float
     """Shared tissue, as a fraction of the smaller image, needed to confirm a match."""
 
     def check(self, prefix: str) -> None:
@@ -238,9 +242,9 @@ class DuplicateParams(Section):
 
 @dataclass(frozen=True)
 class SplitFractions(Section):
-    train: float = 0.7
-    val: float = 0.1
-    test: float = 0.2
+    train: float
+    val: float
+    test: float
 
     def check(self, prefix: str) -> None:
         for name in ("train", "val", "test"):
@@ -251,26 +255,26 @@ class SplitFractions(Section):
 
 @dataclass(frozen=True)
 class SplitParams(Section):
-    seed: int = 42
-    fractions: SplitFractions = field(default_factory=SplitFractions)
-    duplicates: DuplicateParams = field(default_factory=DuplicateParams)
+    seed: int
+    fractions: SplitFractions
+    duplicates: DuplicateParams
 
 
 @dataclass(frozen=True)
 class ModelParams(Section):
     """Arguments of :func:`ultraseg.models.registry.build_model`; ``null`` keeps the variant's own default."""
 
-    name: Literal["unet", "attention_unet", "res_unet", "unet_pp"] = "unet"
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
+    name: Literal["unet", "attention_unet", "res_unet", "unet_pp"]
+    widths: tuple[int, ...]
     """Channels per level, stem first, bottleneck last; the classic U-Net is [64, 128, 256, 512, 1024]."""
-    block: Literal["double", "residual", "separable"] | None = None
-    attention: bool | None = None
-    norm: Literal["batch", "group", "instance"] = "batch"
-    act: Literal["relu", "leaky_relu", "gelu", "silu"] = "relu"
-    down: Literal["max", "avg", "conv"] = "max"
-    up: Literal["transpose", "bilinear", "nearest"] = "transpose"
-    dropout: float = 0.0
-    stem_stride: int = 1
+    block: Literal["double", "residual", "separable"] | None
+    attention: bool | None
+    norm: Literal["batch", "group", "instance"]
+    act: Literal["relu", "leaky_relu", "gelu", "silu"]
+    down: Literal["max", "avg", "conv"]
+    up: Literal["transpose", "bilinear", "nearest"]
+    dropout: float
+    stem_stride: int
     """Work at 1/stem_stride of the input's resolution: a patchify stem and a pixel-shuffle head; 1 = classic."""
 
     def check(self, prefix: str) -> None:
@@ -288,15 +292,15 @@ class ModelParams(Section):
 class LossParams(Section):
     """Term weights (0 leaves a term out) and options, as :func:`ultraseg.losses.build_loss` takes them."""
 
-    bce: float = 1.0
-    dice: float = 1.0
-    focal: float = 0.0
-    tversky: float = 0.0
-    empty: float = 0.0
-    focal_gamma: float = 2.0
-    tversky_alpha: float = 0.3
-    tversky_beta: float = 0.7
-    empty_fraction: float = 0.01
+    bce: float
+    dice: float
+    focal: float
+    tversky: float
+    empty: float
+    focal_gamma: float
+    tversky_alpha: float
+    tversky_beta: float
+    empty_fraction: float
 
     def check(self, prefix: str) -> None:
         for name in ("bce", "dice", "focal", "tversky", "empty"):
@@ -310,67 +314,75 @@ class LossParams(Section):
 class AugmentParams(Section):
     """Which augmentations run and how strongly; a probability of 0 or a magnitude of 0 switches a part off."""
 
-    enabled: bool = True
+    enabled: bool
     """Master switch; ``False`` returns copies of the inputs."""
-    hflip: float = 0.5
+    hflip: float
     """Probability of a horizontal flip."""
-    rotate: float = 10.0
+    rotate: float
     """Largest rotation in degrees, drawn uniformly in [-rotate, rotate]."""
-    translate: float = 0.06
+    translate: float
     """Largest shift as a fraction of the image size, drawn uniformly in [-translate, translate] per axis."""
-    scale: float = 0.15
+    scale: float
     """Isotropic scale factor drawn uniformly in [1 - scale, 1 + scale]."""
-    affine_p: float = 0.8
+    affine_p: float
     """Probability of the affine warp (rotate, translate and scale in one ``cv2.warpAffine``)."""
-    brightness: float = 0.15
+    brightness: float
     """Largest additive shift, in units of the image's standard deviation."""
-    contrast: float = 0.2
+    contrast: float
     """Contrast factor about the image mean, drawn uniformly in [1 - contrast, 1 + contrast]."""
-    gamma: float = 0.25
+    gamma: float
     """Gamma drawn uniformly in [1 - gamma, 1 + gamma], applied to the image rescaled to [0, 1] and back."""
-    intensity_p: float = 0.8
+    intensity_p: float
     """Probability of the brightness/contrast/gamma change."""
-    speckle: float = 0.15
+    speckle: float
     """Coefficient of variation of the multiplicative speckle field; 0 disables."""
-    speckle_p: float = 0.3
+    speckle_p: float
     """Probability of speckle noise."""
-    shadow_p: float = 0.2
+    shadow_p: float
     """Probability of an acoustic shadow."""
-    shadow_strength: float = 0.6
+    shadow_strength: float
     """Largest fraction of intensity removed inside a shadow."""
-    elastic_p: float = 0.0
+    elastic_p: float
     """Probability of an elastic deformation."""
-    elastic_alpha: float = 8.0
+    elastic_alpha: float
     """Largest displacement of the elastic field, in pixels."""
-    elastic_sigma: float = 6.0
+    elastic_sigma: float
     """Sigma, in pixels, of the Gaussian that smooths the elastic field."""
-    aspect: float = 0.0
+    aspect: float
     """Width stretch drawn uniformly in [1 - aspect, 1 + aspect] (height unchanged), with the affine warp: other
     scanners' frames have other aspect ratios."""
-    speckle_grain: float = 1.0
+    speckle_grain: float
     """Largest speckle grain sigma in pixels, drawn uniformly in [1, speckle_grain]: other probes' speckle is
     coarser."""
-    sector_p: float = 0.0
+    sector_p: float
     """Probability of a fan-shaped field of view (convex probe): black outside a fan from above the top centre."""
-    annotations_p: float = 0.0
+    annotations_p: float
     """Probability of burned-in calipers and text, drawn on any image, normals included, so that marks stop
     meaning "lesion here"."""
-    annotations: int = 3
+    annotations: int
     """Largest number of caliper sets drawn when annotations fire."""
 
     def check(self, prefix: str) -> None:
-        # A scale, contrast or gamma range of 1 could draw a zero factor that erases the image; a blur needs a
-        # positive sigma.
-        for name in ("hflip", "translate", "affine_p", "intensity_p", "speckle_p", "shadow_p", "shadow_strength",
-                     "elastic_p", "sector_p", "annotations_p"):
-            _within(self, prefix, name, 0.0, 1.0)
-        for name in ("scale", "contrast", "gamma", "aspect"):
-            _within(self, prefix, name, 0.0, 1.0, open_high=True)
-        for name in ("brightness", "speckle", "elastic_alpha"):
-            _within(self, prefix, name, 0.0, math.inf, open_high=True)
-        _within(self, prefix, "rotate", 0.0, 180.0)
-        _within(self, prefix, "speckle_grain", 1.0, math.inf, open_high=True)
+        for name in _AUGMENT_RANGES:
+            _augment_range(self, prefix, name)
         _positive(self, prefix, "elastic_sigma", "annotations")
+
+
+# A scale, contrast or gamma range of 1 could draw a zero factor that erases the image.
+_AUGMENT_RANGES: dict[str, tuple[float, float, bool]] = {
+    **dict.fromkeys(("hflip", "translate", "affine_p", "intensity_p", "speckle_p", "shadow_p", "shadow_strength",
+                     "elastic_p", "sector_p", "annotations_p"), (0.0, 1.0, False)),
+    **dict.fromkeys(("scale", "contrast", "gamma", "aspect"), (0.0, 1.0, True)),
+    **dict.fromkeys(("brightness", "speckle", "elastic_alpha"), (0.0, math.inf, True)),
+    "rotate": (0.0, 180.0, False),
+    "speckle_grain": (1.0, math.inf, True),
+}
+"""Each augmentation setting's range as (low, high, open_high): one rule for ``train.augment`` and the student's."""
+
+
+def _augment_range(obj: Any, prefix: str, name: str) -> None:
+    low, high, open_high = _AUGMENT_RANGES[name]
+    _within(obj, prefix, name, low, high, open_high=open_high)
 
 
 @dataclass(frozen=True)
@@ -379,15 +391,17 @@ class StudentAugmentParams(Section):
     the resolution loses small lesions first when another scanner's depth or aspect shrinks them, so it may need a
     wider zoom range than the teacher, whose distilled logits follow every warp (see :mod:`ultraseg.distillation`)."""
 
-    scale: float | None = None
+    scale: float | None
     """As ``train.augment.scale``."""
-    aspect: float | None = None
+    aspect: float | None
     """As ``train.augment.aspect``."""
-    translate: float | None = None
+    translate: float | None
     """As ``train.augment.translate``."""
 
     def check(self, prefix: str) -> None:
-        self.apply(AugmentParams()).check(prefix)
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is not None:
+                _augment_range(self, prefix, f.name)
 
     def apply(self, augment: AugmentParams) -> AugmentParams:
         """``augment`` with this section's ranges where they are set."""
@@ -400,17 +414,17 @@ class DistributedParams(Section):
     """Training on several processes with PyTorch DDP (:mod:`ultraseg.distributed`); each process takes an equal
     share of every global batch of ``train.batch_size``."""
 
-    nproc: int = 1
+    nproc: int
     """Processes per node; more than 1 (or ``nnodes`` > 1) makes the stage start itself again under torchrun."""
-    nnodes: int = 1
+    nnodes: int
     """Nodes (machines) taking part; each runs the same stage with the same params."""
-    rdzv_endpoint: str = ""
+    rdzv_endpoint: str
     """``host:port`` where the nodes meet (torchrun's c10d rendezvous); empty on one node: a free local port."""
-    rdzv_id: str = "ultraseg"
+    rdzv_id: str
     """Name of the job at the rendezvous, the same on every node."""
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    backend: Literal["auto", "gloo", "nccl"]
     """``auto``: NCCL on CUDA, gloo on the CPU."""
-    sync_bn: bool = False
+    sync_bn: bool
     """BatchNorm statistics over the global batch instead of each process's share."""
 
     def check(self, prefix: str) -> None:
@@ -427,34 +441,34 @@ class DistributedParams(Section):
 
 @dataclass(frozen=True)
 class TrainParams(Section):
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
     """``auto``: CUDA when present, else the CPU."""
-    threads: int = 0
+    threads: int
     """CPU threads for PyTorch; 0 uses every core."""
-    workers: int = 0
+    workers: int
     """DataLoader worker processes; augmentation is cheap next to a training step, so 0 suits a small CPU."""
-    epochs: int = 40
-    batch_size: int = 16
-    lr: float = 0.003
-    weight_decay: float = 0.0001
-    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
-    warmup_epochs: int = 2
-    patience: int = 20
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    scheduler: Literal["cosine", "plateau", "none"]
+    warmup_epochs: int
+    patience: int
     """Early stopping: epochs without a better val Dice before training stops; 0 never stops early."""
-    grad_clip: float = 1.0
+    grad_clip: float
     """Largest gradient norm; 0 disables clipping."""
-    ema: float = 0.0
+    ema: float
     """Decay of an exponential moving average of the weights (and BatchNorm statistics), updated every step;
     validation and the saved model use the average. 0 = off."""
-    threshold: float = 0.5
+    threshold: float
     """Probability above which a pixel is lesion, for val Dice/IoU."""
-    model: ModelParams = field(default_factory=ModelParams)
-    loss: LossParams = field(default_factory=LossParams)
-    augment: AugmentParams = field(default_factory=AugmentParams)
-    distributed: DistributedParams = field(default_factory=DistributedParams)
+    model: ModelParams
+    loss: LossParams
+    augment: AugmentParams
+    distributed: DistributedParams
     """Several training processes (DDP); distill and prune-finetune train the same way."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"]
     """Training arithmetic (:mod:`ultraseg.precision`): ``auto`` uses bf16 where the CPU multiplies it natively
     (AVX512-BF16 or AMX) and mixed precision on CUDA, else fp32; ``bf16`` is refused where the hardware lacks it.
     Distill and prune-finetune train the same way."""
@@ -471,44 +485,37 @@ class TrainParams(Section):
         _within(self, prefix, "ema", 0.0, 0.9999)  # a decay of 1 would never move the average from the start
 
 
-def _default_student() -> ModelParams:
-    # at a quarter of the input's resolution, so that after pruning to 1/20 of the teacher's MACs every layer keeps
-    # the 16+ channels ONNX Runtime's fast int8 convolution needs; plain convolutions and nearest up-sampling,
-    # because int8 does not speed up depthwise convolutions, ConvTranspose or bilinear Resize on a CPU
-    return ModelParams(widths=(32, 64, 96), up="nearest", stem_stride=4)
-
-
 @dataclass(frozen=True)
 class DistillParams(Section):
     """Knowledge distillation into a small student; batch size, augmentation (but for ``augment``'s geometric
     ranges), task loss, schedule and seed are those of ``train``."""
 
-    student: ModelParams = field(default_factory=_default_student)
-    augment: StudentAugmentParams = field(default_factory=StudentAugmentParams)
+    student: ModelParams
+    augment: StudentAugmentParams
     """The student's zoom, stretch and shift ranges where they differ from ``train.augment``'s."""
-    temperature: float = 2.0
+    temperature: float
     """Softens teacher and student logits before they are compared (Hinton et al. 2015)."""
-    kd_weight: float = 1.0
+    kd_weight: float
     """Weight of the distillation term; 0 trains the student on the masks alone."""
-    task_weight: float = 1.0
+    task_weight: float
     """Weight of the task loss (``train.loss``) on the masks."""
-    empty_weight: float | None = None
+    empty_weight: float | None
     """The student's weight of the task loss's ``empty`` term (normal scans' highest logits), in distillation and
     pruning's fine-tuning; null = ``train.loss.empty``. The student is what the deployment gate reads, and the
     term costs the teacher lesion Dice."""
-    normal_target: Literal["teacher", "background"] = "teacher"
+    normal_target: Literal["teacher", "background"]
     """What the student is distilled towards on normal scans (empty masks): the teacher's logits, or those clipped
     to each scan's median logit, so that the teacher's false positives there are not taught."""
-    teacher_logits: Literal["cached", "live"] = "cached"
+    teacher_logits: Literal["cached", "live"]
     """``cached``: the teacher runs once on the unaugmented train images and its logits follow each sample's
     geometric augmentation; ``live``: it runs on every augmented batch (see :mod:`ultraseg.distillation`)."""
-    epochs: int = 80
-    lr: float = 0.003
-    ema: float = 0.0
+    epochs: int
+    lr: float
+    ema: float
     """As ``train.ema``, for the student and its fine-tuning after each pruning step."""
-    baseline: bool = True
+    baseline: bool
     """Also train the same student without distillation (same budget and seed) to measure what it gains."""
-    keep: Literal["distilled", "best"] = "best"
+    keep: Literal["distilled", "best"]
     """The student handed to pruning: the distilled one, or whichever of it and the baseline scores higher on val
     (the baseline costs nothing extra: it is trained anyway to measure the gain)."""
 
@@ -541,24 +548,24 @@ class DistillParams(Section):
 class PruneParams(Section):
     """How far and how to prune; the prune-finetune stage reads ``finetune_epochs``."""
 
-    ratio: float = 0.5
+    ratio: float
     """Fraction of the channels removed from every prunable layer by the end, in [0, 0.95]."""
-    steps: int = 2
+    steps: int
     """Pruning steps reaching ``ratio`` linearly, each followed by fine-tuning."""
-    importance: Literal["l1", "l2", "bn_scale", "taylor"] = "bn_scale"
+    importance: Literal["l1", "l2", "bn_scale", "taylor"]
     """Channel ranking: ``l1``/``l2`` weight norms, ``bn_scale`` norm-layer scales, ``taylor`` |weight x gradient|.
     Weight norms mean little when a BatchNorm follows every convolution (it undoes the weights' scale)."""
-    round_to: int = 4
+    round_to: int
     """Channel counts are rounded down to multiples of this (SIMD and int8 kernels like multiples of 4 or 8)."""
-    finetune_epochs: int = 30
+    finetune_epochs: int
     """Epochs of fine-tuning after each pruning step. The last step's network needs a long one: val Dice keeps
     climbing until the last third of a round's cosine schedule."""
-    finetune_lr: float = 0.003
+    finetune_lr: float
     """Peak learning rate of each fine-tuning round (cosine, no warm-up). As high as training's: a step removes whole
     feature detectors, which a low rate regrows too slowly."""
-    global_pruning: bool = False
+    global_pruning: bool
     """Rank channels across all layers (widths then differ per layer) instead of ``ratio`` in every layer."""
-    calibration_batches: int = 8
+    calibration_batches: int
     """Batches of training images on which the BatchNorm statistics are measured again after every pruning step
     (see :func:`ultraseg.pruning.recalibrate_norms`); 0 keeps the old statistics."""
 
@@ -576,16 +583,16 @@ exporter none above 20."""
 
 @dataclass(frozen=True)
 class ExportParams(Section):
-    opset: int = 18
+    opset: int
     """ONNX default-domain opset of the exported graph."""
-    parity_height: int = 97
-    parity_width: int = 133
+    parity_height: int
+    parity_width: int
     """Size of the parity-check input: odd, and different from the training size, so a graph that froze the
     export size or mishandles odd sizes fails."""
-    rtol: float = 1e-3
-    atol: float = 1e-4
+    rtol: float
+    atol: float
     """Parity passes when every logit satisfies ``|onnx - torch| <= atol + rtol * |torch|`` (numpy.allclose)."""
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    exporter: Literal["dynamo", "torchscript"]
 
     def check(self, prefix: str) -> None:
         low, high = OPSETS[self.exporter]
@@ -608,25 +615,25 @@ def _names(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class QuantizeParams(Section):
-    calibration_images: int = 64
+    calibration_images: int
     """Images the activation ranges are calibrated on, spread evenly over those given."""
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    method: Literal["minmax", "entropy", "percentile"]
     """Calibration: observed min/max, KL-divergence-optimal range, or the 99.999th percentile of |x|."""
-    per_channel: bool = True
+    per_channel: bool
     """One weight scale per output channel (per tensor otherwise)."""
-    format: Literal["qdq", "qoperator"] = "qdq"
+    format: Literal["qdq", "qoperator"]
     """``qdq``: float ops wrapped in QuantizeLinear/DequantizeLinear, fused by ORT when the file is loaded;
     ``qoperator``: QLinearConv and friends written into the file."""
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["int8", "uint8"] = "int8"
-    exclude_op_types: str = ""
+    activation_type: Literal["uint8", "int8"]
+    weight_type: Literal["int8", "uint8"]
+    exclude_op_types: str
     """Comma-separated op types left in float, e.g. ``ConvTranspose,Resize``."""
-    exclude_nodes: str = ""
+    exclude_nodes: str
     """Comma-separated node names (of the pre-processed fp32 graph) left in float; ORT re-quantises a Conv excluded
     between quantised neighbours when it loads the file (reported as ``excluded_but_int8``)."""
-    reduce_range: bool = False
+    reduce_range: bool
     """7-bit weights: avoids the u8s8 overflow of CPUs without VNNI, at some accuracy cost."""
-    min_channels: int = 16
+    min_channels: int
     """Conv nodes with fewer output channels stay float; 0 quantises every Conv. ONNX Runtime's fast x86 int8
     convolution (MLAS ConvSym, VNNI) needs at least 16 output channels; narrower ones fall back to a generic
     im2col kernel that is slower than their fp32 version."""
@@ -652,12 +659,12 @@ class StreamParams(Section):
     """How a live stream's lesion decision is smoothed over recent frames (:mod:`ultraseg.runtime.stream`): a frame
     whose score lies near the operating point would otherwise flip the answer as the probe moves."""
 
-    method: Literal["none", "debounce", "ema"] = "debounce"
+    method: Literal["none", "debounce", "ema"]
     """``none``: each frame decides alone; ``debounce``: the decision changes only once ``frames`` consecutive
     frames disagree with it; ``ema``: an exponential average of the image-level score meets the operating point."""
-    frames: int = 3
+    frames: int
     """debounce: consecutive disagreeing frames that change the decision (a true change shows ``frames - 1`` late)."""
-    alpha: float = 0.5
+    alpha: float
     """ema: weight of the newest frame's score (1 = no smoothing)."""
 
     def check(self, prefix: str) -> None:
@@ -670,12 +677,12 @@ class OodParams(Section):
     """The out-of-distribution check stored in the deployable file (:mod:`ultraseg.runtime.ood`): a frame whose
     pooled deepest features lie far from the train scans' gets no lesion answer."""
 
-    val_pass: float = 0.99
+    val_pass: float
     """Share of val scans that must pass: the distance threshold is the smallest that lets them."""
-    shrinkage: float = 0.1
+    shrinkage: float
     """Weight of the mean variance on the diagonal of the train features' covariance (more dimensions than a few
     hundred scans pin down)."""
-    min_side: int = 32
+    min_side: int
     """Frames with a side below this (px) are refused before the network runs."""
 
     def check(self, prefix: str) -> None:
@@ -689,22 +696,22 @@ class DeployParams(Section):
     """The deployable model's threshold and post-processing rule (:class:`ultraseg.runtime.postprocess.PostProcess`),
     chosen on val over the grid below; test is never looked at."""
 
-    threshold_step: float = 0.05
+    threshold_step: float
     """Spacing of the pixel thresholds tried, from ``threshold_step`` to ``1 - threshold_step``."""
-    gates: tuple[float, ...] = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+    gates: tuple[float, ...]
     """Highest-probability gates tried (0 = none)."""
-    min_areas: tuple[float, ...] = (0.0, 0.0025, 0.005, 0.01, 0.02)
+    min_areas: tuple[float, ...]
     """Smallest lesion kept, as fractions of the image area, tried (0 = keep all)."""
-    keep_largest: tuple[bool, ...] = (False, True)
-    flips: tuple[bool, ...] = (False,)
+    keep_largest: tuple[bool, ...]
+    flips: tuple[bool, ...]
     """Test-time flip averaging tried (true: the model also runs on the mirror image). A second model call per frame
-    does not fit the one-core budget of ``benchmark``'s end-to-end time, so only ``false`` is tried by default."""
-    dice_tolerance: float = 0.005
+    does not fit the one-core budget of ``benchmark``'s end-to-end time, so params.yaml tries only ``false``."""
+    dice_tolerance: float
     """Among the rules whose val lesion Dice is within this of the best rule's, the one that leaves the most normal
     val images clean is deployed: a user scanning healthy tissue should mostly see "no lesion"."""
-    stream: StreamParams = field(default_factory=StreamParams)
+    stream: StreamParams
     """The live-stream smoothing stored in the deployable file with the rule."""
-    ood: OodParams = field(default_factory=OodParams)
+    ood: OodParams
     """The out-of-distribution check stored in the deployable file."""
 
     def check(self, prefix: str) -> None:
@@ -720,15 +727,15 @@ class DeployParams(Section):
 class EvaluateParams(Section):
     """Test-split scoring of every model variant (the split is never used to choose anything)."""
 
-    threshold: float | Literal["val"] = "val"
+    threshold: float | Literal["val"]
     """``val``: each variant's probability threshold of best lesion-mean Dice on the val split; or a fixed value."""
-    threshold_step: float = 0.05
+    threshold_step: float
     """Spacing of the thresholds tried on val, from ``threshold_step`` to ``1 - threshold_step``."""
-    bootstrap: int = 1000
+    bootstrap: int
     """Resamples of the lesion images for the 95% confidence interval of the headline Dice."""
-    seed: int = 0
+    seed: int
     """Seed of the bootstrap."""
-    external: tuple[str, ...] = ()
+    external: tuple[str, ...]
     """Labelled folders (or CSV files) of other scans on which the external stage scores the deployable file
     (:mod:`ultraseg.data.labelled` lists the layouts); empty: none."""
 
@@ -742,24 +749,24 @@ class EvaluateParams(Section):
 class BenchmarkParams(Section):
     """Latency, throughput and memory of every variant, measured on this machine's CPU."""
 
-    size: int | None = None
+    size: int | None
     """Input side at deployment (px); ``null`` uses ``preprocess.size``."""
-    threads: tuple[int, ...] = (1, 0)
+    threads: tuple[int, ...]
     """Thread counts to measure with (1 is required); 1 simulates a small edge device, 0 means every core."""
-    warmup: int = 10
+    warmup: int
     """Untimed calls before timing."""
-    runs: int = 50
+    runs: int
     """Timed batch-1 calls; p50 and p95 are over these."""
-    batch: int = 8
+    batch: int
     """Batch size of the throughput measurement."""
-    batch_runs: int = 10
+    batch_runs: int
     """Timed calls of the throughput measurement."""
-    max_disturbance: float = 0.1
+    max_disturbance: float
     """A measurement is repeated when other processes used more than this fraction of the CPU time available to
     it (all cores' time over its wall time) while it ran."""
-    retries: int = 3
+    retries: int
     """Repeats of a disturbed measurement; the least disturbed one is kept and its disturbance reported."""
-    memory_goal_mb: float = 150.0
+    memory_goal_mb: float
     """Peak resident memory (MB) the process holding only the runtime and the deployable file should stay under;
     reported beside the measured peak."""
 
@@ -777,17 +784,17 @@ class BenchmarkParams(Section):
 
 @dataclass(frozen=True)
 class Params(Section):
-    fetch: FetchParams = field(default_factory=FetchParams)
-    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
-    split: SplitParams = field(default_factory=SplitParams)
-    train: TrainParams = field(default_factory=TrainParams)
-    distill: DistillParams = field(default_factory=DistillParams)
-    prune: PruneParams = field(default_factory=PruneParams)
-    export: ExportParams = field(default_factory=ExportParams)
-    quantize: QuantizeParams = field(default_factory=QuantizeParams)
-    deploy: DeployParams = field(default_factory=DeployParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
+    fetch: FetchParams
+    preprocess: PreprocessParams
+    split: SplitParams
+    train: TrainParams
+    distill: DistillParams
+    prune: PruneParams
+    export: ExportParams
+    quantize: QuantizeParams
+    deploy: DeployParams
+    evaluate: EvaluateParams
+    benchmark: BenchmarkParams
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -799,14 +806,14 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str, complete: bool = False) -> Any:
+def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints widen to float, lists to tuples, mappings
     build their section)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, key, complete)
+        return _build(tp, value, key)
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(tp):
             if option is type(None):
@@ -814,7 +821,7 @@ def _convert(value: Any, tp: Any, key: str, complete: bool = False) -> Any:
                     return None
                 continue
             try:
-                return _convert(value, option, key, complete)
+                return _convert(value, option, key)
             except ParamsError:
                 pass
         expected = " or ".join(_type_name(a) for a in typing.get_args(tp))
@@ -839,31 +846,30 @@ def _convert(value: Any, tp: Any, key: str, complete: bool = False) -> Any:
     raise TypeError(f"unsupported annotation {tp!r} at {key}")  # a bug in this module, not in the params file
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, complete: bool) -> Any:
-    """``cls`` from ``data``; ``complete``: every key must be given (a params file), else defaults fill the gaps."""
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """``cls`` from ``data``, which must give every key: no field has a default to fall back on."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ParamsError(f"unknown key {_join(prefix, unknown[0])}; valid keys here: {', '.join(names)}")
     missing = [name for name in names if name not in data]
-    if complete and missing:
-        raise ParamsError(f"missing key {_join(prefix, missing[0])}; a params file sets every key "
+    if missing:
+        raise ParamsError(f"missing key {_join(prefix, missing[0])}; every key must be set "
                           "(the project's params.yaml lists them all)")
-    return cls(**{name: _convert(data[name], hints[name], _join(prefix, name), complete)
-                  for name in names if name in data})
+    return cls(**{name: _convert(data[name], hints[name], _join(prefix, name)) for name in names})
 
 
-def from_dict(data: dict[str, Any] | None, cls: type = Params) -> Any:
-    """Build and validate ``cls`` from a nested dict; keys left out take the dataclass defaults."""
-    obj = _build(cls, data or {}, "", complete=False)
+def from_dict(data: dict[str, Any], cls: type = Params) -> Any:
+    """Build and validate ``cls`` from a nested dict that sets every key (as a model file's stored section does)."""
+    obj = _build(cls, data, "")
     obj.validate()
     return obj
 
 
 def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate a params file, which must set every key: an empty or cut-short file is refused rather than
-    run on built-in defaults. Every error message starts with the file's path."""
+    """Read and validate a params file, which must set every key (there are no built-in defaults): an empty or
+    cut-short file is refused naming the first missing key. Every error message starts with the file's path."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -878,7 +884,7 @@ def load(path: str | Path = "params.yaml") -> Params:
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     try:
-        params = _build(Params, data, "", complete=True)
+        params = _build(Params, data, "")
         params.validate()
     except ParamsError as err:
         raise ParamsError(f"{path}: {err}") from None

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from tests.runtime.test_sources import huge_png
-from ultraseg import params as params_mod
 from ultraseg.commands import evaluate_folder
 from ultraseg.io import split_ids
 from ultraseg.pipeline import evaluate
 from ultraseg.runtime.model_files import DEPLOY_FILE
+from tests.conftest import shipped_params
 
 
 def test_folder_of_the_test_split_scores_exactly_as_evaluate(zoo, tmp_path):
@@ -29,7 +29,7 @@ def test_folder_of_the_test_split_scores_exactly_as_evaluate(zoo, tmp_path):
             (root / kind).mkdir(parents=True, exist_ok=True)
             shutil.copy(zoo.raw / kind / f"{image_id}.png", root / kind / f"{image_id}.png")
     summary = evaluate_folder.evaluate(zoo.models / DEPLOY_FILE, root, tmp_path / "out", n_boot=50, seed=3)
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 50, "seed": 3}})
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 50, "seed": 3}})
     val = evaluate.Split(zoo.data, zoo.raw, zoo.split, "val", "zscore")
     test = evaluate.Split(zoo.data, zoo.raw, zoo.split, "test", "zscore")
     expected, _, _, _ = evaluate.score_deployed(zoo.models / DEPLOY_FILE, val, test, params.evaluate)

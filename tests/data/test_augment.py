@@ -19,10 +19,16 @@ from ultraseg.data.augment import (
     worker_seed,
 )
 from ultraseg.params import AugmentParams
+from tests.conftest import shipped
 
-OFF = AugmentParams(hflip=0.0, affine_p=0.0, intensity_p=0.0, speckle_p=0.0, shadow_p=0.0, elastic_p=0.0)
+SCANNER_OFF = {"aspect": 0.0, "speckle_grain": 1.0, "sector_p": 0.0, "annotations_p": 0.0}
+"""The scanner-like parts at their neutral settings (each identity or never drawn)."""
+OFF = shipped("train.augment", hflip=0.0, affine_p=0.0, intensity_p=0.0, speckle_p=0.0, shadow_p=0.0, elastic_p=0.0,
+              **SCANNER_OFF)
 """Every part switched off by its probability; tests switch on what they check."""
-ALL_ON = AugmentParams(hflip=1.0, affine_p=1.0, intensity_p=1.0, speckle_p=1.0, shadow_p=1.0, elastic_p=1.0)
+ALL_ON = shipped("train.augment", hflip=1.0, affine_p=1.0, intensity_p=1.0, speckle_p=1.0, shadow_p=1.0, elastic_p=1.0,
+                 **SCANNER_OFF)
+"""Every part but the scanner-like ones always drawn."""
 SEEDS = range(8)
 
 
@@ -81,10 +87,10 @@ def test_switching_a_part_off_leaves_the_other_draws_unchanged() -> None:
 
 
 def test_scanner_parts_switched_off_leave_the_older_parts_bit_identical() -> None:
-    # The scanner-like parts were added after the others: at their defaults (off) every sample is what it was.
+    # The scanner-like parts were added after the others: switched off, every sample is what it was without them.
     image, mask = lesion_pair()
     scanner = dataclasses.replace(ALL_ON, aspect=0.3, speckle_grain=2.5, sector_p=1.0, annotations_p=1.0)
-    off = dataclasses.replace(scanner, aspect=0.0, speckle_grain=1.0, sector_p=0.0, annotations_p=0.0)
+    off = dataclasses.replace(scanner, **SCANNER_OFF)
     changed = 0
     for seed in SEEDS:
         plain = Augment(ALL_ON)(image, mask, np.random.default_rng(seed))
@@ -272,9 +278,9 @@ def test_disabled_returns_exact_copies() -> None:
 def test_mismatched_shapes_are_rejected() -> None:
     image, mask = lesion_pair()
     with pytest.raises(ValueError, match="shape"):
-        Augment(AugmentParams())(image, mask[:, :-1], np.random.default_rng(0))
+        Augment(shipped("train.augment"))(image, mask[:, :-1], np.random.default_rng(0))
     with pytest.raises(ValueError, match="shape"):
-        Augment(AugmentParams())(image, mask, np.random.default_rng(0), soft=image[:-1])
+        Augment(shipped("train.augment"))(image, mask, np.random.default_rng(0), soft=image[:-1])
 
 
 # ---------------------------------------------------------------------------------------------------- soft maps
@@ -404,7 +410,7 @@ FLOAT_FIELDS = [f.name for f in dataclasses.fields(AugmentParams) if f.type in (
 
 
 def test_defaults_are_valid_and_every_float_field_is_checked() -> None:
-    AugmentParams().validate("train.augment")
+    shipped("train.augment").validate("train.augment")
     assert len(FLOAT_FIELDS) == 20  # all but `enabled` and the integer `annotations`
 
 
@@ -412,7 +418,7 @@ def test_defaults_are_valid_and_every_float_field_is_checked() -> None:
 def test_validate_rejects_negative_and_nan(name: str) -> None:
     for bad in (-0.5, math.nan):
         with pytest.raises(ValueError, match=rf"^train\.augment\.{name}: "):
-            dataclasses.replace(AugmentParams(), **{name: bad}).validate("train.augment")
+            dataclasses.replace(shipped("train.augment"), **{name: bad}).validate("train.augment")
 
 
 @pytest.mark.parametrize(
@@ -436,9 +442,9 @@ def test_validate_rejects_negative_and_nan(name: str) -> None:
 )
 def test_validate_rejects_out_of_range(name: str, bad: float) -> None:
     with pytest.raises(ValueError, match=rf"^aug\.{name}: expected a "):
-        dataclasses.replace(AugmentParams(), **{name: bad}).validate("aug")
+        dataclasses.replace(shipped("train.augment"), **{name: bad}).validate("aug")
 
 
 def test_augment_validates_its_params() -> None:
     with pytest.raises(ValueError, match="hflip"):
-        Augment(AugmentParams(hflip=2.0))
+        Augment(shipped("train.augment", hflip=2.0))

@@ -10,7 +10,8 @@ import pytest
 
 from ultraseg.data import busi
 from ultraseg.data.split import SPLITS, Link, find_duplicates, given_links, group_ids, stratified_group_split
-from ultraseg.params import DuplicateParams, SplitFractions
+from ultraseg.params import SplitFractions
+from tests.conftest import shipped
 
 FRACTIONS = SplitFractions(0.7, 0.1, 0.2)
 
@@ -169,7 +170,7 @@ def zoomed_crop(image: np.ndarray) -> np.ndarray:
 
 
 def test_distinct_real_images_are_not_linked(real_images):
-    assert find_duplicates(real_images, DuplicateParams()) == []
+    assert find_duplicates(real_images, shipped("split.duplicates")) == []
 
 
 def test_copies_of_real_images_are_linked(real_images):
@@ -177,13 +178,13 @@ def test_copies_of_real_images_are_linked(real_images):
     near_of, exact_of = 1, 5  # benign (22), malignant (2)
     images.append(zoomed_crop(images[near_of]))  # index 10
     images.append(images[exact_of].copy())  # index 11
-    links = find_duplicates(images, DuplicateParams())
+    links = find_duplicates(images, shipped("split.duplicates"))
     by_pair = {(link.a, link.b): link for link in links}
     assert set(by_pair) == {(near_of, 10), (exact_of, 11)}
     assert by_pair[exact_of, 11].kind == "exact"
     near = by_pair[near_of, 10]
     assert near.kind == "near"
-    assert near.inliers >= DuplicateParams().min_matches
+    assert near.inliers >= shipped("split.duplicates").min_matches
     assert near.scale == pytest.approx(1 / 1.2, abs=0.02)  # image b mapped onto image a shrinks by 1.2
     assert near.ncc >= 0.35
     groups = group_ids(len(images), links)
@@ -196,7 +197,7 @@ def test_known_identical_pair_in_the_mirror_is_linked(busi_mirror):
     a = mirror_image(busi_mirror, "benign (433)")
     b = mirror_image(busi_mirror, "malignant (145)")
     c = mirror_image(busi_mirror, "benign (20)")
-    links = find_duplicates([a, c, b], DuplicateParams())
+    links = find_duplicates([a, c, b], shipped("split.duplicates"))
     assert [(link.a, link.b) for link in links] == [(0, 2)]
     assert links[0].kind in ("exact", "near")
     groups = group_ids(3, links)

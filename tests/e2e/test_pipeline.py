@@ -1,5 +1,9 @@
-"""The whole pipeline through DVC on 24 real mirror images and a second source of 6, with tiny training settings:
-it runs, skips what did not change, and reruns only what did."""
+"""The whole pipeline through DVC on 24 real mirror images and a second source of 6, with tiny training settings.
+
+One tiny pipeline is reproduced once per module and its phases are checked by their own tests, in the order they
+build on each other: the first ``dvc repro`` and each stage's outputs, a second ``dvc repro`` that runs nothing,
+push / clone / pull through a DVC remote, and ``dvc exp run -S`` rerunning only what depends on the changed key. A
+failing phase names itself; the phases after it that need its state are skipped with the reason."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import STAGES, build_csv_source
+from tests.conftest import STAGES, build_csv_source, shipped_data
+from ultraseg import checkpoint, onnx_io
 from ultraseg.variants import VARIANTS as ALL_VARIANTS
 
 PER_CLASS = 8
@@ -69,70 +74,116 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-@pytest.fixture
-def pipeline(tmp_path, repo_root, busi_mirror):
-    repo = tmp_path / "repo"
-    copy_tree(repo_root, repo)
-    # the offline page template for `dvc plots show` is built by make setup, not tracked
-    shutil.copytree(repo_root / ".dvc" / "plots", repo / ".dvc" / "plots")
-    assert (repo / "dvc.yaml").is_file() and (repo / "params.yaml").is_file() and (repo / ".dvc").is_dir()
-    tiny_busi(busi_mirror, tmp_path / "busi")
-    extra = build_csv_source(busi_mirror, tmp_path / "siteB", EXTRA)
+TINY = {
+    "fetch": {"source": "../busi"},
+    "preprocess": {"quality_sample": 4, "size": 32},
+    "train": {"epochs": 2, "batch_size": 4, "warmup_epochs": 1, "model": {"widths": [4, 8, 16, 32]}},
+    # the baseline student and keep: best are off in params.yaml; covered here
+    "distill": {"epochs": 1, "baseline": True, "keep": "best",
+                # stem stride 2: at the shipped 4, a 32 px input leaves the fourth level 1x1, which per-image
+                # normalisation cannot normalise
+                "student": {"widths": [8, 16, 32, 64], "stem_stride": 2}},
+    "prune": {"steps": 2, "finetune_epochs": 1, "calibration_batches": 2},
+    "quantize": {"calibration_images": 8},
+    "evaluate": {"bootstrap": 100},
+    "benchmark": {"warmup": 1, "runs": 3, "batch": 2, "batch_runs": 1, "retries": 0},
+}
+"""What the tiny pipeline changes in params.yaml: sizes, widths, epochs and repeats; everything else ships."""
 
 
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["fetch"]["source"] = "../busi"
-    # absolute: DVC's queue runs experiments in a copy of the repository elsewhere
-    params["fetch"]["extra_sources"] = [str(tmp_path / "siteB" / "labels.csv")]
-    params["preprocess"]["quality_sample"] = 4
-    params["preprocess"]["size"] = 32
-    params["train"].update(epochs=2, batch_size=4, warmup_epochs=1)
-    params["train"]["model"]["widths"] = [4, 8, 16, 32]
-    params["distill"].update(epochs=1, baseline=True, keep="best")  # off by default; covered here
-    # stem stride 2: at the default 4, a 32 px input leaves the fourth level 1x1, which per-image normalisation
-    # cannot normalise
-    params["distill"]["student"].update(widths=[8, 16, 32, 64], stem_stride=2)
-    params["prune"].update(steps=2, finetune_epochs=1, calibration_batches=2)
-    params["quantize"].update(calibration_images=8)
-    params["evaluate"].update(bootstrap=100)
-    params["benchmark"].update(warmup=1, runs=3, batch=2, batch_runs=1, retries=0)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+class Workspace:
+    """A copy of the repository, set to tiny params and committed, with the tools to run in it."""
 
-    env = tool_env(repo)
-    dvc = str(Path(sys.executable).parent / "dvc")
+    def __init__(self, root: Path, repo_root: Path, mirror: Path) -> None:
+        self.repo = root / "repo"
+        copy_tree(repo_root, self.repo)
+        # the offline page template for `dvc plots show` is built by make setup, not tracked
+        shutil.copytree(repo_root / ".dvc" / "plots", self.repo / ".dvc" / "plots")
+        assert (self.repo / "dvc.yaml").is_file() and (self.repo / ".dvc").is_dir()
+        tiny_busi(mirror, root / "busi")
+        self.extra = build_csv_source(mirror, root / "siteB", EXTRA)
+        # absolute: DVC's queue runs experiments in a copy of the repository elsewhere
+        params = shipped_data(TINY | {"fetch": TINY["fetch"] | {"extra_sources": [str(root / "siteB" / "labels.csv")]}})
+        (self.repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        self.dvc = str(Path(sys.executable).parent / "dvc")
+        self.run("git", "init", "-q")
+        self.commit("tiny pipeline")
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=1200)
+    def run(self, *args: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        cwd = cwd or self.repo
+        result = subprocess.run(list(args), cwd=cwd, env=tool_env(cwd), capture_output=True, text=True,
+                                timeout=1200)
         if check:
             assert result.returncode == 0, f"{args}:\n{result.stdout}\n{result.stderr}"
         return result
 
-    run("git", "init", "-q")
-    run("git", "add", "-A")
-    run("git", "-c", "user.name=e2e", "-c", "user.email=e2e@example.com", "commit", "-q", "-m", "tiny pipeline")
-    return repo, run, dvc, extra
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "-m", message)
+
+    def json(self, name: str) -> dict:
+        return json.loads((self.repo / name).read_text())
 
 
-def test_pipeline_end_to_end(pipeline):
-    repo, run, dvc, extra = pipeline
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, repo_root, busi_mirror) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("e2e"), repo_root, busi_mirror)
 
-    # 1. everything runs, with the copied code
-    first = run(dvc, "repro")
-    probe = run("python", "-c", "import ultraseg; print(ultraseg.__file__)")
-    assert Path(probe.stdout.strip()) == repo / "src" / "ultraseg" / "__init__.py"
+
+@pytest.fixture(scope="module")
+def first_repro(workspace) -> subprocess.CompletedProcess:
+    """The one full ``dvc repro`` of the module; checked by test_repro_runs_every_stage."""
+    return workspace.run(workspace.dvc, "repro", check=False)
+
+
+@pytest.fixture(scope="module")
+def repro(workspace, first_repro) -> Workspace:
+    """The workspace after a successful first repro (the phases that need its outputs are skipped otherwise)."""
+    if first_repro.returncode != 0:
+        pytest.skip("the first dvc repro failed (see test_repro_runs_every_stage_with_the_copied_code)")
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def committed(repro) -> Workspace:
+    """The reproduced outputs committed: the baseline `dvc metrics diff` compares against, as a user would commit."""
+    repro.commit("tiny pipeline run")
+    return repro
+
+
+# ---------------------------------------------------------------------------------------------------- 1. repro
+
+
+def test_repro_runs_every_stage_with_the_copied_code(workspace, first_repro):
+    assert first_repro.returncode == 0, first_repro.stdout[-4000:] + first_repro.stderr[-4000:]
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in first.stdout
-    manifest = read_rows(repo / "data/raw/manifest.csv")
+        assert f"Running stage '{stage}'" in first_repro.stdout
+    probe = workspace.run("python", "-c", "import ultraseg; print(ultraseg.__file__)")  # the env dvc's stages get
+    assert Path(probe.stdout.strip()) == workspace.repo / "src" / "ultraseg" / "__init__.py"
+    assert (workspace.repo / "dvc.lock").is_file()
+
+
+def test_fetch_and_preprocess_outputs(repro):
+    manifest = read_rows(repro.repo / "data/raw/manifest.csv")
     assert len(manifest) == N_IMAGES
-    assert [r["class"] for r in manifest] == ["benign"] * 8 + ["malignant"] * 8 + ["normal"] * 8 + list(extra.values())
-    assert [r["id"] for r in manifest[24:]] == [f"siteB/{i}" for i in extra]
+    assert [r["class"] for r in manifest] == (["benign"] * 8 + ["malignant"] * 8 + ["normal"] * 8
+                                              + list(repro.extra.values()))
+    assert [r["id"] for r in manifest[24:]] == [f"siteB/{i}" for i in repro.extra]
     assert {r["source"] for r in manifest} == {"busi", "siteB"}
-    images = np.load(repo / "data/preprocessed/images.npy")
-    masks = np.load(repo / "data/preprocessed/masks.npy")
+    images = np.load(repro.repo / "data/preprocessed/images.npy")
+    masks = np.load(repro.repo / "data/preprocessed/masks.npy")
     assert images.shape == masks.shape == (N_IMAGES, 32, 32) and images.dtype == np.uint8
     assert set(np.unique(masks).tolist()) == {0, 1}
+    pre = repro.json("metrics/preprocess.json")
+    assert pre["filter"] == "none" and pre["images"] == N_IMAGES and pre["quality_sample"] == 4
+    assert pre["enl_ratio"] == 1.0
+    assert pre["filters"]["lee"]["enl_ratio"] > 1.0
+    assert (repro.repo / "plots/preprocess/filters.png").stat().st_size > 1000
 
-    split_rows = read_rows(repo / "data/split.csv")
+
+def test_split_keeps_groups_together_and_sources_stratified(repro):
+    manifest = read_rows(repro.repo / "data/raw/manifest.csv")
+    split_rows = read_rows(repro.repo / "data/split.csv")
     assert list(split_rows[0]) == ["id", "class", "split", "group", "group_size", "conflict"]
     assert [r["id"] for r in split_rows] == [r["id"] for r in manifest]
     assert {r["split"] for r in split_rows} <= {"train", "val", "test"}
@@ -140,143 +191,182 @@ def test_pipeline_end_to_end(pipeline):
     for r in split_rows:
         by_group.setdefault(r["group"], set()).add(r["split"])
     assert all(len(s) == 1 for s in by_group.values())
-
-    pre = json.loads((repo / "metrics/preprocess.json").read_text())
-    assert pre["filter"] == "none" and pre["images"] == N_IMAGES and pre["quality_sample"] == 4
-    assert pre["enl_ratio"] == 1.0
-    assert pre["filters"]["lee"]["enl_ratio"] > 1.0
-    split_metrics = json.loads((repo / "metrics/split.json").read_text())
+    split_metrics = repro.json("metrics/split.json")
     assert split_metrics["images"] == N_IMAGES and split_metrics["group_pairs"] == 2  # two patients of two scans
     assert sum(split_metrics["counts"][s]["total"] for s in ("train", "val", "test")) == N_IMAGES
     assert split_metrics["by_source"]["test"]["siteB"] >= 1  # each source is stratified on its own
-    assert (repo / "plots/preprocess/filters.png").stat().st_size > 1000
-    assert (repo / "dvc.lock").is_file()
 
-    train = json.loads((repo / "metrics/train.json").read_text())
+
+def test_train_and_distill_outputs(repro):
+    train = repro.json("metrics/train.json")
     assert train["epochs_run"] == 2 and 1 <= train["best_epoch"] <= 2
-    curve = (repo / "dvclive/train/plots/metrics/val/dice.tsv").read_text().splitlines()
+    curve = (repro.repo / "dvclive/train/plots/metrics/val/dice.tsv").read_text().splitlines()
     assert curve[0].split("\t") == ["step", "dice"] and len(curve) == 3
     logged = [float(line.split("\t")[1]) for line in curve[1:]]
     assert train["val_dice"] == round(max(logged), 4) == round(logged[train["best_epoch"] - 1], 4)
-    probe = run("python", "-c", "from ultraseg import checkpoint; m, meta = checkpoint.load('models/teacher.pt'); "
-                "print(meta['kind'], meta['size'], meta['normalize'], meta['model']['widths'])")
-    assert probe.stdout.split() == ["teacher", "32", "zscore", "[4,", "8,", "16,", "32]"]
-    distilled = json.loads((repo / "metrics/distill.json").read_text())
+    _, meta = checkpoint.load(repro.repo / "models/teacher.pt")
+    assert (meta["kind"], meta["size"], meta["normalize"]) == ("teacher", 32, "zscore")
+    assert list(meta["model"]["widths"]) == [4, 8, 16, 32]
+    assert meta["model"]["norm"] == "instance"  # what params.yaml ships, not a default in code
+    distilled = repro.json("metrics/distill.json")
     assert distilled["student"]["epochs_run"] == distilled["baseline"]["epochs_run"] == 1
     assert distilled["kd_gain_val_dice"] == pytest.approx(
         distilled["student"]["val_dice"] - distilled["baseline"]["val_dice"], abs=1e-4)
-    assert (repo / "models/student.pt").is_file() and not (repo / "models/.resume/distill/baseline_model.pt").exists()
+    assert (repro.repo / "models/student.pt").is_file()
+    assert not (repro.repo / "models/.resume/distill/baseline_model.pt").exists()
     # keep: best hands pruning the better of the two on val, and the checkpoint says which it is
     better = "baseline" if distilled["kd_gain_val_dice"] < 0 else "distilled"
     assert distilled["kept"] == better
-    assert torch.load(repo / "models/student.pt", weights_only=True)["meta"]["kind"] == (
+    assert torch.load(repro.repo / "models/student.pt", weights_only=True)["meta"]["kind"] == (
         "baseline" if better == "baseline" else "student")
-    pruned = json.loads((repo / "metrics/prune.json").read_text())
+
+
+def test_prune_export_and_quantize_outputs(repro):
+    pruned = repro.json("metrics/prune.json")
     assert pruned["macs_after"] < 0.4 * pruned["macs_before"] and pruned["params_after"] < pruned["params_before"]
     assert pruned["bytes_after"] < pruned["bytes_before"]
-    probe = run("python", "-c", "from ultraseg import checkpoint; m, meta = checkpoint.load('models/pruned.pt'); "
-                "print(meta['kind'], max(meta['pruned_widths'].values()))")
-    assert probe.stdout.split() == ["pruned_student", "32"]  # 64 channels less 50%, a multiple of 4
-    exported = json.loads((repo / "metrics/export.json").read_text())
+    _, meta = checkpoint.load(repro.repo / "models/pruned.pt")
+    assert meta["kind"] == "pruned_student"
+    assert max(meta["pruned_widths"].values()) == 32  # 64 channels less 50%, a multiple of 4
+    exported = repro.json("metrics/export.json")
     assert set(exported) >= {"teacher", "student", "pruned"} and exported["opset"] == 18
     assert exported["pruned"]["bytes"] < exported["student"]["bytes"]
     assert exported["pruned"]["parity_shapes"][0] == "2x1x97x133"
-    probe = run("python", "-c", "from ultraseg import onnx_io; m = onnx_io.read_metadata('models/pruned.int8.onnx'); "
-                "print(m['kind'], m['size'], m['normalize'], 'pruned_widths' in m, 'params_hash' in m)")
-    assert probe.stdout.split() == ["pruned_student", "32", "zscore", "True", "True"]
-    quant = json.loads((repo / "metrics/quantize.json").read_text())
+    meta = onnx_io.read_metadata(repro.repo / "models/pruned.int8.onnx")
+    assert (meta["kind"], meta["size"], meta["normalize"]) == ("pruned_student", 32, "zscore")
+    assert "pruned_widths" in meta and "params_hash" in meta
+    quant = repro.json("metrics/quantize.json")
     assert quant["int8_bytes"] < quant["fp32_bytes"] and quant["calibration_images"] == 8
     assert set(quant["latency_p50_ms_1thread"]) == {"int8", "fp32", "teacher_onnx_fp32", "teacher_eager"}
-    scores = json.loads((repo / "metrics/evaluate.json").read_text())
+
+
+def test_evaluate_deploy_robustness_and_benchmark_outputs(repro):
+    split_rows = read_rows(repro.repo / "data/split.csv")
+    scores = repro.json("metrics/evaluate.json")
     assert list(scores["variants"]) == VARIANTS + ["deployed"] and scores["split"] == "test"
     n_test = sum(r["split"] == "test" for r in split_rows)
     assert scores["n_images"] == n_test
-    assert len(read_rows(repo / "results/evaluate/cases.csv")) == n_test * (len(VARIANTS) + 1)
-    deployed = json.loads((repo / "metrics/deploy.json").read_text())
+    assert len(read_rows(repro.repo / "results/evaluate/cases.csv")) == n_test * (len(VARIANTS) + 1)
+    deployed = repro.json("metrics/deploy.json")
     assert scores["variants"]["deployed"]["postprocess"] == deployed["postprocess"]
     per_source = scores["variants"]["deployed"]["by_source"]
     assert set(per_source) == {"busi", "siteB"}
-    assert per_source["busi"]["n_lesion"] + per_source["siteB"]["n_lesion"] == scores["variants"]["deployed"]["n_lesion"]
-    robust = json.loads((repo / "metrics/robustness.json").read_text())
+    assert per_source["busi"]["n_lesion"] + per_source["siteB"]["n_lesion"] == \
+        scores["variants"]["deployed"]["n_lesion"]
+    robust = repro.json("metrics/robustness.json")
     assert set(robust["models"]) == {"teacher", "deployed"} and robust["n_images"] == n_test
+    assert robust["stream"]["deployed"]["stream"] == deployed["stream"]
+    assert robust["stream"]["deployed"]["smoothed"]["flips_per_100"] <= \
+        robust["stream"]["deployed"]["per_frame"]["flips_per_100"]
+    assert robust["ood"]["checked"] and robust["ood"]["scans"]["images"] == n_test
+    assert deployed["ood"]["val_pass"] >= deployed["ood"]["val_pass_target"]
     for name in ("dice_distribution", "threshold_curve", "samples"):
-        assert (repo / f"plots/evaluate/{name}.png").stat().st_size > 1000
-    bench = json.loads((repo / "metrics/benchmark.json").read_text())
+        assert (repro.repo / f"plots/evaluate/{name}.png").stat().st_size > 1000
+    bench = repro.json("metrics/benchmark.json")
     assert list(bench["variants"]) == VARIANTS and bench["input"] == [1, 1, 32, 32]
-    assert bench["end_to_end"]["torch_loaded"] is False and bench["seed_unet"]["p50_ms"] > 0
     assert set(bench["variants"]["pruned_int8"]) >= {"threads_1", "threads_all", "peak_rss_mb", "gmacs"}
     assert bench["variants"]["pruned_int8"]["gmacs"] < bench["variants"]["teacher"]["gmacs"]
-    report = (repo / "REPORT.md").read_text()
+    end = bench["end_to_end"]
+    assert end["torch_loaded"] is False  # the runtime's memory is measured without PyTorch
+    assert 0 < end["peak_rss_mb"] < 300 and bench["settings"]["memory_goal_mb"] == 150
+    steps = bench["training_steps"]
+    assert set(steps) == {"cpu_features", "bf16_supported", "teacher", "student"}
+    assert all(steps[n]["fp32_ms"] > 0 and (steps[n]["bf16_ms"] is None) == (not steps["bf16_supported"])
+               for n in ("teacher", "student"))
+    assert set(end["frames"]) == {"scan", "scanner_640x480"}
+    assert end["frames"]["scanner_640x480"]["frame_hw"] == [480, 640]
+    seed = bench["seed_unet"]
+    assert seed["model"]["widths"] == [64, 128, 256, 512] and seed["p50_ms"] > 0
+    assert bench["speedup_end_to_end_vs_seed_unet"] == round(seed["p50_ms"] / end["frames"]["scan"]["p50_ms"], 1)
+    rows = (repro.repo / "plots/benchmark/tradeoff.csv").read_text().splitlines()
+    assert rows[0] == "variant,latency_ms,test_dice,file_mb" and len(rows) == 1 + len(VARIANTS)
+    for name in ("tradeoff.png", "size_latency.png"):
+        assert (repro.repo / "plots/benchmark" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_quotes_the_stage_outputs(repro):
+    report = (repro.repo / "REPORT.md").read_text()
+    scores, train, quant = (repro.json(f"metrics/{name}.json") for name in ("evaluate", "train", "quantize"))
     assert "## Test results" in report and "## Speed, size and memory" in report
     assert "## The deployable file" in report and "## Scanner shifts" in report
     assert f"| teacher | {scores['variants']['teacher']['dice']:.4f} [" in report
     assert "## Dataset and duplicates" in report and "## Teacher training" in report
     assert f"| {train['val_dice']:.4f} |" in report and "## Optimisation" in report
     assert f"| {quant['val_dice_int8']:.4f} |" in report
-    plots = run(dvc, "plots", "show", "-o", str(repo.parent / "plots_html"))
-    assert (repo.parent / "plots_html" / "index.html").stat().st_size > 1000, plots.stdout
 
-    # 2. nothing changed: nothing runs
-    split_before = (repo / "data/split.csv").read_bytes()
-    duplicates_before = (repo / "data/duplicates.csv").read_bytes()
-    second = run(dvc, "repro")
+
+def test_plots_show_renders_offline(repro):
+    out = repro.repo.parent / "plots_html"
+    plots = repro.run(repro.dvc, "plots", "show", "-o", str(out))
+    assert (out / "index.html").stat().st_size > 1000, plots.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- 2. no-op
+
+
+def test_second_repro_runs_nothing(repro):
+    second = repro.run(repro.dvc, "repro")
     assert "Running stage" not in second.stdout
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in second.stdout
-    status = run(dvc, "status")
-    assert "Data and pipelines are up to date." in status.stdout
+    assert "Data and pipelines are up to date." in repro.run(repro.dvc, "status").stdout
 
-    run("git", "add", "-A")  # the baseline that `dvc metrics diff` compares against, as a user would commit it
-    run("git", "commit", "-q", "-m", "tiny pipeline run")
 
-    # 3. shared through a DVC remote: a colleague's clone pulls the outputs and has nothing to rerun
-    remote = repo.parent / "remote"
-    run(dvc, "remote", "add", "-d", "team", str(remote))
-    run("git", "commit", "-q", "-am", "a shared remote")
-    run(dvc, "push")
+# ---------------------------------------------------------------------------------------------------- 3. remote
+
+
+def test_a_clone_pulls_the_outputs_and_has_nothing_to_rerun(committed):
+    repo = committed.repo
+    committed.run(committed.dvc, "remote", "add", "-d", "team", str(repo.parent / "remote"))
+    committed.run("git", "commit", "-q", "-am", "a shared remote")
+    committed.run(committed.dvc, "push")
     clone = repo.parent / "clone"  # beside the repo, so the relative fetch.source resolves the same
-    run("git", "clone", "-q", str(repo), str(clone))
+    committed.run("git", "clone", "-q", str(repo), str(clone))
     shutil.copytree(repo / ".dvc" / "plots", clone / ".dvc" / "plots")  # what make setup builds in a clone
-    pulled = subprocess.run([dvc, "pull"], cwd=clone, env=tool_env(clone), capture_output=True, text=True)
-    assert pulled.returncode == 0, pulled.stderr
-    status = subprocess.run([dvc, "status"], cwd=clone, env=tool_env(clone), capture_output=True, text=True)
+    committed.run(committed.dvc, "pull", cwd=clone)
+    status = committed.run(committed.dvc, "status", cwd=clone)
     assert "Data and pipelines are up to date." in status.stdout, status.stdout + status.stderr
-    assert (clone / "models/deploy/ultraseg.int8.onnx").read_bytes() == \
-        (repo / "models/deploy/ultraseg.int8.onnx").read_bytes()
+    deployable = "models/deploy/ultraseg.int8.onnx"
+    assert (clone / deployable).read_bytes() == (repo / deployable).read_bytes()
 
-    # 4. another filter reruns preprocess and what depends on it; the data and the split are untouched
-    third = run(dvc, "exp", "run", "-S", "preprocess.filter=lee")
-    for stage in ("preprocess", "train", "distill", "prune_finetune", "export", "quantize", "evaluate", "benchmark",
-                  "report"):
-        assert f"Running stage '{stage}'" in third.stdout
-    changed = json.loads(run(dvc, "metrics", "diff", "--json").stdout)
-    assert {f"metrics/{name}.json" for name in ("preprocess", "train", "distill", "prune", "quantize", "evaluate",
-                                                "benchmark")} <= set(changed)
-    assert "Running stage 'fetch'" not in third.stdout
-    assert "Running stage 'split'" not in third.stdout
-    pre_lee = json.loads((repo / "metrics/preprocess.json").read_text())
-    assert pre_lee["filter"] == "lee"
-    assert pre_lee["enl_ratio"] == pre_lee["filters"]["lee"]["enl_ratio"] > 1.0
-    assert yaml.safe_load((repo / "params.yaml").read_text())["preprocess"]["filter"] == "lee"
-    assert not np.array_equal(np.load(repo / "data/preprocessed/images.npy"), images)
-    assert (repo / "data/split.csv").read_bytes() == split_before
-    assert (repo / "data/duplicates.csv").read_bytes() == duplicates_before
+
+# ---------------------------------------------------------------------------------------------------- 4. exp run -S
+
+
+def test_exp_run_reruns_only_what_depends_on_the_changed_key(committed):
+    """`dvc exp run -S evaluate.seed=1` reruns the stages that read that key and those fed by their outputs; the
+    data, the trained models and the deployable file are untouched. (A late key, so the check costs a few stages
+    rather than a second pipeline; last: it changes the workspace the phases above read.)"""
+    repo = committed.repo
+    kept = ("data/split.csv", "data/preprocessed/images.npy", "models/teacher.pt", "models/pruned.int8.onnx",
+            "models/deploy/ultraseg.int8.onnx")
+    before = {name: (repo / name).read_bytes() for name in kept}
+    rerun = committed.run(committed.dvc, "exp", "run", "-S", "evaluate.seed=1").stdout
+    for stage in ("evaluate", "robustness", "external", "benchmark", "report"):
+        assert f"Running stage '{stage}'" in rerun
+    for stage in ("fetch", "split", "preprocess", "train", "distill", "prune_finetune", "export", "quantize",
+                  "deploy"):
+        assert f"Running stage '{stage}'" not in rerun
+    assert {name: (repo / name).read_bytes() for name in kept} == before
+    changed = json.loads(committed.run(committed.dvc, "params", "diff", "--json").stdout)
+    assert changed == {"params.yaml": {"evaluate.seed": {"old": 0, "new": 1, "diff": 1}}}
+
+
+# ---------------------------------------------------------------------------------------------------- slow
 
 
 @pytest.mark.slow
-def test_seed_grid_through_the_queue(pipeline):
+def test_seed_grid_through_the_queue(tmp_path, repo_root, busi_mirror):
     """The seed grid of scripts/experiments.py, queued and run by DVC's queue with two workers, then collected with
     its spread (slow: two more pipelines; the tiny run above already covers every stage)."""
-    repo, run, dvc, _ = pipeline
-    run(dvc, "repro")
-    run("git", "add", "-A")
-    run("git", "commit", "-q", "-m", "tiny pipeline run")
-    grid = run(sys.executable, "scripts/experiments.py", "--grid", "seeds", "--run", "--collect", "--seeds", "1", "2",
-               "--jobs", "2", "--source", str(repo.parent / "busi"))
-    seeds = json.loads((repo / "experiments/seeds.json").read_text())
+    own = Workspace(tmp_path, repo_root, busi_mirror)
+    own.run(own.dvc, "repro")
+    own.commit("tiny pipeline run")
+    grid = own.run(sys.executable, "scripts/experiments.py", "--grid", "seeds", "--run", "--collect", "--seeds", "1",
+                   "2", "--jobs", "2", "--source", str(tmp_path / "busi"))
+    seeds = own.json("experiments/seeds.json")
     assert seeds["n"] == 3 and seeds["missing"] == [], grid.stdout + grid.stderr
     teacher = [r["teacher_val"] for r in seeds["runs"].values()]
     assert len(set(teacher)) > 1  # another training seed trains another teacher
     assert seeds["summary"]["teacher_val"]["mean"] == pytest.approx(np.mean(teacher))
     assert seeds["summary"]["teacher_val"]["sd"] == pytest.approx(np.std(teacher, ddof=1))
-

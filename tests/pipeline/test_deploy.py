@@ -6,17 +6,16 @@ import json
 
 import pytest
 
-from ultraseg import params as params_mod
-from ultraseg.params import DeployParams
 from ultraseg.pipeline import deploy
 from ultraseg.runtime import Segmenter
+from ultraseg.params import to_dict
 from ultraseg.runtime.postprocess import PostProcess
-from tests.conftest import train_val_split
+from tests.conftest import shipped, shipped_params, train_val_split
 
 
 def test_grid_leaves_out_gates_that_change_nothing():
-    rules = deploy.candidate_rules(DeployParams(threshold_step=0.25, gates=(0.0, 0.6), min_areas=(0.0,),
-                                                keep_largest=(False,)))
+    rules = deploy.candidate_rules(shipped("deploy", threshold_step=0.25, gates=(0.0, 0.6), min_areas=(0.0,),
+                                           keep_largest=(False,)))
     assert [(r.threshold, r.gate) for r in rules] == [(0.25, 0.0), (0.25, 0.6), (0.5, 0.0), (0.5, 0.6), (0.75, 0.0)]
 
 
@@ -44,9 +43,9 @@ def test_operating_points_are_the_pareto_front_most_clean_first():
 
 @pytest.mark.parametrize("flips", [[False, True], [False]])
 def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, flips):
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
-                                   "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01],
-                                              "flips": flips}})
+    params = shipped_params({"preprocess": {"size": zoo.size},
+                            "deploy": {"threshold_step": 0.1, "gates": [0.0, 0.9], "min_areas": [0.0, 0.01],
+                                       "flips": flips}})
     out = tmp_path / "deploy" / "ultraseg.int8.onnx"
     split = train_val_split(zoo, tmp_path / "split.csv")
     summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, split, out)
@@ -55,7 +54,7 @@ def test_run_writes_a_file_the_runtime_uses_with_the_chosen_rule(zoo, tmp_path, 
     assert Segmenter(out).meta["threshold"] == rule.threshold
     assert Segmenter(out).flip is summary["flip"] and isinstance(summary["flip"], bool)
     assert Segmenter(out).stream_rule == params.deploy.stream
-    assert summary["stream"] == params_mod.to_dict(params.deploy.stream)
+    assert summary["stream"] == to_dict(params.deploy.stream)
     assert summary["val_images"] == 3
     assert summary["rules_tried"] == len(flips) * len(deploy.candidate_rules(params.deploy))
     assert ("val_threshold_only_flip" in summary) == (True in flips)
@@ -73,7 +72,7 @@ def test_run_stores_an_ood_check_that_val_passes(zoo, tmp_path):
     from ultraseg.io import split_ids
     from ultraseg.runtime.ood import FEATURES
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+    params = shipped_params({"preprocess": {"size": zoo.size},
                                    "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0],
                                               "ood": {"val_pass": 0.6, "min_side": 20}}})
     split = train_val_split(zoo, tmp_path / "split.csv")
@@ -92,7 +91,7 @@ def test_run_stores_an_ood_check_that_val_passes(zoo, tmp_path):
 
 
 def test_run_needs_train_scans_for_the_ood_check(zoo, tmp_path):
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+    params = shipped_params({"preprocess": {"size": zoo.size},
                                    "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
     with pytest.raises(ValueError, match=f"{zoo.split}: no image in split 'train'"):
         deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, zoo.split, tmp_path / "deploy.onnx")

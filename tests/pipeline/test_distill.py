@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, tiny_workspace
+from tests.conftest import TINY, shipped_params, tiny_workspace
 from ultraseg import checkpoint, params as params_mod, precision as precision_mod
 from ultraseg.metadata import model_meta
 from ultraseg.models.registry import build_model
@@ -27,7 +27,7 @@ PARAMS = {
 def workspace(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("distill")
     data, split = tiny_workspace(root, {"benign": 6, "malignant": 5, "normal": 3})
-    params = params_mod.from_dict(PARAMS)
+    params = shipped_params(PARAMS)
     torch.manual_seed(0)
     config = params.train.model.config()
     checkpoint.save(root / "teacher.pt", build_model(config).eval(),
@@ -42,7 +42,7 @@ def run(params, workspace, out: Path) -> dict:
 
 
 def test_distill_records_the_precision_and_the_cpu_features(workspace, tmp_path):
-    summary = run(params_mod.from_dict(PARAMS), workspace, tmp_path)
+    summary = run(shipped_params(PARAMS), workspace, tmp_path)
     features = precision_mod.cpu_features()  # train.precision: auto, read on this machine
     expected = {"precision": "bf16" if precision_mod.cpu_has_bf16(features) else "fp32",
                 "cpu_features": list(features)}
@@ -53,7 +53,7 @@ def test_distill_records_the_precision_and_the_cpu_features(workspace, tmp_path)
 
 def test_bf16_on_a_cpu_without_it_is_refused_before_any_work(workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(precision_mod, "cpu_features", lambda: ())
-    params = params_mod.from_dict(PARAMS | {"train": PARAMS["train"] | {"precision": "bf16"}})
+    params = shipped_params(PARAMS | {"train": PARAMS["train"] | {"precision": "bf16"}})
     with pytest.raises(params_mod.ParamsError, match=r"^train\.precision: bf16 needs a CPU with avx512_bf16 or "
                                                      r"amx_bf16; this one has neither \(use auto or fp32\)$"):
         run(params, workspace, tmp_path)

@@ -3,7 +3,6 @@ every variant is scored through its own runtime, and the outputs are written."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -11,16 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from ultraseg import params as params_mod
-from ultraseg.params import EvaluateParams, Params
+from ultraseg.params import Params
 from ultraseg.pipeline import evaluate
 from ultraseg.runtime.model_files import INT8_VARIANT
 from ultraseg.variants import VARIANTS, by_name
+from tests.conftest import shipped, shipped_params
 
 
 def params_for(zoo, **evaluate_kwargs) -> Params:
-    base = params_mod.from_dict({"preprocess": {"size": zoo.size}})
-    return dataclasses.replace(base, evaluate=EvaluateParams(**{"bootstrap": 50, **evaluate_kwargs}))
+    return shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 50, **evaluate_kwargs}})
 
 
 def oracle(zoo, flip_ids=()):
@@ -151,7 +149,6 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
     input must come back as the left half of each original image, and references are the original masks."""
     from tests.conftest import speckle_image, write_raw
     from ultraseg.io import write_csv
-    from ultraseg.params import PreprocessParams
     from ultraseg.pipeline import preprocess
 
     rng = np.random.default_rng(1)
@@ -163,7 +160,7 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
     write_raw(tmp_path / "raw", images, masks)
     split = [{"id": i, "class": i.split(" ")[0], "split": "val" if i == "benign (2)" else "test"} for i in shapes]
     write_csv(tmp_path / "split.csv", split, ["id", "class", "split"])
-    preprocess.run(tmp_path / "raw", tmp_path / "data", PreprocessParams(size=32))
+    preprocess.run(tmp_path / "raw", tmp_path / "data", shipped("preprocess", size=32))
 
     def left_half(batch: np.ndarray) -> np.ndarray:
         logits = np.full(batch.shape, -20.0, np.float32)
@@ -171,8 +168,7 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
         return logits
 
     monkeypatch.setattr(evaluate, "predictor", lambda variant, models_dir: left_half)
-    params = dataclasses.replace(params_mod.from_dict({"preprocess": {"size": 32}}),
-                                 evaluate=EvaluateParams(threshold=0.5, bootstrap=10))
+    params = shipped_params({"preprocess": {"size": 32}, "evaluate": {"threshold": 0.5, "bootstrap": 10}})
     metrics, rows, _, samples = evaluate.run(params, tmp_path, tmp_path / "data", tmp_path / "raw",
                                              tmp_path / "split.csv", [by_name(INT8_VARIANT)])
     by_id = {r["id"]: r for r in rows}
@@ -186,7 +182,7 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
 def test_the_deployable_file_scores_as_its_int8_model_through_the_runtime(zoo):
     """Raw image in, mask out through the runtime gives exactly what the network-size path gives for the same file
     and threshold: what evaluate reports for the deployable file is what a user gets."""
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"threshold": 0.5, "bootstrap": 20}})
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"threshold": 0.5, "bootstrap": 20}})
     _, rows, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, [by_name("pruned_int8")],
                                  deployable=zoo.models / "deploy" / "ultraseg.int8.onnx")
     int8 = [(r["id"], r["tp"], r["fp"], r["fn"]) for r in rows if r["variant"] == "pruned_int8"]
@@ -199,7 +195,7 @@ def test_scores_are_broken_down_by_source_only_when_there_are_several(zoo):
     preds = [ref.copy() for ref in test.refs]
     preds[0] = ~preds[0]
     rows = evaluate.metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
-    params = EvaluateParams(bootstrap=50)
+    params = shipped("evaluate", bootstrap=50)
     assert evaluate.by_source(rows, test, params) == {}
     test.sources = ["a"] + ["b"] * (len(test.ids) - 1)
     both = evaluate.by_source(rows, test, params)["by_source"]

@@ -15,6 +15,7 @@ from ultraseg.models.registry import build_model, count_parameters
 from ultraseg.onnx_io import ParityError
 from ultraseg.pipeline import export
 from ultraseg.runtime.model_files import NETWORKS, checkpoint_file, onnx_predictor
+from tests.conftest import shipped_params
 
 ENTRY_KEYS = {"bytes", "params", "gmacs", "parity_max_abs", "parity_max_rel", "parity_shapes"}
 
@@ -38,7 +39,7 @@ def models(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(models, tmp_path_factory):
-    params = params_mod.from_dict({"preprocess": {"size": SIZE}})
+    params = shipped_params({"preprocess": {"size": SIZE}})
     out = tmp_path_factory.mktemp("export") / "onnx"
     out.mkdir()
     return params, out, export.export_all(params, models, out)
@@ -98,7 +99,7 @@ def test_files_compute_what_their_checkpoints_compute(models, exported):
 def test_a_missing_checkpoint_names_the_file(tmp_path):
     empty = tmp_path / "models"
     empty.mkdir()
-    params = params_mod.from_dict({"preprocess": {"size": SIZE}})
+    params = shipped_params({"preprocess": {"size": SIZE}})
     with pytest.raises(FileNotFoundError) as err:
         export.export_all(params, empty, tmp_path / "onnx")
     assert str(empty / "teacher.pt") in str(err.value)
@@ -116,6 +117,6 @@ def test_parity_failure_stops_the_export(models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_io, "export", fake_export)
     monkeypatch.setattr(onnx_io, "parity", mismatch)
-    params = params_mod.from_dict({"preprocess": {"size": SIZE}})
+    params = shipped_params({"preprocess": {"size": SIZE}})
     with pytest.raises(ParityError, match="teacher.onnx"):
         export.export_all(params, models, tmp_path / "onnx")

@@ -6,10 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import build_csv_source
+from tests.conftest import build_csv_source, shipped
 from ultraseg.data import busi
 from ultraseg.errors import DataError
-from ultraseg.params import FetchParams, SplitParams
 from ultraseg.pipeline import fetch, split
 
 
@@ -22,7 +21,7 @@ def two_sources(tmp_path, make_busi, busi_mirror):
 
 def test_an_extra_csv_source_joins_the_manifest_under_its_name(two_sources):
     fake, expected, tmp_path = two_sources
-    params = FetchParams(source=str(fake.root), extra_sources=(str(tmp_path / "siteB" / "labels.csv"),))
+    params = shipped("fetch", source=str(fake.root), extra_sources=(str(tmp_path / "siteB" / "labels.csv"),))
     rows = fetch.run(params, tmp_path / "raw", tmp_path / "cache")
     manifest = busi.read_manifest(tmp_path / "raw" / "manifest.csv")
     assert [r["id"] for r in manifest] == [r["id"] for r in rows] == fake.ids + [f"siteB/{i}" for i in expected]
@@ -40,9 +39,9 @@ def test_an_extra_csv_source_joins_the_manifest_under_its_name(two_sources):
 
 def test_given_groups_keep_a_patient_in_one_split(two_sources):
     fake, _, tmp_path = two_sources
-    params = FetchParams(source=str(fake.root), extra_sources=(f"site_b={tmp_path / 'siteB'}",))
+    params = shipped("fetch", source=str(fake.root), extra_sources=(f"site_b={tmp_path / 'siteB'}",))
     fetch.run(params, tmp_path / "raw", tmp_path / "cache")
-    rows, links, metrics = split.run(tmp_path / "raw", SplitParams())
+    rows, links, metrics = split.run(tmp_path / "raw", shipped("split"))
     by_patient: dict[str, set[str]] = {}
     manifest = busi.read_manifest(tmp_path / "raw" / "manifest.csv")
     for row, entry in zip(rows, manifest):
@@ -58,7 +57,8 @@ def test_two_sources_of_one_name_are_refused(two_sources):
     fake, _, tmp_path = two_sources
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "siteB").symlink_to(tmp_path / "siteB")
-    params = FetchParams(source=str(fake.root), extra_sources=(str(tmp_path / "siteB"), str(tmp_path / "other/siteB")))
+    params = shipped("fetch", source=str(fake.root),
+                     extra_sources=(str(tmp_path / "siteB"), str(tmp_path / "other/siteB")))
     with pytest.raises(DataError, match="two sources named 'siteB'.*name=path"):
         fetch.run(params, tmp_path / "raw", tmp_path / "cache")
     assert not (tmp_path / "raw").exists()
@@ -68,7 +68,7 @@ def test_two_sources_of_one_name_are_refused(two_sources):
                                            ("siteC=/no/such/folder", "/no/such/folder: no such folder")])
 def test_a_bad_extra_source_is_one_clear_error(two_sources, spec, message):
     fake, _, tmp_path = two_sources
-    params = FetchParams(source=str(fake.root), extra_sources=(spec,))
+    params = shipped("fetch", source=str(fake.root), extra_sources=(spec,))
     with pytest.raises(DataError, match=message):
         fetch.run(params, tmp_path / "raw", tmp_path / "cache")
     assert not (tmp_path / "raw").exists()
@@ -77,7 +77,7 @@ def test_a_bad_extra_source_is_one_clear_error(two_sources, spec, message):
 def test_an_image_without_its_mask_names_the_file_and_writes_nothing(two_sources):
     fake, _, tmp_path = two_sources
     (tmp_path / "siteB" / "masks" / "scan_normal_2.png").unlink()
-    params = FetchParams(source=str(fake.root), extra_sources=(str(tmp_path / "siteB"),))
+    params = shipped("fetch", source=str(fake.root), extra_sources=(str(tmp_path / "siteB"),))
     with pytest.raises(DataError, match="scan_normal_2.png not found"):
         fetch.run(params, tmp_path / "raw", tmp_path / "cache")
     assert not (tmp_path / "raw").exists()

@@ -10,10 +10,10 @@ import pytest
 from ultraseg.data import busi
 from ultraseg.data.dataset import Preprocessed
 from ultraseg.errors import DataError
-from ultraseg.params import PreprocessParams
 from ultraseg.pipeline import preprocess as stage
 from ultraseg.runtime import filters
 from ultraseg.runtime import preprocess as pp
+from tests.conftest import shipped
 
 
 # ---------------------------------------------------------------------------------------------------- the stage
@@ -23,7 +23,7 @@ def test_run_and_load_round_trip(tmp_path, make_busi):
     fake = make_busi(tmp_path / "src", layout="original")
     raw = tmp_path / "raw"
     manifest = busi.fetch(str(fake.root), raw, tmp_path / "cache")
-    params = PreprocessParams(size=32, filter="median")
+    params = shipped("preprocess", size=32, filter="median")
     timing = stage.run(raw, tmp_path / "pre", params)
     assert timing["filter"] == "median" and timing["images"] == len(manifest) == 7
     # the per-image figure is the total over the images (both rounded to 0.01)
@@ -64,7 +64,7 @@ def test_compare_filters_on_real_images(busi_mirror):
         record = busi.Record(image_id, cls, busi_mirror / cls / f"{image_id}.webp",
                              tuple(sorted((busi_mirror / cls).glob(f"{image_id}_mask*.png"))))
         sample.append((image_id, *busi.load_record(record)))
-    table = stage.compare_filters(sample, PreprocessParams())
+    table = stage.compare_filters(sample, shipped("preprocess"))
     assert list(table) == list(filters.FILTERS)
     assert set(filters.FILTERS) == {"none", "gaussian", "median", "bilateral", "nlm", "lee", "frost", "kuan", "srad"}
     assert table["none"]["enl_ratio"] == 1.0 and table["none"]["edge_preservation"] == 1.0

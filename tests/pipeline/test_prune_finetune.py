@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, tiny_workspace
+from tests.conftest import TINY, shipped_params, tiny_workspace
 from ultraseg import checkpoint, params as params_mod, precision as precision_mod
 from ultraseg.metadata import data_files, model_meta, run_id
 from ultraseg.models.registry import build_model, count_macs, count_parameters
@@ -50,7 +50,7 @@ def save_network(path: Path, params, config: dict, kind: str, val_dice: float, s
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
     data, split = tiny_workspace(root, {"benign": 6, "malignant": 5, "normal": 3})
-    params = params_mod.from_dict(PARAMS)
+    params = shipped_params(PARAMS)
     save_network(root / "teacher.pt", params, params.train.model.config(), "teacher", TEACHER_VAL_DICE, 0)
     save_network(root / "student.pt", params, params.distill.student.config(), "student", STUDENT_VAL_DICE, 1)
     return root, data, split
@@ -66,7 +66,7 @@ def run(params, workspace, out_dir: Path) -> dict:
 def pruned(workspace, tmp_path_factory):
     out = tmp_path_factory.mktemp("pruned")
     student_bytes = (workspace[0] / "student.pt").read_bytes()
-    params = params_mod.from_dict(PARAMS)
+    params = shipped_params(PARAMS)
     summary = run(params, workspace, out)
     return params, out, summary, student_bytes
 
@@ -140,7 +140,7 @@ def test_finetune_curves_are_logged(pruned):
 
 
 def test_two_steps_prune_further_and_finetune_after_each(workspace, tmp_path):
-    params = params_mod.from_dict(PARAMS | {"prune": PARAMS["prune"] | {"steps": 2}})
+    params = shipped_params(PARAMS | {"prune": PARAMS["prune"] | {"steps": 2}})
     summary = run(params, workspace, tmp_path)
     assert summary["finetune_epochs_total"] == 2
     curve = (tmp_path / "live" / "plots" / "metrics" / "val" / "dice.tsv").read_text().splitlines()

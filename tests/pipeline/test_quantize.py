@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from ultraseg import onnx_io, params as params_mod, quantization
+from ultraseg import onnx_io, quantization
 from ultraseg.io import read_csv
 from ultraseg.pipeline import quantize
 from ultraseg.runtime.model_files import DEPLOYABLE_NETWORK, INT8_FILE, onnx_file
-from tests.conftest import train_val_split
+from tests.conftest import shipped_params, train_val_split
 
 SUMMARY_KEYS = {
     "fp32_bytes", "int8_bytes", "size_ratio", "val_dice_fp32", "val_dice_int8", "val_dice_drop",
@@ -30,8 +30,8 @@ def n_rows(split_csv: Path, split: str) -> int:
 def quantized(zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("quantize")
     split = train_val_split(zoo, root / "split.csv")
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
-                                   "quantize": {"calibration_images": 4, "min_channels": 0}})
+    params = shipped_params({"preprocess": {"size": zoo.size},
+                            "quantize": {"calibration_images": 4, "min_channels": 0}})
     out = root / "models" / INT8_FILE
     summary = quantize.quantize_deployable(params, zoo.models / "onnx", zoo.models, zoo.data, split, out)
     return params, split, out, summary
@@ -78,7 +78,7 @@ def test_narrow_convs_stay_float_by_default(zoo, tmp_path, monkeypatch):
     """With the default min_channels (16) every conv of the zoo's 4- and 8-channel network stays float."""
     monkeypatch.setattr(quantize.timing, "compare", lambda runners: {name: 1.0 for name in runners})
     split = train_val_split(zoo, tmp_path / "split.csv")
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "quantize": {"calibration_images": 2}})
+    params = shipped_params({"preprocess": {"size": zoo.size}, "quantize": {"calibration_images": 2}})
     summary = quantize.quantize_deployable(params, zoo.models / "onnx", zoo.models, zoo.data, split,
                                            tmp_path / INT8_FILE)
     assert summary["narrow_convs_float"] > 0
@@ -112,7 +112,7 @@ def test_calibration_images_come_from_the_train_split(zoo, tmp_path, monkeypatch
     monkeypatch.setattr(quantization, "quantize", recording)
     monkeypatch.setattr(quantize.timing, "compare", lambda runners: {name: 1.0 for name in runners})
     split = train_val_split(zoo, tmp_path / "split.csv")
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "quantize": {"calibration_images": 2}})
+    params = shipped_params({"preprocess": {"size": zoo.size}, "quantize": {"calibration_images": 2}})
     summary = quantize.quantize_deployable(params, zoo.models / "onnx", zoo.models, zoo.data, split,
                                            tmp_path / INT8_FILE)
     assert seen == [(n_rows(split, "train"), zoo.size, zoo.size)]
@@ -122,7 +122,7 @@ def test_calibration_images_come_from_the_train_split(zoo, tmp_path, monkeypatch
 
 def test_a_missing_fp32_file_names_it(zoo, tmp_path):
     split = train_val_split(zoo, tmp_path / "split.csv")
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}})
+    params = shipped_params({"preprocess": {"size": zoo.size}})
     with pytest.raises(FileNotFoundError) as err:  # the stage script reports it in one line
         quantize.quantize_deployable(params, tmp_path / "no_onnx", zoo.models, zoo.data, split, tmp_path / "x.onnx")
     assert str(tmp_path / "no_onnx" / "pruned.onnx") in str(err.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from tests.conftest import shipped_params
 from ultraseg import shifts
 from ultraseg.pipeline import robustness
 
@@ -86,12 +87,11 @@ def test_the_teacher_is_smoothed_as_the_deployable_file_is(zoo):
 
 def test_ood_summary_scores_the_built_set_and_the_scans(zoo, tmp_path):
     from ultraseg import ood_frames
-    from ultraseg import params as params_mod
     from ultraseg.pipeline import deploy
     from ultraseg.runtime import Segmenter
     from tests.conftest import train_val_split
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+    params = shipped_params({"preprocess": {"size": zoo.size},
                                    "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
     deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, train_val_split(zoo, tmp_path / "split.csv"),
                tmp_path / "deploy.onnx")

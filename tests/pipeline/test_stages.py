@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import io
+import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
-from tests.conftest import STAGES
-
+from tests.conftest import STAGES, load_script
 
 
 def run_stage(repo_root, stage: str, *args: str, cwd) -> subprocess.CompletedProcess:
-    script = repo_root / "stages" / f"{stage}.py"
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    """The stage's ``main(argv)`` run in this process from ``cwd``, with what its command line would print and
+    return: a subprocess per call would only add an interpreter start and PyTorch's import."""
+    main = load_script(repo_root / "stages" / f"{stage}.py").main
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main(list(args))
+                code = 0
+            except SystemExit as exit:  # as the interpreter ends: a message goes to stderr with status 1
+                code = exit.code if isinstance(exit.code, int) or exit.code is None else 1
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code or 0, out.getvalue(), err.getvalue())
 
 
 def summary(repo_root, stage: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY, tiny_workspace
+from tests.conftest import TINY, shipped_params, tiny_workspace
 from ultraseg import checkpoint, params as params_mod, precision as precision_mod
 from ultraseg.metadata import data_files, run_id
 from ultraseg.models.registry import build_model, count_parameters
@@ -36,7 +36,7 @@ def run(params, workspace, out_dir: Path) -> dict:
 
 
 def test_train_writes_teacher_summary_and_curves(workspace, tmp_path):
-    params = params_mod.from_dict(PARAMS)
+    params = shipped_params(PARAMS)
     summary = run(params, workspace, tmp_path)
 
     assert set(summary) == SUMMARY_KEYS
@@ -71,7 +71,7 @@ def test_train_writes_teacher_summary_and_curves(workspace, tmp_path):
 
 
 def test_train_is_reproducible(workspace, tmp_path):
-    params = params_mod.from_dict(PARAMS)
+    params = shipped_params(PARAMS)
     first = run(params, workspace, tmp_path / "a")
     second = run(params, workspace, tmp_path / "b")
     assert {k: v for k, v in first.items() if k != "train_minutes"} == \
@@ -84,8 +84,8 @@ def test_train_is_reproducible(workspace, tmp_path):
 
 
 def test_another_train_param_gives_another_run_id_and_model(workspace, tmp_path):
-    base = params_mod.from_dict(PARAMS)
-    other = params_mod.from_dict(PARAMS | {"train": PARAMS["train"] | {"seed": 7}})
+    base = shipped_params(PARAMS)
+    other = shipped_params(PARAMS | {"train": PARAMS["train"] | {"seed": 7}})
     run(base, workspace, tmp_path / "a")
     run(other, workspace, tmp_path / "b")
     a = torch.load(tmp_path / "a" / "teacher.pt", weights_only=True)
@@ -95,7 +95,7 @@ def test_another_train_param_gives_another_run_id_and_model(workspace, tmp_path)
 
 
 def test_a_batch_larger_than_the_train_split_is_refused(workspace, tmp_path):
-    params = params_mod.from_dict(PARAMS | {"train": PARAMS["train"] | {"batch_size": 64}})
+    params = shipped_params(PARAMS | {"train": PARAMS["train"] | {"batch_size": 64}})
     with pytest.raises(params_mod.ParamsError, match="batch_size"):
         run(params, workspace, tmp_path)
     assert not (tmp_path / "teacher.pt").exists()
@@ -103,7 +103,7 @@ def test_a_batch_larger_than_the_train_split_is_refused(workspace, tmp_path):
 
 def test_bf16_on_a_cpu_without_it_is_refused_before_training(workspace, tmp_path, monkeypatch):
     monkeypatch.setattr(precision_mod, "cpu_features", lambda: ("avx2",))
-    params = params_mod.from_dict(PARAMS | {"train": PARAMS["train"] | {"precision": "bf16"}})
+    params = shipped_params(PARAMS | {"train": PARAMS["train"] | {"precision": "bf16"}})
     with pytest.raises(params_mod.ParamsError, match=r"^train\.precision: bf16 needs a CPU with avx512_bf16 or "
                                                      r"amx_bf16; this one has avx2 \(use auto or fp32\)$"):
         run(params, workspace, tmp_path)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from ultraseg.params import FilterParams
 from ultraseg.runtime import filters as F
 from ultraseg.runtime.filters import FILTERS, apply_filter
+from tests.conftest import shipped
 
 SPECKLE = ("lee", "frost", "kuan", "srad")
 SMOOTHERS = ("gaussian", "median", "bilateral", "nlm")
@@ -361,7 +361,7 @@ def test_unknown_parameter_names_it_and_the_valid_ones() -> None:
 def test_registry_matches_params_schema() -> None:
     # params.yaml's preprocess.filters.<name> section maps onto the filter's keywords, defaults included.
     assert tuple(FILTERS) == NAMES
-    defaults = FilterParams()
+    defaults = shipped("preprocess.filters")
     img = small_scan()
     for name in NAMES:
         kwargs = defaults.kwargs(name)

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tests.conftest import speckle_image, train_val_split
+from tests.conftest import shipped_params, speckle_image, train_val_split
 from ultraseg.runtime import Segmenter
 from ultraseg.runtime.ood import FEATURES, NOT_CHECKED, OodCheck, frame_problem
 from ultraseg.runtime.postprocess import PostProcess
@@ -23,11 +23,10 @@ ODD = {"1x1": np.zeros((1, 1), np.uint8), "constant": np.full((64, 80), 90, np.u
 def checked(zoo, tmp_path_factory):
     """The zoo's int8 file with the features output and a check fitted on its train and val scans, every frame
     passing a gate of 0 so that any mask it draws shows."""
-    from ultraseg import params as params_mod
     from ultraseg.pipeline import deploy
 
     root = tmp_path_factory.mktemp("ood")
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+    params = shipped_params({"preprocess": {"size": zoo.size},
                                    "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
     out = root / "deploy.onnx"
     summary = deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, train_val_split(zoo, root / "split.csv"),
@@ -87,7 +86,7 @@ def test_a_frame_far_from_the_training_scans_gets_no_lesion_answer(checked):
 def test_a_stream_never_draws_on_a_frame_out_of_distribution(checked):
     from ultraseg.params import StreamParams
 
-    segmenter = Segmenter(checked[0], postprocess=PostProcess(threshold=0.0), stream=StreamParams("debounce", 3))
+    segmenter = Segmenter(checked[0], postprocess=PostProcess(threshold=0.0), stream=StreamParams("debounce", 3, 0.5))
     frames = [speckle_image(np.random.default_rng(k), 32, 32) for k in range(3)] + [ODD["constant"]]
     results = list(segmenter.stream(frames))
     assert not results[-1].in_distribution and not results[-1].lesion_present and not results[-1].mask.any()

@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ultraseg.params import ClaheParams, PreprocessParams
 from ultraseg.runtime import filters
 from ultraseg.runtime import preprocess as pp
+from tests.conftest import shipped
 
-PLAIN = PreprocessParams(filter="none", clahe=ClaheParams(enabled=False))
+PLAIN = shipped("preprocess", filter="none", clahe={"enabled": False})
 
 
 def checkerboard(blocks: int, block: int) -> np.ndarray:
@@ -112,14 +112,14 @@ def test_enhance_applies_the_chosen_filter():
 
 def test_enhance_clahe_changes_contrast():
     image = (speckle() // 4 + 100).astype(np.uint8)  # a low-contrast image
-    out = pp.enhance(image, dataclasses.replace(PLAIN, clahe=ClaheParams(enabled=True, clip=2.0, tiles=4)))
+    out = pp.enhance(image, dataclasses.replace(PLAIN, clahe=shipped("preprocess.clahe", clip=2.0, tiles=4)))
     assert out.dtype == np.uint8 and out.shape == image.shape
     assert out.std() > 1.3 * image.std()
 
 
 @pytest.mark.parametrize("shape", [(40, 52), (300, 200), (20, 400)])
 def test_preprocess_shape_and_dtype(shape):
-    out = pp.preprocess(speckle(shape), PreprocessParams(size=32))
+    out = pp.preprocess(speckle(shape), shipped("preprocess", size=32))
     assert out.shape == (32, 32)
     assert out.dtype == np.uint8
 

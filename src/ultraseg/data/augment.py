@@ -77,7 +77,7 @@ def elastic_field(shape: tuple[int, int], alpha: float, sigma: float, rng: np.ra
     """(h, w, 2) float32 displacements (dx, dy): blurred uniform noise scaled so the largest equals ``alpha``."""
     h, w = shape
     # The blurred field has no detail finer than sigma, so it is drawn and blurred on a grid `step` times coarser
-    # (still >= 2 samples per sigma) and resized up: the same autocorrelation at a sixth of the cost.
+    # (still >= 2 samples per sigma) and resized up: the same autocorrelation from fewer random draws.
     step = max(1, int(sigma // 2))
     noise = rng.random((math.ceil(h / step), math.ceil(w / step), 2), dtype=np.float32)
     noise -= 0.5

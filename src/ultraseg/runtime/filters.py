@@ -135,7 +135,7 @@ def median(img: Any, window: int = 5) -> np.ndarray:
             import scipy.ndimage as ndi  # only for fractional grey levels: the runtime stays numpy and OpenCV
 
             return _finish(ndi.median_filter(x, size=window, mode="reflect"))
-        # Whole grey levels (any 8-bit scan): the uint8 medianBlur is exact and ten times faster than scipy.
+        # Whole grey levels (any 8-bit scan): the uint8 medianBlur gives the exact median without scipy.
         x = x.astype(np.uint8)
     # medianBlur always replicates the border; pad by reflection ourselves and crop.
     r = window // 2
@@ -255,7 +255,7 @@ def srad(img: Any, iterations: int = 20, step: float = 0.05) -> np.ndarray:
     if not _is_int(iterations) or iterations < 0:
         raise ValueError(f"iterations: expected an integer >= 0, got {iterations!r}")
     _check_positive("step", step, upper=1.0)
-    # float32 is three times faster than float64 here and stays within 2e-4 grey levels of it after 100 steps.
+    # float32 throughout: the diffusion's rounding error stays far below one grey level over many steps.
     x = _as_image(img)
     for _ in range(iterations):
         x = _srad_step(x, float(step))

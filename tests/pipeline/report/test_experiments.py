@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ultraseg import experiments as schema
-from ultraseg import params as params_mod
 from ultraseg.pipeline.report import experiments
+from tests.conftest import shipped_params
 
 
 def test_experiment_table_quotes_the_comparison_file_or_says_how_to_make_it() -> None:
@@ -73,16 +73,16 @@ def test_levers_section_names_the_levers_the_params_hold() -> None:
             "scanner-augment": {"changed": {"train.augment.scale": "0.25", "train.model.norm": "instance"},
                                 "val": {}, "test_headline": None}}
     levers = {"command": "x", "comparisons": [{"derived_from_commit": "abc1234", "missing": [], "runs": runs}]}
-    adopted = params_mod.from_dict({"train": {"model": {"norm": "instance"}}})
+    adopted = shipped_params({"train": {"model": {"norm": "instance"}}})
     text = " ".join(experiments.levers_section(levers, adopted).split())
     assert "Adopted into this run's params, on the val columns and seed spread below: `instance-norm` " \
            "(`train.model.norm=instance`)." in text and "`scanner-augment` (" not in text
-    text = " ".join(experiments.levers_section(levers, params_mod.from_dict({})).split())
+    text = " ".join(experiments.levers_section(levers, shipped_params({"train": {"model": {"norm": "batch"}}})).split())
     assert "No lever is adopted into this run's params." in text
     runs["student-in"] = {"changed": {"distill.student.norm": "instance"}, "val": {}, "test_headline": None}
     runs["both"] = {"changed": {"distill.student.norm": "instance", "distill.normal_target": "background"},
                     "val": {}, "test_headline": None}
-    adopted = params_mod.from_dict({"train": {"model": {"norm": "instance"}},
+    adopted = shipped_params({"train": {"model": {"norm": "instance"}},
                                     "distill": {"student": {"norm": "instance"}, "normal_target": "background"}})
     text = " ".join(experiments.levers_section(levers, adopted).split())
     assert "`instance-norm` (`train.model.norm=instance`); `both` (`distill.student.norm=instance`, " \

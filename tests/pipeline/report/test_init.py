@@ -8,12 +8,13 @@ import pytest
 
 from ultraseg import params as params_mod
 from ultraseg.pipeline import report
+from tests.conftest import shipped_params
 
 
 def test_missing_metrics_file_is_an_error_naming_it(tmp_path) -> None:
     (tmp_path / "split.json").write_text(json.dumps({}))
     with pytest.raises(report.ReportError, match="preprocess.json: metrics file missing"):
-        report.render(tmp_path, params_mod.from_dict({}), tmp_path / "params.yaml")
+        report.render(tmp_path, shipped_params(), tmp_path / "params.yaml")
 
 
 def test_report_stage_exits_with_one_line(tmp_path, repo_root, params_file) -> None:

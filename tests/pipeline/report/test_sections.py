@@ -5,22 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import train_val_split
-from ultraseg import params as params_mod
+from tests.conftest import shipped_params, train_val_split
 from ultraseg.pipeline.report import sections
 
 
 def test_test_and_speed_sections_quote_the_stage_outputs(zoo) -> None:
-    import dataclasses
-
     from ultraseg.pipeline import benchmark, evaluate
-    from ultraseg.params import BenchmarkParams, EvaluateParams
     from ultraseg.variants import by_name
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}})
-    params = dataclasses.replace(params, evaluate=EvaluateParams(bootstrap=20),
-                                 benchmark=BenchmarkParams(threads=(1,), warmup=1, runs=2, batch=2, batch_runs=1,
-                                                           retries=0))
+    quick = {"threads": [1], "warmup": 1, "runs": 2, "batch": 2, "batch_runs": 1, "retries": 0}
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}, "benchmark": quick})
     variants = (by_name("teacher"), by_name("pruned_int8"))
     scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, variants)
     bench = benchmark.run(params, zoo.models, variants)
@@ -42,7 +36,7 @@ def test_deployable_section_quotes_deploy_evaluate_and_benchmark(zoo, tmp_path) 
     from ultraseg.pipeline import benchmark, deploy, evaluate
     from ultraseg.variants import by_name
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20},
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20},
                                    "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0, 0.01]},
                                    "benchmark": {"threads": [1], "warmup": 1, "runs": 3, "retries": 0}})
     models = tmp_path / "models"
@@ -78,7 +72,7 @@ def test_optimisation_table_names_the_student_pruning_started_from(kept, label, 
     quant = {"latency_p50_ms_1thread": p50, "val_dice_fp32": 0.72, "val_dice_int8": 0.71, "int8_bytes": 2000,
              "input_size": 128, "speedup_int8_vs_fp32": 0.67, "speedup_int8_vs_teacher_onnx": 6.67,
              "speedup_int8_vs_teacher_eager": 13.3, "float_ops": {"Conv": 3}}
-    text = sections.optimisation_section({"val_dice": 0.8}, distill, prune, export, quant, params_mod.from_dict({}))
+    text = sections.optimisation_section({"val_dice": 0.8}, distill, prune, export, quant, shipped_params())
     assert f"| {label} | 1,000 | 0.1 | 0.00 | {dice} | – |" in text
     started = "distilled student" if kept == "distilled" else "student trained without it"
     assert f"pruning starts from the {started}" in text
@@ -88,7 +82,7 @@ def test_failure_and_paired_sections_quote_evaluate(zoo) -> None:
     from ultraseg.pipeline import evaluate
     from ultraseg.variants import VARIANTS
 
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}})
+    params = shipped_params({"preprocess": {"size": zoo.size}, "evaluate": {"bootstrap": 20}})
     scores, _, _, _ = evaluate.run(params, zoo.models, zoo.data, zoo.raw, zoo.split, VARIANTS)
     text = sections.failures_section(scores) + sections.paired_section(scores)
     for name, m in scores["variants"].items():
@@ -100,21 +94,21 @@ def test_failure_and_paired_sections_quote_evaluate(zoo) -> None:
 
 
 def test_design_section_follows_the_params() -> None:
-    params = params_mod.from_dict({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
+    params = shipped_params({"train": {"augment": {"scale": 0.3, "sector_p": 0.2}, "lr": 0.002}})
     text = " ".join(sections.design_section(params).split())
     assert "zoom 0.70–1.30" in text and "fan-shaped field of view on 20%" in text and "lr 0.002" in text
     assert "(width stretch and burned-in marks off in this run)" in text and "width stretch ±" not in text
-    marks = params_mod.from_dict({"train": {"augment": {"annotations_p": 0.3}}})
+    marks = shipped_params({"train": {"augment": {"annotations_p": 0.3}}})
     text = " ".join(sections.design_section(marks).split())
     assert "calipers and text on 30%" in text and "(width stretch off in this run)" in text
-    norms = params_mod.from_dict({"train": {"model": {"norm": "instance"}}, "distill": {"student": {"norm": "group"}}})
+    norms = shipped_params({"train": {"model": {"norm": "instance"}}, "distill": {"student": {"norm": "group"}}})
     text = " ".join(sections.design_section(norms).split())
     assert "Teacher normalisation: instance**, each image's own statistics, channel by channel" in text
     assert "The student keeps group normalisation." in text
-    off = params_mod.from_dict({"train": {"augment": {"enabled": False}}})
+    off = shipped_params({"train": {"augment": {"enabled": False}}})
     assert "none (`train.augment.enabled: false`)" in " ".join(sections.design_section(off).split())
     assert "`empty` term" not in text and "empty ×" not in text
-    empty = params_mod.from_dict({"train": {"loss": {"empty": 0.5, "empty_fraction": 0.02}}})
+    empty = shipped_params({"train": {"loss": {"empty": 0.5, "empty_fraction": 0.02}}})
     text = " ".join(sections.design_section(empty).split())
     assert "Loss: bce ×1, dice ×1, empty ×0.5.**" in text
     assert "cross-entropy on the highest 2% of each normal scan's logits" in text
@@ -150,7 +144,7 @@ def _optimisation_inputs(**prune_extra) -> tuple[dict, ...]:
 @pytest.mark.parametrize(("norm", "calibration", "remeasured"), [("batch", 8, True), ("batch", 0, False),
                                                                 ("instance", 8, False)])
 def test_pruning_says_norm_statistics_were_re_measured_only_when_they_were(norm, calibration, remeasured) -> None:
-    params = params_mod.from_dict({"distill": {"student": {"norm": norm}}, "prune": {"calibration_batches": calibration}})
+    params = shipped_params({"distill": {"student": {"norm": norm}}, "prune": {"calibration_batches": calibration}})
     distill, prune, export, quant = _optimisation_inputs()
     text = " ".join(sections.optimisation_section({"val_dice": 0.8}, distill, prune, export, quant, params).split())
     assert ("pruned in one step (BN re-measured, no fine-tuning)" in text) == remeasured
@@ -165,7 +159,7 @@ def test_pruning_says_norm_statistics_were_re_measured_only_when_they_were(norm,
 
 
 def test_optimisation_names_narrow_convolutions_and_the_precision_of_distillation_and_fine_tuning() -> None:
-    params = params_mod.from_dict({"quantize": {"min_channels": 24}})
+    params = shipped_params({"quantize": {"min_channels": 24}})
     distill, prune, export, quant = _optimisation_inputs(precision="bf16")
     text = " ".join(sections.optimisation_section({"val_dice": 0.8}, distill, prune, export, quant, params).split())
     assert "The student was distilled in" not in text
@@ -181,13 +175,13 @@ def test_optimisation_names_narrow_convolutions_and_the_precision_of_distillatio
 
 
 def test_design_section_describes_the_student_its_params_build() -> None:
-    shipped = params_mod.from_dict({"distill": {"student": {"widths": [32, 64, 96], "block": "double",
+    shipped = shipped_params({"distill": {"student": {"widths": [32, 64, 96], "block": "double",
                                                             "up": "nearest", "stem_stride": 4}}})
     text = " ".join(sections.design_section(shipped).split())
     assert "a `unet` with widths [32, 64, 96] working at 1/4 of the input resolution (a patchify stem and a " \
            "pixel-shuffle head), plain convolutions, nearest up-sampling." in text
     assert "So the student has no layer at full resolution." in text
-    other = params_mod.from_dict({"distill": {"student": {"name": "attention_unet", "widths": [8, 16], "block":
+    other = shipped_params({"distill": {"student": {"name": "attention_unet", "widths": [8, 16], "block":
                                                           "separable", "up": "bilinear", "stem_stride": 1}},
                                   "quantize": {"min_channels": 32}})
     text = " ".join(sections.design_section(other).split())
@@ -197,7 +191,7 @@ def test_design_section_describes_the_student_its_params_build() -> None:
     assert "at least 32 output channels (`quantize.min_channels`)" in text
     assert "So the student keeps its outer level at full resolution, its depthwise convolutions gain nothing from " \
            "int8 and its bilinear `Resize` up-sampling stays float." in text
-    residual = params_mod.from_dict({"distill": {"student": {"name": "res_unet", "block": None, "up": "transpose",
+    residual = shipped_params({"distill": {"student": {"name": "res_unet", "block": None, "up": "transpose",
                                                              "attention": True, "stem_stride": 2}}})
     text = " ".join(sections.design_section(residual).split())
     assert "the `res_unet` variant's own blocks, transposed-convolution up-sampling, attention gates." in text
@@ -207,7 +201,7 @@ def test_design_section_describes_the_student_its_params_build() -> None:
 def test_training_line_names_the_precision_the_run_used() -> None:
     train = {"model": "unet", "params": 1000, "gmacs": 0.1, "epochs_run": 3, "best_epoch": 2, "train_minutes": 1.5,
              "device": "cpu", "val_dice": 0.8, "val_iou": 0.7, "val_normal_clean": 0.5}
-    params = params_mod.from_dict({})
+    params = shipped_params()
     assert "1.5 min on cpu." in " ".join(sections.train_section(train, params).split())
     text = " ".join(sections.train_section({**train, "precision": "bf16", "cpu_features": ["avx512_bf16"]},
                                            params).split())
