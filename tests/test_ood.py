@@ -103,12 +103,13 @@ def test_the_flag_fires_on_the_built_set_and_not_on_mirror_scans(busi_mirror, tm
     import torch
 
     from ultraseg.models import build_model
-    from ultraseg.params import ExportParams, PreprocessParams, to_dict
+    from tests.conftest import shipped
+    from ultraseg.params import to_dict
 
     torch.manual_seed(0)
     model = build_model({"name": "unet", "widths": [8, 16], "norm": "instance", "up": "nearest"}).eval()
-    meta = {"size": 64, "threshold": 0.5, "normalize": "zscore", "preprocess": to_dict(PreprocessParams(size=64))}
-    onnx_io.export(model, tmp_path / "fp32.onnx", ExportParams(), meta)
+    meta = {"size": 64, "threshold": 0.5, "normalize": "zscore", "preprocess": to_dict(shipped("preprocess", size=64))}
+    onnx_io.export(model, tmp_path / "fp32.onnx", shipped("export"), meta)
     ood.write_with_features(tmp_path / "fp32.onnx", tmp_path / "model.onnx")
     scans = mirror_scans(busi_mirror)
     order = np.random.default_rng(0).permutation(len(scans))

@@ -278,12 +278,11 @@ def path_shape(path: Path) -> tuple[int, ...]:
 
 
 def test_rows_say_whether_each_frame_is_one_the_model_knows(batch, zoo, tmp_path):
-    from tests.conftest import train_val_split
-    from ultraseg import params as params_mod
+    from tests.conftest import shipped_params, train_val_split
     from ultraseg.pipeline import deploy
 
     assert {(r["in_distribution"], r["ood_reason"]) for r in batch.rows} == {("True", "not checked")}
-    params = params_mod.from_dict({"preprocess": {"size": zoo.size},
+    params = shipped_params({"preprocess": {"size": zoo.size},
                                    "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
     checked = tmp_path / "checked.onnx"
     deploy.run(params, zoo.models / "pruned.int8.onnx", zoo.raw, train_val_split(zoo, tmp_path / "split.csv"), checked)
