@@ -59,11 +59,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     help=f"deployable ONNX model written by the pipeline (default: {DEFAULT_MODEL})")
     ap.add_argument("--threshold", type=_probability, default=None, metavar="P",
                     help="pixel probability threshold in (0, 1), instead of the one stored in the model")
-    ap.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+    ap.add_argument("--threads", type=positive_int, default=1, metavar="N",
                     help="CPU threads for the model (default: 1)")
     ap.add_argument("--format", choices=("csv", "jsonl"), default="csv",
                     help="results.csv or results.jsonl (default: csv)")
-    ap.add_argument("--max-pixels", type=_positive_int, default=MAX_PIXELS, metavar="N",
+    ap.add_argument("--max-pixels", type=positive_int, default=MAX_PIXELS, metavar="N",
                     help="largest frame accepted, in pixels (default: %(default)s); a file whose header declares "
                          "larger frames is reported and skipped before it is decoded")
     ap.add_argument("--no-overlay", dest="overlay", action="store_false", help="write masks only, no overlays")
@@ -78,10 +78,14 @@ def _probability(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``serve`` uses it too)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return value
 
 

@@ -47,6 +47,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ultraseg.commands.predict import positive_int
 from ultraseg.errors import DataError
 from ultraseg.runtime import sources
 from ultraseg.runtime.segmenter import Segmentation, Segmenter
@@ -568,17 +569,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "declares larger frames gets 413 before it is decoded")
     ap.set_defaults(run=run)
     return ap
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
