@@ -57,13 +57,13 @@ def start(model: Path, port: int, upload_mb: float) -> subprocess.Popen:
     sys.exit("error: ultraseg serve did not start")
 
 
-def load(url: str, image: bytes, uploads: int, clients: int, server: psutil.Process) -> dict:
+def load(url: str, image: bytes, mime: str, uploads: int, clients: int, server: psutil.Process) -> dict:
     """``uploads`` POSTs of ``image`` from ``clients`` threads: status codes, latency and the server's memory."""
     times, rss = [0.0] * uploads, [0.0] * uploads
 
     def upload(k: int) -> int:
         start_s = time.perf_counter()
-        response = client.post(f"{url}/segment", content=image, headers={"Content-Type": "application/octet-stream"})
+        response = client.post(f"{url}/segment", content=image, headers={"Content-Type": mime})
         times[k] = 1000 * (time.perf_counter() - start_s)
         rss[k] = server.memory_info().rss / 2**20
         return response.status_code
@@ -84,8 +84,7 @@ def load(url: str, image: bytes, uploads: int, clients: int, server: psutil.Proc
 def refusal(url: str, body: bytes) -> dict:
     """One hostile upload: the status, whether the answer is JSON naming the problem, and how long it took."""
     start_s = time.perf_counter()
-    response = httpx.post(f"{url}/segment", content=body, headers={"Content-Type": "application/octet-stream"},
-                          timeout=120)
+    response = httpx.post(f"{url}/segment", content=body, headers={"Content-Type": "image/png"}, timeout=120)
     try:
         message = response.json().get("error", "")
     except ValueError:
@@ -108,7 +107,8 @@ def main(argv=None) -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         out = {"command": " ".join(["python", *sys.argv]),
-               "load": load(url, args.image.read_bytes(), args.uploads, args.clients, psutil.Process(process.pid)),
+               "load": load(url, args.image.read_bytes(), f"image/{args.image.suffix.lstrip('.').lower()}",
+                            args.uploads, args.clients, psutil.Process(process.pid)),
                "declared_20000x20000_png": refusal(url, declared_png(20000, 20000)),
                "declared_30000x30000_png": refusal(url, declared_png(30000, 30000)),
                "body_25mb": refusal(url, bytes(25 * 2**20))}
