@@ -276,6 +276,8 @@ class ModelParams(Section):
     dropout: float
     stem_stride: int
     """Work at 1/stem_stride of the input's resolution: a patchify stem and a pixel-shuffle head; 1 = classic."""
+    presence: bool
+    """A presence head on the deepest features: one logit per image for "is there a lesion at all"."""
 
     def check(self, prefix: str) -> None:
         _require(self, prefix, "widths", lambda v: len(v) >= 2 and min(v) >= 1,
@@ -301,9 +303,12 @@ class LossParams(Section):
     tversky_alpha: float
     tversky_beta: float
     empty_fraction: float
+    presence: float
+    """Weight of the binary cross-entropy of the presence logit against "the mask has a lesion pixel" (needs a
+    model with a presence head; 0 leaves the head untrained)."""
 
     def check(self, prefix: str) -> None:
-        for name in ("bce", "dice", "focal", "tversky", "empty"):
+        for name in ("bce", "dice", "focal", "tversky", "empty", "presence"):
             _within(self, prefix, name, 0.0, 100.0)
         _require(self, prefix, "empty_fraction", lambda v: 0 < v <= 1, "a value in (0, 1]")
         if self.bce + self.dice + self.focal + self.tversky <= 0:
@@ -497,6 +502,9 @@ class DistillParams(Section):
     """Softens teacher and student logits before they are compared (Hinton et al. 2015)."""
     kd_weight: float
     """Weight of the distillation term; 0 trains the student on the masks alone."""
+    presence_weight: float
+    """Weight of the distillation of the teacher's presence logit (softened by ``temperature`` as the masks' are);
+    0 = the student's presence head learns from the masks alone (``train.loss.presence``)."""
     task_weight: float
     """Weight of the task loss (``train.loss``) on the masks."""
     empty_weight: float | None
@@ -521,7 +529,7 @@ class DistillParams(Section):
 
     def check(self, prefix: str) -> None:
         _positive(self, prefix, "temperature", "epochs", "lr")
-        for name in ("kd_weight", "task_weight"):
+        for name in ("kd_weight", "task_weight", "presence_weight"):
             _within(self, prefix, name, 0.0, 100.0)
         if self.empty_weight is not None:
             _within(self, prefix, "empty_weight", 0.0, 100.0)
@@ -684,11 +692,33 @@ class OodParams(Section):
     hundred scans pin down)."""
     min_side: int
     """Frames with a side below this (px) are refused before the network runs."""
+    frame_stats: bool
+    """Also describe each frame by statistics of its grey levels and texture, next to the deep features: a
+    per-image normalised network sees a photograph's or a noise frame's deep features much as a scan's."""
+    augmented_copies: int
+    """Scanner-like augmented copies of each train scan added to the fit, so that another scanner's frames of
+    breast tissue stay in distribution (0 = the train scans alone)."""
 
     def check(self, prefix: str) -> None:
         _require(self, prefix, "val_pass", lambda v: 0 < v <= 1, "a value in (0, 1]")
         _require(self, prefix, "shrinkage", lambda v: 0 < v <= 1, "a value in (0, 1]")
         _require(self, prefix, "min_side", lambda v: v >= 1, "an integer >= 1")
+        _within(self, prefix, "augmented_copies", 0, 20)
+
+
+@dataclass(frozen=True)
+class PresenceParams(Section):
+    """The image-level answer "is there a lesion": the presence head's probability, calibrated on val, against an
+    operating point chosen on val."""
+
+    sensitivity: float
+    """The operating point is the highest that still answers "lesion" on at least this share of val lesion scans."""
+    fill_empty: bool
+    """Where the answer is "lesion" but no pixel passes the threshold, show the region around the most probable
+    pixel instead of nothing."""
+
+    def check(self, prefix: str) -> None:
+        _require(self, prefix, "sensitivity", lambda v: 0 < v <= 1, "a value in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -713,6 +743,9 @@ class DeployParams(Section):
     """The live-stream smoothing stored in the deployable file with the rule."""
     ood: OodParams
     """The out-of-distribution check stored in the deployable file."""
+    presence: PresenceParams
+    """The image-level answer stored in the deployable file (files whose network has no presence head fall back to
+    the highest pixel probability and the ``gates``)."""
 
     def check(self, prefix: str) -> None:
         _within(self, prefix, "threshold_step", 0.001, 0.5)

@@ -256,6 +256,26 @@ class PixelShuffleHead(nn.Sequential):
         self.shuffle = nn.PixelShuffle(scale)
 
 
+class PresenceHead(nn.Module):
+    """One logit per image, "is there a lesion at all", from the deepest feature map ``(B, C, h, w)`` → ``(B, 1)``.
+
+    A 1×1 convolution turns each position's features into ``hidden`` detector responses; their mean and maximum over
+    the map feed a linear layer. The maximum answers "somewhere", which a lesion needs, and costs nothing at the
+    bottleneck's resolution. ``hidden`` defaults to half the input channels.
+    """
+
+    def __init__(self, in_channels: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or max(1, in_channels // 2)
+        self.detect = nn.Conv2d(in_channels, hidden, 1)
+        self.act = nn.ReLU()
+        self.classify = nn.Linear(2 * hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.detect(x))
+        return self.classify(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
+
+
 class Up(nn.Module):
     """Double H and W, pad to the skip's size, optionally gate the skip, concatenate ``[skip, up]``, apply a block.
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ultraseg.models.blocks import BLOCKS, ConvNormAct, Down, PixelShuffleHead, Up, make_block, pad_to
+from ultraseg.models.blocks import BLOCKS, ConvNormAct, Down, PixelShuffleHead, PresenceHead, Up, make_block, pad_to
 
 
 def _check(widths: Sequence[int], block: str, dropout: float, stem_stride: int) -> tuple[int, ...]:
@@ -48,6 +48,19 @@ def _head(width: int, out_channels: int, stride: int) -> nn.Module:
     return PixelShuffleHead(width, out_channels, stride) if stride > 1 else nn.Conv2d(width, out_channels, 1)
 
 
+Outputs = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+"""A network's forward: the logits, or ``(logits, presence logits (B, 1))`` for one with a presence head."""
+
+
+def split_outputs(outputs: Outputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logits, presence logits or None)`` of any network's forward."""
+    return (outputs[0], outputs[1]) if isinstance(outputs, tuple) else (outputs, None)
+
+
+def _answer(logits: torch.Tensor, deepest: torch.Tensor, presence: nn.Module | None) -> Outputs:
+    return logits if presence is None else (logits, presence(deepest))
+
+
 class UNet(nn.Module):
     """Encoder-decoder with skip connections: ``(B, in_channels, H, W)`` → logits ``(B, out_channels, H, W)``.
 
@@ -70,6 +83,8 @@ class UNet(nn.Module):
         stem_stride: down-sample by this factor in the stem (:func:`_stem`) and predict the logits
             with a :class:`~ultraseg.models.blocks.PixelShuffleHead`; the output is padded back to the input's
             size when a side is not a multiple of it. 1 is the classic U-Net.
+        presence: add a :class:`~ultraseg.models.blocks.PresenceHead` on the bottleneck; the forward then returns
+            ``(logits, presence logits (B, 1))`` (see :func:`split_outputs`).
     """
 
     def __init__(
@@ -85,6 +100,7 @@ class UNet(nn.Module):
         up: str = "transpose",
         dropout: float = 0.0,
         stem_stride: int = 1,
+        presence: bool = False,
     ) -> None:
         super().__init__()
         widths = _check(widths, block, dropout, stem_stride)
@@ -96,15 +112,16 @@ class UNet(nn.Module):
             Up(c_in, c_out, c_out, up, attention, **kw) for c_in, c_out in zip(widths[:0:-1], widths[-2::-1])
         )
         self.head = _head(widths[0], out_channels, stem_stride)
+        self.presence = PresenceHead(widths[-1]) if presence else None
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> Outputs:
         skips = [self.stem(image)]
         for down in self.downs:
             skips.append(down(skips[-1]))
-        x = skips.pop()
+        x = deepest = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop())
-        return _full_size(self.head(x), image, self.stem_stride)
+        return _answer(_full_size(self.head(x), image, self.stem_stride), deepest, self.presence)
 
 
 class UNetPlusPlus(nn.Module):
@@ -128,6 +145,7 @@ class UNetPlusPlus(nn.Module):
         up: str = "transpose",
         dropout: float = 0.0,
         stem_stride: int = 1,
+        presence: bool = False,
     ) -> None:
         super().__init__()
         widths = _check(widths, block, dropout, stem_stride)
@@ -143,12 +161,13 @@ class UNetPlusPlus(nn.Module):
             }
         )
         self.head = _head(widths[0], out_channels, stem_stride)
+        self.presence = PresenceHead(widths[-1]) if presence else None
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> Outputs:
         grid = [[self.stem(image)]]
         for down in self.downs:
             grid.append([down(grid[-1][0])])
         for j in range(1, len(grid)):
             for i in range(len(grid) - j):
                 grid[i].append(self.nodes[f"{i}_{j}"](grid[i + 1][j - 1], torch.cat(grid[i][:j], dim=1)))
-        return _full_size(self.head(grid[0][-1]), image, self.stem_stride)
+        return _answer(_full_size(self.head(grid[0][-1]), image, self.stem_stride), grid[-1][0], self.presence)
