@@ -95,12 +95,50 @@ def test_given_teacher_logits_replace_the_teachers_pass() -> None:
 
 def test_cached_targets_are_the_teachers_logits_on_the_plain_images() -> None:
     images = torch.randn(5, 7, 9).numpy()
-    logits = teacher_targets(shipped_params(), Constant().eval(), images, torch.device("cpu"))
-    assert logits.shape == images.shape and logits.dtype == images.dtype
+    logits, presence = teacher_targets(shipped_params(), Constant().eval(), images, torch.device("cpu"))
+    assert logits.shape == images.shape and logits.dtype == images.dtype and presence is None
     torch.testing.assert_close(torch.from_numpy(logits), 2.0 * torch.from_numpy(images))
 
 
-@pytest.mark.parametrize("change", [{"teacher_logits": "live"}, {"kd_weight": 0.0}])
+class WithPresence(Constant):
+    """A 'teacher' with a presence logit: the image's mean times its scale."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale * x, self.scale * x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def test_cached_targets_hold_the_teachers_presence_logits() -> None:
+    images = torch.randn(5, 7, 9).numpy()
+    logits, presence = teacher_targets(shipped_params(), WithPresence().eval(), images, torch.device("cpu"))
+    assert logits.shape == images.shape and presence.shape == (5,)
+    torch.testing.assert_close(torch.from_numpy(presence), 2.0 * torch.from_numpy(images).mean(dim=(1, 2)))
+
+
+def test_presence_logit_is_distilled_with_its_weight() -> None:
+    task = build_loss({"bce": 1.0, "presence": 0.5})
+    images = torch.randn(2, 1, 6, 6)
+    masks = torch.zeros(2, 1, 6, 6)
+    masks[0, 0, 2:4, 2:4] = 1
+    outputs = (torch.randn(2, 1, 6, 6), torch.randn(2, 1))
+    teacher = WithPresence()
+    loss = DistillLoss(task, teacher, 2.0, 1.0, 3.0, presence_weight=4.0)(outputs, images, masks)
+    t_logits, t_presence = teacher(images)
+    expected = (task(outputs, masks) + 3.0 * kd_loss(outputs[0], t_logits, 2.0)
+                + 4.0 * kd_loss(outputs[1], t_presence, 2.0))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    cached = DistillLoss(task, Refusing(), 2.0, 1.0, 3.0, presence_weight=4.0)(outputs, images, masks,
+                                                                             t_logits, t_presence)
+    assert cached.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_presence_distillation_needs_presence_heads() -> None:
+    task = build_loss({"bce": 1.0})
+    with pytest.raises(ValueError, match="presence head"):
+        DistillLoss(task, Constant(), 2.0, 1.0, 1.0, presence_weight=1.0)(
+            torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("change", [{"teacher_logits": "live"}, {"kd_weight": 0.0, "presence_weight": 0.0}])
 def test_no_cached_targets_when_the_teacher_runs_live_or_not_at_all(change: dict) -> None:
     params = shipped_params({"distill": change})
     assert teacher_targets(params, Refusing(), torch.randn(2, 4, 4).numpy(), torch.device("cpu")) is None

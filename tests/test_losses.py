@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ultraseg.losses import (
     BCELoss,
@@ -171,3 +172,21 @@ def test_empty_peak_in_build_loss_and_bad_fraction():
     assert loss.terms["empty"].fraction == 0.1
     with pytest.raises(ValueError, match="empty_fraction"):
         empty_peak(LOGITS, TARGET, 0.0)
+
+
+def test_presence_term_is_the_cross_entropy_of_lesion_versus_normal_images() -> None:
+    masks = torch.zeros(3, 1, 4, 4)
+    masks[1, 0, 1, 1] = 1.0  # one lesion image, two normal ones
+    logits, presence = torch.randn(3, 1, 4, 4), torch.tensor([[2.0], [-1.0], [0.5]])
+    loss = build_loss({"dice": 1.0, "presence": 0.25})
+    expected = soft_dice(logits, masks) + 0.25 * F.binary_cross_entropy_with_logits(
+        presence, torch.tensor([[0.0], [1.0], [0.0]]))
+    assert loss((logits, presence), masks).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(loss.components((logits, presence), masks)) == {"dice", "presence"}
+
+
+def test_presence_term_without_a_presence_head_is_refused() -> None:
+    with pytest.raises(ValueError, match="presence head"):
+        build_loss({"dice": 1.0, "presence": 1.0})(torch.randn(1, 1, 4, 4), torch.zeros(1, 1, 4, 4))
+    with pytest.raises(ValueError, match="presence"):
+        build_loss({"dice": 1.0, "presence": -1.0})

@@ -11,7 +11,7 @@ from torch import nn
 
 from ultraseg import checkpoint
 from ultraseg.losses import build_loss
-from ultraseg.models import build_model, count_macs, count_parameters, rebuild_from_state_dict
+from ultraseg.models import build_model, count_macs, count_parameters, rebuild_from_state_dict, split_outputs
 from ultraseg.pruning import _head_inputs, prune, pruned_widths, recalibrate_norms, summary
 from tests.conftest import shipped
 
@@ -33,6 +33,8 @@ VARIANTS = {
     "attention_separable_nearest": (
         {"name": "attention_unet", "block": "separable", "up": "nearest", "dropout": 0.1}, 0.40, 0.36),
     "stem_stride_nearest": ({"name": "unet", "stem_stride": 2, "up": "nearest"}, 0.30, 0.30),
+    "presence_head": ({"name": "unet", "stem_stride": 2, "up": "nearest", "norm": "instance", "presence": True},
+                      0.30, 0.32),
 }
 
 
@@ -51,6 +53,16 @@ def head_inputs(model: nn.Module) -> set[str]:
     readers = {names[m] for m in _head_inputs(model, EXAMPLE, head_conv(model))}
     assert readers and all(not n.startswith("head") for n in readers)
     return readers
+
+
+def presence_layers(model: nn.Module) -> set[str]:
+    """Names of the presence head's convolutions: they keep their output channels."""
+    return {n for n, m in model.named_modules() if n.startswith("presence.") and isinstance(m, nn.Conv2d)}
+
+
+def same_outputs(a, b) -> bool:
+    """Whether two forwards (logits, or logits and presence logits) are equal."""
+    return all(torch.equal(x, y) for x, y in zip(split_outputs(a), split_outputs(b)) if x is not None)
 
 
 def expected_width(original: int, ratio: float, round_to: int) -> int:
@@ -76,7 +88,8 @@ def test_prune_variant(config, max_macs, max_params, tmp_path):
     assert count_parameters(before) > calls[0][1] > calls[1][1] == count_parameters(model)
 
     # every layer keeps half its channels, a multiple of 4; the input channels and the head's output stay
-    widths_before, widths, kept = pruned_widths(before), pruned_widths(model), head_inputs(before)
+    widths_before, widths = pruned_widths(before), pruned_widths(model)
+    kept = head_inputs(before) | presence_layers(before)
     assert widths.keys() == widths_before.keys()
     for name, width in widths.items():
         assert width == (widths_before[name] if name in kept else expected_width(widths_before[name], 0.5, 4)), name
@@ -92,9 +105,12 @@ def test_prune_variant(config, max_macs, max_params, tmp_path):
     # still a working network: odd sizes keep their shape, gradients reach every parameter
     model.train()
     x = torch.randn(2, 1, 33, 47)
-    logits = model(x)
+    outputs = model(x)
+    logits, presence = split_outputs(outputs)
     assert logits.shape == (2, 1, 33, 47) and torch.isfinite(logits).all()
-    build_loss({"bce": 1.0, "dice": 1.0})(logits, (x > 0.5).float()).backward()
+    assert presence is None or (presence.shape == (2, 1) and torch.isfinite(presence).all())
+    loss = build_loss({"bce": 1.0, "dice": 1.0, "presence": 0.0 if presence is None else 1.0})
+    loss(outputs, (x > 0.5).float()).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
 
@@ -103,11 +119,11 @@ def test_prune_variant(config, max_macs, max_params, tmp_path):
     with torch.no_grad():
         expected = model(x)
         rebuilt = rebuild_from_state_dict(config, model.state_dict()).eval()
-        assert torch.equal(rebuilt(x), expected)
+        assert same_outputs(rebuilt(x), expected)
         assert pruned_widths(rebuilt) == widths
         checkpoint.save(tmp_path / "pruned.pt", model, {"model": config, "pruned_widths": widths})
         loaded, meta = checkpoint.load(tmp_path / "pruned.pt")
-        assert torch.equal(loaded(x), expected)
+        assert same_outputs(loaded(x), expected)
     assert pruned_widths(loaded) == meta["pruned_widths"] == widths
     checkpoint.save(tmp_path / "dense.pt", before, {"model": config})
     # smaller on disk too, if by less than the tensors alone: pickling costs a fixed amount per tensor

@@ -15,6 +15,7 @@ from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet
 from ultraseg.losses import build_loss
 from ultraseg.models.registry import build_model
+from ultraseg.models.unet import split_outputs
 from ultraseg.params import ParamsError, TrainParams
 from tests.conftest import shipped
 
@@ -144,29 +145,36 @@ def test_cuda_request_without_cuda_fails_clearly() -> None:
     assert training.select_device("auto").type == "cpu"
 
 
-def test_soft_maps_reach_the_loss_warped_with_their_batch(tmp_path) -> None:
-    """With soft maps the loss gets a fourth argument each training step: the maps warped like the images (here the
-    soft map is the mask itself, so it must match the warped mask wherever the bilinear warp leaves it 0 or 1)."""
+def test_soft_maps_and_scores_reach_the_loss_with_their_batch(tmp_path) -> None:
+    """With soft maps and scores the loss gets two more arguments each training step: the maps warped like the
+    images (here the soft map is the mask itself, so it must match the warped mask wherever the bilinear warp leaves
+    it 0 or 1) and each image's score unchanged (here its index: each batch holds distinct images)."""
     x, y = discs(8)
     seen = []
 
-    def loss(logits, _images, masks, *soft):
-        if soft:
-            seen.append((masks, soft[0]))
-        return logits.mean() * 0 + masks.mean()
+    def loss(outputs, _images, masks, *extra):
+        if extra:
+            seen.append((masks, *extra))
+        return split_outputs(outputs)[0].mean() * 0 + masks.mean()
 
     cfg = replace(CFG, epochs=1, augment=shipped("train.augment", affine_p=1.0, intensity_p=1.0, speckle_p=0.0))
-    train_set = SegmentationSet(x, y, Augment(cfg.augment), cfg.seed, soft=y.astype(np.float32))
+    train_set = SegmentationSet(x, y, Augment(cfg.augment), cfg.seed, soft=y.astype(np.float32),
+                                scores=np.arange(8, dtype=np.float32))
     training.fit(build_model(cfg.model.config()), train_set, x[:2], y[:2], cfg, loss, torch.device("cpu"),
                RecordingLive(), tmp_path / "resume.pt", "soft", desc="test")
     assert len(seen) == len(x) // cfg.batch_size
-    for masks, soft in seen:
-        assert soft.shape == masks.shape
+    indices = []
+    for masks, soft, scores in seen:
+        assert soft.shape == masks.shape and scores.shape == (len(masks), 1)
         crisp = (soft == 0) | (soft == 1)
         assert crisp.float().mean() > 0.8 and torch.equal(soft[crisp], masks[crisp])
+        indices += scores[:, 0].int().tolist()
+    assert len(set(indices)) == len(indices) == cfg.batch_size * len(seen) and set(indices) <= set(range(8))
 
 
 def test_soft_maps_of_another_shape_are_refused() -> None:
     x, y = discs(4)
     with pytest.raises(ValueError, match="soft maps"):
         SegmentationSet(x, y, soft=x[:3])
+    with pytest.raises(ValueError, match="scores"):
+        SegmentationSet(x, y, scores=np.zeros(3, np.float32))

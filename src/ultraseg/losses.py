@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ultraseg.models.unet import Outputs, split_outputs
+
 
 def _check(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if logits.shape != target.shape:
@@ -103,6 +105,11 @@ def empty_peak(logits: torch.Tensor, target: torch.Tensor, fraction: float = 0.0
     return F.binary_cross_entropy_with_logits(top, torch.zeros_like(top))
 
 
+def presence_bce(presence: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of presence logits ``(B, 1)`` against "the mask ``(B, 1, H, W)`` has a lesion pixel"."""
+    return F.binary_cross_entropy_with_logits(presence, (~empty_masks(target)).to(presence.dtype).view_as(presence))
+
+
 class BCELoss(nn.Module):
     """:func:`bce` as a module."""
 
@@ -159,25 +166,37 @@ class EmptyPeakLoss(nn.Module):
 
 
 class CombinedLoss(nn.Module):
-    """Weighted sum ``Σ weight_k · loss_k(logits, target)`` of named loss modules.
+    """Weighted sum ``Σ weight_k · loss_k(logits, target)`` of named loss modules, plus ``presence`` times
+    :func:`presence_bce` of a network's presence logits.
 
     Args:
         terms: name → loss module; weights: name → weight (same names).
+        presence: weight of the presence term; it needs the ``(logits, presence)`` outputs of a network with a
+            presence head.
     """
 
-    def __init__(self, terms: Mapping[str, nn.Module], weights: Mapping[str, float]) -> None:
+    def __init__(self, terms: Mapping[str, nn.Module], weights: Mapping[str, float], presence: float = 0.0) -> None:
         super().__init__()
         if set(terms) != set(weights) or not terms:
             raise ValueError(f"terms {sorted(terms)} and weights {sorted(weights)} must name the same losses")
         self.terms = nn.ModuleDict(terms)
         self.weights = {name: float(weights[name]) for name in terms}
+        self.presence = float(presence)
 
-    def components(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def components(self, outputs: Outputs, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each term's unweighted value, for logging."""
-        return {name: loss(logits, target) for name, loss in self.terms.items()}
+        logits, presence = split_outputs(outputs)
+        values = {name: loss(logits, target) for name, loss in self.terms.items()}
+        if self.presence > 0:
+            if presence is None:
+                raise ValueError("the presence loss term needs a network with a presence head "
+                                 "(model.presence: true), or a presence weight of 0")
+            values["presence"] = presence_bce(presence, target)
+        return values
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum(self.weights[name] * value for name, value in self.components(logits, target).items())
+    def forward(self, outputs: Outputs, target: torch.Tensor) -> torch.Tensor:
+        weights = self.weights | {"presence": self.presence}
+        return sum(weights[name] * value for name, value in self.components(outputs, target).items())
 
 
 LOSSES: dict[str, type[nn.Module]] = {
@@ -205,7 +224,8 @@ def build_loss(config: Mapping[str, float | None]) -> CombinedLoss:
     Schema (every key optional, at least one positive weight):
 
     - weights: ``bce``, ``dice``, ``focal``, ``tversky``, ``empty`` — the weight of that term; a term that is
-      absent or has weight 0 is left out;
+      absent or has weight 0 is left out; ``presence``: the weight of :func:`presence_bce` on the presence
+      logits (see :class:`CombinedLoss`);
     - options: ``<term>_<argument>`` of the term's class —
       ``bce_pos_weight`` (None), ``dice_smooth`` (1.0), ``focal_alpha`` (0.25; None for no class weighting),
       ``focal_gamma`` (2.0), ``tversky_alpha`` (0.3, false positives), ``tversky_beta`` (0.7, false negatives),
@@ -221,6 +241,10 @@ def build_loss(config: Mapping[str, float | None]) -> CombinedLoss:
     options = _options()
     weights: dict[str, float] = {}
     kwargs: dict[str, dict[str, float | None]] = {name: {} for name in LOSSES}
+    config = dict(config)
+    presence = config.pop("presence", 0.0) or 0.0
+    if presence < 0:
+        raise ValueError(f"loss weight 'presence' must be a number >= 0, got {presence!r}")
     for key, value in config.items():
         if key in LOSSES:
             if value is None or value < 0:
@@ -231,8 +255,8 @@ def build_loss(config: Mapping[str, float | None]) -> CombinedLoss:
             loss, arg = options[key]
             kwargs[loss][arg] = value
         else:
-            valid = ", ".join([*LOSSES, *options])
+            valid = ", ".join([*LOSSES, "presence", *options])
             raise ValueError(f"unknown loss config key {key!r}; valid: {valid}")
     if not weights:
         raise ValueError(f"loss config {dict(config)} gives no term a positive weight; terms: {', '.join(LOSSES)}")
-    return CombinedLoss({name: LOSSES[name](**kwargs[name]) for name in weights}, weights)
+    return CombinedLoss({name: LOSSES[name](**kwargs[name]) for name in weights}, weights, presence)

@@ -189,6 +189,22 @@ def wilson_ci(successes: int, n: int) -> list[float]:
     return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
 
 
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Image-level ROC AUC: the chance that a random lesion image scores above a random normal one (ties count
+    half), from the ranks (Mann-Whitney U); NaN without both classes."""
+    scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels, bool).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"{scores.size} scores but {labels.size} labels")
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    _, first, counts = np.unique(scores[order], return_index=True, return_counts=True)
+    ranks = np.empty(scores.size)
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)  # tied scores share their mean rank
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
 def _rate(hits: np.ndarray) -> dict:
     """Count, share and Wilson CI of a boolean array."""
     k, n = int(np.sum(hits)), int(np.size(hits))

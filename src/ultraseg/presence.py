@@ -13,6 +13,10 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit
 
+from ultraseg.metrics import roc_auc
+
+__all__ = ["calibrate", "fit_temperature", "operating_point", "roc_auc"]
+
 TEMPERATURE_RANGE = (0.05, 20.0)
 """Temperatures searched: far wider than a network trained with cross-entropy needs."""
 
@@ -24,22 +28,6 @@ def _labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndar
     if not np.isfinite(scores).all():
         raise ValueError("scores must be finite")
     return scores, labels
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve: the chance that a random lesion scan scores above a random normal one (ties count
-    half), from the ranks (Mann-Whitney U); NaN without both classes."""
-    scores, labels = _labels(scores, labels)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(scores.size)
-    sorted_scores = scores[order]
-    # average ranks of tied scores
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -9,7 +9,7 @@ has fewer channels, MACs and parameters; :func:`ultraseg.models.registry.rebuild
 its state dict alone, and :func:`pruned_widths` lists its structure for a checkpoint's config.
 
 Never pruned: the network's input channels, the output channels of its head and the channels its head reads
-(see :func:`_head_inputs`). After each step the BatchNorm statistics are measured again on a few training
+(see :func:`_head_inputs`), and the output channels of a presence head's layers (its inputs follow the bottleneck). After each step the BatchNorm statistics are measured again on a few training
 batches (:func:`recalibrate_norms`). Three things the defaults of Torch-Pruning 1.6.1 get wrong for these models
 are handled here:
 
@@ -35,8 +35,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from ultraseg.models.blocks import AttentionGate, group_count
+from ultraseg.models.blocks import AttentionGate, PresenceHead, group_count
 from ultraseg.models.registry import count_macs, count_parameters
+from ultraseg.models.unet import split_outputs
 from ultraseg.params import PruneParams
 
 IMPORTANCES: tuple[str, ...] = ("l1", "l2", "bn_scale", "taylor")
@@ -44,8 +45,8 @@ _CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 Finetune = Callable[[nn.Module, int], None]
 """``finetune(model, step_index)``: trains the freshly pruned model in place (a new optimiser every step: the
 pruned layers hold new parameter tensors)."""
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``loss(logits, images, masks)``, the signature :func:`ultraseg.training.fit` trains with."""
+LossFn = Callable[..., torch.Tensor]
+"""``loss(outputs, images, masks)``, the signature :func:`ultraseg.training.fit` trains with."""
 
 
 # ---------------------------------------------------------------------------------------------------- pruning
@@ -66,7 +67,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, params: PruneParams, fi
         params: see :class:`PruneParams`.
         finetune: called as ``finetune(model, step)`` after each step, ``step`` counting from 0.
         example_batch: ``(images, masks)`` whose loss gradient ranks channels; required by ``taylor``.
-        loss_fn: ``loss(logits, images, masks)`` for ``taylor``; binary cross-entropy on the logits by default.
+        loss_fn: ``loss(outputs, images, masks)`` for ``taylor``; binary cross-entropy on the logits by default.
         calibration: batches of training images ``(B, C_in, H, W)``; the first ``params.calibration_batches``
             recalibrate the norm layers after every step, none leaves them as they are.
     """
@@ -105,9 +106,11 @@ def prune(model: nn.Module, example_input: torch.Tensor, params: PruneParams, fi
 
 def _boundary_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
     """Layers whose output channels must stay: the head (the convolution that writes the logits) and those it
-    reads, depthwise convolutions that read its input (their outputs are the input channels), and attention gates'
-    ``psi``."""
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    reads, depthwise convolutions that read its input (their outputs are the input channels), attention gates'
+    ``psi``, and a presence head's layers."""
+    presence = [m for head in model.modules() if isinstance(head, PresenceHead) for m in head.modules()
+                if isinstance(m, (nn.Conv2d, nn.Linear))]
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m not in presence]
     reads_input: list[nn.Module] = []
     ran: list[nn.Module] = []
 
@@ -131,7 +134,7 @@ def _boundary_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.M
     if not head:
         raise ValueError(f"{type(model).__name__} has no convolution; cannot find its head")
     gates = [m.psi for m in model.modules() if isinstance(m, AttentionGate)]
-    return head + _head_inputs(model, example_input, head[0]) + reads_input + gates
+    return head + _head_inputs(model, example_input, head[0]) + reads_input + gates + presence
 
 
 def _head_inputs(model: nn.Module, example_input: torch.Tensor, head: nn.Module) -> list[nn.Module]:
@@ -183,11 +186,11 @@ def _trace_forward(model: nn.Module, example_input: torch.Tensor) -> list[torch.
     for gate in (m for m in model.modules() if isinstance(m, AttentionGate)):
         handles += [gate.psi.register_forward_hook(keep_psi), gate.register_forward_hook(cut_product)]
     try:
-        out = model(example_input)
+        logits, presence = split_outputs(model(example_input))
     finally:
         for handle in handles:
             handle.remove()
-    return [out, *extra]
+    return [logits, *([] if presence is None else [presence]), *extra]
 
 
 def _roots_before_depthwise(graph: tp.DependencyGraph) -> None:
@@ -211,8 +214,9 @@ def _backward(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], loss_f
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
-    logits = model(images)
-    loss = loss_fn(logits, images, masks) if loss_fn else F.binary_cross_entropy_with_logits(logits, masks.float())
+    outputs = model(images)
+    loss = (loss_fn(outputs, images, masks) if loss_fn
+            else F.binary_cross_entropy_with_logits(split_outputs(outputs)[0], masks.float()))
     loss.backward()
     model.train(was_training)
 

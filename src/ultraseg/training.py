@@ -35,11 +35,14 @@ from ultraseg.data.augment import Augment
 from ultraseg.data.dataset import SegmentationSet, load_split
 from ultraseg.io import atomic_path
 from ultraseg.models.registry import count_macs, count_parameters
+from ultraseg.models.unet import Outputs, split_outputs
 from ultraseg.params import Params, ParamsError, TrainParams
 
 LossFn = Callable[..., torch.Tensor]
-"""``loss(logits, images, masks, *extra)``: images are passed so a distillation loss can query its teacher; extra
-holds what else the training set yields per sample (a teacher's cached logits), and nothing at validation."""
+"""``loss(outputs, images, masks, *extra)``: ``outputs`` are the network's (logits, or logits and presence logits,
+see :func:`ultraseg.models.split_outputs`); images are passed so a distillation loss can query its teacher; extra
+holds what else the training set yields per sample (a teacher's cached logits and presence logits), and nothing at
+validation."""
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
@@ -86,24 +89,43 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
+def as_float(outputs: Outputs) -> Outputs:
+    """The network's outputs in fp32 (a forward under autocast gives bf16 or fp16)."""
+    return tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+
+
 @torch.no_grad()
+def predict_outputs(model: nn.Module, images: np.ndarray, device: torch.device,
+                    batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (N, 1, S, S) and presence logits (N, 1), or None without a presence head, on the CPU, for normalised
+    images (N, S, S)."""
+    model.eval()
+    parts = [split_outputs(model(torch.from_numpy(images[s:s + batch_size, None]).to(device)))
+             for s in range(0, len(images), batch_size)]
+    logits = torch.cat([p[0].float().cpu() for p in parts])
+    presence = None if parts[0][1] is None else torch.cat([p[1].float().cpu() for p in parts])
+    return logits, presence
+
+
 def predict_logits(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int = 32) -> torch.Tensor:
     """Logits (N, 1, S, S), on the CPU, for normalised images (N, S, S)."""
-    model.eval()
-    out = [model(torch.from_numpy(images[s:s + batch_size, None]).to(device)).float().cpu()
-           for s in range(0, len(images), batch_size)]
-    return torch.cat(out)
+    return predict_outputs(model, images, device, batch_size)[0]
 
 
 @torch.no_grad()
 def validate(model: nn.Module, images: np.ndarray, masks: np.ndarray, loss_fn: LossFn, device: torch.device,
              threshold: float) -> dict[str, float]:
-    """Val loss and the lesion-image mean Dice/IoU at ``threshold`` (see :mod:`ultraseg.metrics`)."""
-    logits = predict_logits(model, images, device)
+    """Val loss, the lesion-image mean Dice/IoU at ``threshold`` (see :mod:`ultraseg.metrics`) and, for a network
+    with a presence head, the presence logits' ROC AUC for lesion versus normal images."""
+    logits, presence = predict_outputs(model, images, device)
+    outputs = logits if presence is None else (logits, presence)
     target = torch.from_numpy(masks[:, None].astype(np.float32))
-    loss = float(loss_fn(logits.to(device), torch.from_numpy(images[:, None]).to(device), target.to(device)))
+    moved = tuple(o.to(device) for o in outputs) if presence is not None else logits.to(device)
+    loss = float(loss_fn(moved, torch.from_numpy(images[:, None]).to(device), target.to(device)))
     probs = torch.sigmoid(logits).numpy()[:, 0]
-    return {"loss": loss, **metrics.summarize(probs > threshold, masks > 0)}
+    scores = probs.reshape(len(probs), -1).max(1) if presence is None else presence.numpy()[:, 0]
+    return {"loss": loss, **metrics.summarize(probs > threshold, masks > 0),
+            "presence_auc": metrics.roc_auc(scores, masks.reshape(len(masks), -1).any(1))}
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -125,7 +147,7 @@ def train_step(net: nn.Module, trained: nn.Module, optimizer: torch.optim.Optimi
     """One optimiser step on a batch, the forward under ``precision``; returns the loss. ``net`` runs the forward
     (DDP's wrapper in several processes), ``trained`` holds the weights whose gradients are clipped."""
     with precision.autocast():
-        loss = loss_fn(net(images).float(), images, masks, *extra)
+        loss = loss_fn(as_float(net(images)), images, masks, *extra)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -213,6 +235,7 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
             scheduler.step(val["dice"])
         row = {"epoch": epoch + 1, "train_loss": distributed.mean(float(np.mean(losses))), "val_loss": val["loss"],
                "val_dice": val["dice"], "val_iou": val["iou"], "val_normal_clean": val["normal_clean"],
+               "val_presence_auc": val["presence_auc"],
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
         result.history.append(row)
         _log(live, row)
@@ -223,7 +246,8 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
         result.epochs_run, result.seconds = epoch + 1, row["seconds"]
         if distributed.is_main():
             tqdm.write(f"{desc} epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val loss {val['loss']:.4f}  "
-                       f"val dice {val['dice']:.4f}  iou {val['iou']:.4f}  best {result.best['dice']:.4f} "
+                       f"val dice {val['dice']:.4f}  iou {val['iou']:.4f}  auc {val['presence_auc']:.3f}  "
+                       f"best {result.best['dice']:.4f} "
                        f"(epoch {result.best_epoch})  {row['seconds'] / 60:.1f} min")
             _save_resume(resume_path, run_id, trained, ema, optimizer, scheduler, result, epoch)
         if cfg.patience and epoch + 1 - result.best_epoch >= cfg.patience:
@@ -240,10 +264,11 @@ def fit(model: nn.Module, train_set: SegmentationSet, val_images: np.ndarray, va
 
 def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: LossFn, data_dir: Path,
                  split_csv: Path, out: Path, live_dir: Path, resume: Path, rid: str, kind: str,
-                 soft: np.ndarray | None = None) -> dict:
+                 soft: np.ndarray | None = None, scores: np.ndarray | None = None) -> dict:
     """Train ``model`` on the train split under ``cfg``, keep the best val epoch, save it; return a summary.
 
-    ``soft``: per-image maps of the train split that the loss gets with each batch (cached teacher logits)."""
+    ``soft``: per-image maps of the train split that the loss gets with each batch (cached teacher logits);
+    ``scores``: per-image values it gets after them (cached teacher presence logits)."""
     device = select_device(cfg.device)
     precision = precision_mod.resolve(cfg.precision, device)  # refused before the data is read, not after
     threads = configure_cpu(cfg.threads)
@@ -259,7 +284,7 @@ def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: Lo
 
     with open_live(live_dir) as live:
         # soft maps are indexed like the images, so every rank's share of a batch gets its own samples' maps
-        train_set = SegmentationSet(train_x, train_y, Augment(cfg.augment), cfg.seed, soft)
+        train_set = SegmentationSet(train_x, train_y, Augment(cfg.augment), cfg.seed, soft, scores)
         result = fit(model, train_set, val_x, val_y, cfg, loss_fn, device, live, resume, rid, desc=kind)
 
     meta = metadata.model_meta(params, config, kind, rid) | {"epoch": result.best_epoch, "val": result.best}
@@ -273,6 +298,7 @@ def fit_and_save(params: Params, cfg: TrainParams, model: nn.Module, loss_fn: Lo
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
         "val_dice": round(result.best["dice"], 4), "val_iou": round(result.best["iou"], 4),
         "val_normal_clean": round(result.best["normal_clean"], 4),
+        "val_presence_auc": round(result.best.get("presence_auc", float("nan")), 4),
         "train_minutes": round(result.seconds / 60, 2), "device": device.type, **precision.record(),
     }
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from tests.conftest import TINY
 from ultraseg.losses import build_loss
-from ultraseg.models import MODELS, build_model, count_macs, count_parameters, rebuild_from_state_dict
+from ultraseg.models import MODELS, build_model, count_macs, count_parameters, rebuild_from_state_dict, split_outputs
 from ultraseg.models.blocks import ACTS, DOWNS, NORMS, UPS, AttentionGate, make_act, make_norm
 
 
@@ -254,3 +254,18 @@ def test_rebuild_loads_strictly():
     state["head.extra"] = torch.zeros(1)
     with pytest.raises(RuntimeError, match="head.extra"):
         rebuild_from_state_dict(config, state)
+
+
+@pytest.mark.parametrize("name", ["unet", "unet_pp"])
+def test_presence_head_answers_once_per_image_from_the_deepest_features(name):
+    torch.manual_seed(0)
+    model = build_model({"name": name, "widths": [4, 8, 16], "norm": "instance", "presence": True}).eval()
+    x = torch.randn(3, 1, 32, 40)
+    logits, presence = split_outputs(model(x))
+    assert logits.shape == (3, 1, 32, 40) and presence.shape == (3, 1)
+    deepest = model.downs[-1](model.downs[0](model.stem(x)))  # the bottleneck the head reads
+    torch.testing.assert_close(presence, model.presence(deepest))
+    # each image's answer is its own: a batch of one gives the same logit
+    torch.testing.assert_close(split_outputs(model(x[1:2]))[1], presence[1:2])
+    plain = build_model({"name": name, "widths": [4, 8, 16], "norm": "instance"})
+    assert split_outputs(plain(x))[1] is None and count_macs(model, 32) > count_macs(plain, 32)

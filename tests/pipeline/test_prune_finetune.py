@@ -123,7 +123,8 @@ def test_the_checkpoint_rebuilds_the_pruned_network(workspace, pruned):
     assert meta["run_id"] == run_id(params, split, *data_files(data), root / "student.pt") + \
         params_mod.digest(params.prune)
     with torch.no_grad():
-        assert model(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 1, SIZE, SIZE)
+        logits, presence = model(torch.zeros(1, 1, SIZE, SIZE))
+    assert logits.shape == (1, 1, SIZE, SIZE) and presence.shape == (1, 1)  # the presence head survives
 
 
 def test_the_student_checkpoint_is_left_alone(workspace, pruned):

@@ -22,7 +22,7 @@ PARAMS = {
               "model": {"widths": TINY}},
 }
 SUMMARY_KEYS = {"model", "params", "gmacs", "best_epoch", "epochs_run", "val_dice", "val_iou", "val_normal_clean",
-                "train_minutes", "device", "precision", "cpu_features"}
+                "val_presence_auc", "train_minutes", "device", "precision", "cpu_features"}
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def test_train_writes_teacher_summary_and_curves(workspace, tmp_path):
     assert summary["gmacs"] > 0
     assert 0.0 <= summary["val_dice"] <= 1.0 and 0.0 <= summary["val_iou"] <= summary["val_dice"]
     assert summary["val_normal_clean"] in (0.0, 1.0)  # the one normal val image: clean or not
+    assert 0.0 <= summary["val_presence_auc"] <= 1.0  # the presence head (train.model.presence) ranks val images
     json.dumps(summary, allow_nan=False)  # what the stage writes to metrics/train.json
 
     model, meta = checkpoint.load(tmp_path / "teacher.pt")
@@ -62,7 +63,8 @@ def test_train_writes_teacher_summary_and_curves(workspace, tmp_path):
     assert round(meta["val"]["dice"], 4) == summary["val_dice"]
     assert count_parameters(model) == summary["params"]
     with torch.no_grad():
-        assert model(torch.zeros(1, 1, SIZE, SIZE)).shape == (1, 1, SIZE, SIZE)
+        logits, presence = model(torch.zeros(1, 1, SIZE, SIZE))
+    assert logits.shape == (1, 1, SIZE, SIZE) and presence.shape == (1, 1)
 
     assert not (tmp_path / "resume" / "train.pt").exists()  # finished: nothing to resume
     curve = (tmp_path / "live" / "plots" / "metrics" / "val" / "dice.tsv").read_text().splitlines()

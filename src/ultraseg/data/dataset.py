@@ -51,13 +51,18 @@ class SegmentationSet(Dataset):
 
     With ``soft`` maps (N, S, S), e.g. a teacher's logits for the unaugmented images, each sample is
     (image, mask, soft), the soft map warped with the image's geometry (:class:`~ultraseg.data.augment.Augment`).
+    With ``scores`` (N,), e.g. a teacher's presence logits, each sample ends with its score, shape (1,), which no
+    augmentation changes.
     """
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, augment: Augment | None = None, seed: int = 0,
-                 soft: np.ndarray | None = None):
+                 soft: np.ndarray | None = None, scores: np.ndarray | None = None):
         if soft is not None and soft.shape != images.shape:
             raise ValueError(f"soft maps {soft.shape} do not match the images {images.shape}")
+        if scores is not None and scores.shape != images.shape[:1]:
+            raise ValueError(f"scores {scores.shape} do not match the images {images.shape}")
         self.images, self.masks, self.augment, self.seed, self.soft = images, masks, augment, seed, soft
+        self.scores = scores
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -70,4 +75,5 @@ class SegmentationSet(Dataset):
         arrays = (self.images[index], self.masks[index]) + (() if self.soft is None else (self.soft[index],))
         if self.augment is not None:
             arrays = self.augment(*arrays[:2], worker_seed(self.seed, self.epoch, index), *arrays[2:])
-        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)[None]) for a in arrays)
+        maps = tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)[None]) for a in arrays)
+        return maps if self.scores is None else (*maps, torch.tensor([self.scores[index]], dtype=torch.float32))

@@ -30,24 +30,26 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, out
     task = build_loss(cfg.task_loss(params.train))
     data_rid = run_id(params, split_csv, *data_files(data_dir), teacher_path) + params_mod.digest(cfg)
     train_x, _, _ = load_split(data_dir, split_csv, "train", params.preprocess.normalize)
-    soft = teacher_targets(params, teacher, train_x, device)
+    soft, scores = teacher_targets(params, teacher, train_x, device) or (None, None)
 
-    def student_run(kd_weight: float, target: Path, live: Path, name: str) -> dict:
+    def student_run(distil: bool, target: Path, live: Path, name: str) -> dict:
         training.seed_everything(budget.seed)  # both runs start from the same initial weights
         model = build_model(budget.model.config())
-        loss = DistillLoss(task, teacher if kd_weight > 0 else None, cfg.temperature, cfg.task_weight, kd_weight,
-                           cfg.normal_target)
+        kd_weight, presence_weight = (cfg.kd_weight, cfg.presence_weight) if distil else (0.0, 0.0)
+        loss = DistillLoss(task, teacher if distil else None, cfg.temperature, cfg.task_weight, kd_weight,
+                           cfg.normal_target, presence_weight)
         return training.fit_and_save(params, budget, model, loss, data_dir, split_csv, target, live,
-                                     resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}", name,
-                                     soft=soft if kd_weight > 0 else None)
+                                     resume_dir / f"{name}.pt", f"{data_rid}-{kd_weight}-{presence_weight}", name,
+                                     soft=soft if distil else None, scores=scores if distil else None)
 
     summary = {"teacher_val_dice": meta["val"]["dice"], "temperature": cfg.temperature,
                "kd_weight": cfg.kd_weight, **precision.record(),
-               "student": student_run(cfg.kd_weight, out, live_dir, "student")}
+               "presence_weight": cfg.presence_weight,
+               "student": student_run(cfg.kd_weight + cfg.presence_weight > 0, out, live_dir, "student")}
     summary["kept"] = "distilled"
     if cfg.baseline:
         scratch = resume_dir / "baseline_model.pt"
-        summary["baseline"] = student_run(0.0, scratch, baseline_live_dir, "baseline")
+        summary["baseline"] = student_run(False, scratch, baseline_live_dir, "baseline")
         summary["kd_gain_val_dice"] = round(summary["student"]["val_dice"] - summary["baseline"]["val_dice"], 4)
         if cfg.keep == "best" and summary["kd_gain_val_dice"] < 0:
             if distributed.is_main():  # the one process that wrote the checkpoints

@@ -17,6 +17,7 @@ from ultraseg.distillation import DistillLoss, teacher_targets
 from ultraseg.losses import build_loss
 from ultraseg.metadata import data_files, model_meta, run_id
 from ultraseg.models.registry import count_macs, count_parameters
+from ultraseg.models.unet import split_outputs
 from ultraseg.params import Params
 from ultraseg.precision import resolve as resolve_precision
 from ultraseg.pruning import calibration_batches, prune, pruned_widths, summary
@@ -37,9 +38,9 @@ def run(params: Params, data_dir: Path, split_csv: Path, teacher_path: Path, stu
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
     d = params.distill
     loss = DistillLoss(build_loss(d.task_loss(params.train)), teacher, d.temperature, d.task_weight, d.kd_weight,
-                       d.normal_target)
-    train_set = SegmentationSet(train_x, train_y, Augment(budget.augment), budget.seed,
-                                teacher_targets(params, teacher, train_x, device))
+                       d.normal_target, d.presence_weight)
+    soft, scores = teacher_targets(params, teacher, train_x, device) or (None, None)
+    train_set = SegmentationSet(train_x, train_y, Augment(budget.augment), budget.seed, soft, scores)
     example = torch.from_numpy(val_x[:1, None]).to(device)
 
     def val_dice(model) -> float:
@@ -86,6 +87,7 @@ def _check_reload(path: Path, model: torch.nn.Module, example: torch.Tensor) -> 
     """The saved checkpoint must rebuild the same network: same widths, same output."""
     rebuilt, meta = checkpoint.load(path)
     with torch.no_grad():
-        same = torch.allclose(rebuilt(example), model(example), atol=1e-5)
+        pairs = zip(split_outputs(rebuilt(example)), split_outputs(model(example)))
+        same = all((a is None and b is None) or torch.allclose(a, b, atol=1e-5) for a, b in pairs)
     if not same or pruned_widths(rebuilt) != meta["pruned_widths"]:
         raise RuntimeError(f"{path}: the pruned checkpoint does not rebuild to the network that was saved")

@@ -17,5 +17,5 @@ def run(params: Params, data_dir: Path, split_csv: Path, out: Path, live_dir: Pa
     model = build_model(cfg.model.config())
     criterion = build_loss(params_mod.to_dict(cfg.loss))
     rid = run_id(params, split_csv, *data_files(data_dir))
-    return training.fit_and_save(params, cfg, model, lambda logits, _x, masks: criterion(logits, masks), data_dir,
+    return training.fit_and_save(params, cfg, model, lambda outputs, _x, masks: criterion(outputs, masks), data_dir,
                                  split_csv, out, live_dir, resume, rid, "teacher")
