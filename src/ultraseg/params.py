@@ -258,6 +258,15 @@ class SplitParams(Section):
     seed: int
     fractions: SplitFractions
     duplicates: DuplicateParams
+    folds: int
+    """Grouped cross-validation folds over train + val (duplicate groups never split, test untouched)."""
+    fold: int | None
+    """null: the fixed train/val split; k in [0, folds): fold k is val and the other folds train."""
+
+    def check(self, prefix: str) -> None:
+        _within(self, prefix, "folds", 2, 20)
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise ParamsError(f"{prefix}.fold: expected null or an integer in [0, {self.folds}), got {self.fold}")
 
 
 @dataclass(frozen=True)
