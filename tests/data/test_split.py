@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ultraseg.data import busi
-from ultraseg.data.split import SPLITS, Link, find_duplicates, given_links, group_ids, stratified_group_split
+from ultraseg.data.split import SPLITS, Link, find_duplicates, given_links, group_folds, group_ids, stratified_group_split
 from ultraseg.params import SplitFractions
 from tests.conftest import shipped
 
@@ -205,3 +205,28 @@ def test_known_identical_pair_in_the_mirror_is_linked(busi_mirror):
     for seed in range(3):
         assignment = stratified_group_split(["benign", "benign", "malignant"], groups, FRACTIONS, seed)
         assert assignment[0] == assignment[2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_folds_never_split_a_group_and_each_holds_both_classes(seed):
+    rng = np.random.default_rng(seed)
+    classes = list(rng.choice(["normal", "benign", "malignant"], size=200, p=[0.2, 0.5, 0.3]))
+    groups = np.minimum(np.arange(200), rng.integers(0, 200, 200))  # many images share a group
+    groups = np.unique(groups, return_inverse=True)[1]
+    splits = stratified_group_split(classes, groups, SplitFractions(0.7, 0.1, 0.2), seed)
+    folds = group_folds(classes, groups, splits, 5, seed)
+    assert all((f is None) == (s == "test") for f, s in zip(folds, splits))
+    for g in np.unique(groups):
+        assert len({folds[i] for i in np.flatnonzero(groups == g)}) == 1  # a group lies in one fold
+    sizes = [sum(f == k for f in folds) for k in range(5)]
+    assert max(sizes) - min(sizes) <= max(np.bincount(groups)) + 2
+    for k in range(5):
+        assert {classes[i] == "normal" for i in range(200) if folds[i] == k} == {True, False}
+
+
+def test_a_fold_without_normal_images_is_refused_naming_it():
+    classes = ["benign"] * 18 + ["normal"] * 2
+    groups = np.arange(20)
+    splits = ["train"] * 20
+    with pytest.raises(ValueError, match=r"fold \d of 5 holds no normal image"):
+        group_folds(classes, groups, splits, 5, 0)

@@ -176,8 +176,35 @@ def stratified_group_split(
     source, most severe class first; within one, groups are shuffled with ``seed`` and, largest first, each goes to
     the split that is furthest below its target; ties go to the earlier split in ``train, val, test`` order.
     """
-    rng = np.random.default_rng(seed)
     shares = np.array([fractions.train, fractions.val, fractions.test])
+    return [SPLITS[k] for k in _deal(classes, groups, shares, seed, sources)]
+
+
+def group_folds(classes: Sequence[str], groups: np.ndarray, splits: Sequence[str], folds: int, seed: int,
+                sources: Sequence[str] | None = None) -> list[int | None]:
+    """Each image's cross-validation fold in ``0 .. folds - 1``, None for test images: the train and val images'
+    whole groups dealt out in equal shares, stratified as :func:`stratified_group_split` deals splits. A fold that
+    lacks lesion or normal images, which its scores need, is refused, naming it."""
+    pool = [i for i, s in enumerate(splits) if s != "test"]
+    sources = list(sources) if sources is not None else [""] * len(classes)
+    dealt = _deal([classes[i] for i in pool], groups[pool], np.full(folds, 1.0 / folds), seed,
+                  [sources[i] for i in pool])
+    assignment: list[int | None] = [None] * len(classes)
+    for i, fold in zip(pool, dealt):
+        assignment[i] = fold
+    for fold in range(folds):
+        members = {classes[i] == "normal" for i in pool if assignment[i] == fold}
+        if members != {True, False}:
+            lacking = "normal" if True not in members else "lesion"
+            raise ValueError(f"split.folds: fold {fold} of {folds} holds no {lacking} image to score; "
+                             "use fewer folds")
+    return assignment
+
+
+def _deal(classes: Sequence[str], groups: np.ndarray, shares: np.ndarray, seed: int,
+          sources: Sequence[str] | None) -> list[int]:
+    """Each image's bucket: whole groups, stratum by stratum, each to the bucket furthest below its share."""
+    rng = np.random.default_rng(seed)
     sources = list(sources) if sources is not None else [""] * len(classes)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups.tolist()):
@@ -189,18 +216,18 @@ def stratified_group_split(
         rank, name = severity(key[1])
         return source_order.index(key[0]), -rank, name
 
-    assignment = [""] * len(classes)
+    assignment = [0] * len(classes)
     for key in sorted(set(stratum.values()), key=order):
         ids = [g for g in members if stratum[g] == key]
         ids = [ids[k] for k in rng.permutation(len(ids))]
         ids.sort(key=lambda g: -len(members[g]))  # stable: shuffled order kept among equal sizes
         total = sum(len(members[g]) for g in ids)
-        counts = np.zeros(3)
+        counts = np.zeros(len(shares))
         for g in ids:
-            split = int(np.argmax(shares * total - counts))
-            counts[split] += len(members[g])
+            bucket = int(np.argmax(shares * total - counts))
+            counts[bucket] += len(members[g])
             for i in members[g]:
-                assignment[i] = SPLITS[split]
+                assignment[i] = bucket
     return assignment
 
 

@@ -1,5 +1,6 @@
 """The split stage's work: read every fetched image, link near-duplicates, split whole groups by class
-(:mod:`ultraseg.data.split`), and count what went where."""
+(:mod:`ultraseg.data.split`), and count what went where. With ``split.fold`` set, train and val are one fold of
+the grouped cross-validation over them instead (test is the same in every fold)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ultraseg.data import busi
-from ultraseg.data.split import (SPLITS, Link, find_duplicates, given_links, group_ids, severity,
+from ultraseg.data.split import (SPLITS, Link, find_duplicates, given_links, group_folds, group_ids, severity,
                                  stratified_group_split)
 from ultraseg.params import SplitParams
 
@@ -30,6 +31,9 @@ def run(raw_dir: Path, params: SplitParams) -> tuple[list[dict], list[dict], dic
     links += given_links([row.get("group", "") for row in manifest], sources)
     groups = group_ids(len(ids), links)
     splits = stratified_group_split(classes, groups, params.fractions, params.seed, sources)
+    folds = group_folds(classes, groups, splits, params.folds, params.seed, sources)
+    if params.fold is not None:  # cross-validation: this fold is val, the others train; test stays as it is
+        splits = [s if f is None else ("val" if f == params.fold else "train") for s, f in zip(splits, folds)]
     sizes = np.bincount(groups)
     group_classes: dict[int, set[str]] = {}
     for g, cls in zip(groups.tolist(), classes):
@@ -42,6 +46,8 @@ def run(raw_dir: Path, params: SplitParams) -> tuple[list[dict], list[dict], dic
     link_rows = [{"a": ids[k.a], "b": ids[k.b], "kind": k.kind, "inliers": k.inliers, "scale": k.scale,
                   "ncc": k.ncc} for k in links]
     metrics = _metrics(rows, links, sizes, time.perf_counter() - start)
+    metrics["folds"] = {"folds": params.folds, "fold": params.fold,
+                        "images": [sum(f == k for f in folds) for k in range(params.folds)]}
     if len(set(sources)) > 1:
         metrics["by_source"] = _counts(sources, splits, list(dict.fromkeys(sources)))
     return rows, link_rows, metrics
