@@ -13,7 +13,9 @@ Three grids:
               the val numbers a lever is chosen by (the student's and the deployed file's Dice, clean normals, and
               the deployed file's shift-suite drop and misses on val) and, for the record only, the test headline;
               with --seeds, each lever also runs at those training seeds (LEVER-sSEED) beside the committed params
-              (seed-SEED), and every lever run at two or more seeds gets its mean and sd
+              (seed-SEED), and every lever run at two or more seeds gets its mean and sd; with --folds K, each lever
+              and the committed params also run on each of the K grouped cross-validation folds of train + val
+              (split.fold, LEVER-fK and fold-K), and get their cross-validation mean and sd over the folds
 
 Experiments are queued with `dvc exp run --queue` and run by `dvc queue start --jobs N`; each runs in a copy of the
 project under .dvc/tmp/exps, so fetch.source is passed as an absolute path. The committed run stays the default
@@ -23,6 +25,7 @@ seed; these runs live in DVC's experiment refs and in the JSON this script write
   python scripts/experiments.py --grid seeds --run --collect --seeds 43 44 --jobs 1
   python scripts/experiments.py --grid levers --run --collect
   python scripts/experiments.py --grid levers --run --collect --seeds 43 44 --only scanner-augment-s43 seed-43
+  python scripts/experiments.py --grid levers --run --collect --folds 5   # needs split.folds: 5
   dvc exp show --drop '.*' --keep '^(Experiment|headline\\..*|train\\.seed)$'   # the same runs, interactively
 """
 
@@ -35,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from ultraseg.experiments import COMMITTED, NO_DISTILLATION, VAL_METRICS, decode_run, mean_sd, spreads
+from ultraseg.experiments import COMMITTED, NO_DISTILLATION, VAL_METRICS, Run, cv, decode_run, mean_sd, spreads
 from ultraseg.io import read_json, write_json
 
 COMPARISON: dict[str, dict[str, str]] = {
@@ -105,26 +108,42 @@ POLL_SECONDS = 10
 # ---------------------------------------------------------------------------------------------------- running
 
 
-def experiments(grid: str, epochs: int, seeds: list[int]) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Name -> (the `dvc exp run` target, if any; the -S settings) of every experiment of ``grid``."""
+def experiments(grid: str, epochs: int, seeds: list[int],
+                folds: int = 0) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Name -> (the `dvc exp run` target, if any; the -S settings) of every experiment of ``grid``; the levers grid
+    also runs at ``seeds`` and on ``folds`` cross-validation folds (0: none)."""
     if grid == "comparison":
         return {f"{name}-e{epochs}": (["train"], {"train.epochs": str(epochs), **sets})
                 for name, sets in COMPARISON.items()}
     reseeded = {f"seed-{seed}": ([], {"train.seed": str(seed)}) for seed in seeds}
-    if grid == "levers":
-        return {**{name: ([], sets) for name, sets in LEVERS.items()}, **reseeded,
-                **{f"{name}-s{seed}": ([], {**sets, "train.seed": str(seed)})
-                   for name, sets in LEVERS.items() for seed in seeds}}
-    return reseeded
+    if grid != "levers":
+        return reseeded
+    refolded = {f"fold-{k}": ([], {"split.fold": str(k)}) for k in range(folds)}
+    return {**{name: ([], sets) for name, sets in LEVERS.items()}, **reseeded, **refolded,
+            **{f"{name}-s{seed}": ([], {**sets, "train.seed": str(seed)}) for name, sets in LEVERS.items()
+               for seed in seeds},
+            **{f"{name}-f{k}": ([], {**sets, "split.fold": str(k)}) for name, sets in LEVERS.items()
+               for k in range(folds)}}
 
 
-def lever_and_seed(name: str) -> tuple[str, int | None] | None:
-    """(lever, training seed) an experiment name of the levers grid stands for, "committed" being the committed
-    params and None the committed seed; None for a name of no lever."""
-    if name in LEVERS:  # a lever's own name wins over reading a seed into it
-        return name, None
-    lever, seed = decode_run(name)
-    return (lever, seed) if lever in LEVERS or lever == COMMITTED else None
+def lever_run(name: str) -> Run | None:
+    """The lever, training seed and fold an experiment name of the levers grid stands for, "committed" being the
+    committed params; None for a name of no lever."""
+    if name in LEVERS:  # a lever's own name wins over reading a seed or fold into it
+        return Run(name, None, None)
+    run = decode_run(name)
+    return run if run.lever in LEVERS or run.lever == COMMITTED else None
+
+
+def check_folds(folds: int, ap: argparse.ArgumentParser, params_file: Path = Path("params.yaml")) -> None:
+    """--folds must be the params' split.folds: the split stage deals that many folds, and fold K of another
+    count would be another val set."""
+    from ultraseg.params import load
+
+    expected = load(params_file).split.folds
+    if folds != expected:
+        ap.error(f"--folds {folds}: params.yaml sets split.folds: {expected}; pass --folds {expected} "
+                 "or change split.folds")
 
 
 def queue(todo: dict[str, tuple[list[str], dict[str, str]]], source: Path) -> None:
@@ -264,19 +283,20 @@ def _curve(rev: str | None, path: str) -> list[list[float]]:
     return [[float(cell) for cell in line.split("\t")[:2]] for line in out.stdout.splitlines()[1:] if line.strip()]
 
 
-def collect_levers(previous: dict | None = None, seeds: list[int] | None = None) -> dict:
+def collect_levers(previous: dict | None = None, seeds: list[int] | None = None, folds: int = 0) -> dict:
     """The levers run against each commit, with that commit's run: val numbers to choose by, test for the record.
 
     A lever is compared only with the run of the commit it was derived from, so each such commit gets its own
     comparison, newest first; those of other commits in ``previous`` (the file as it was) are kept after them.
-    Levers run at several training seeds get their mean and sd (:func:`spreads`)."""
+    Levers run at several training seeds get their mean and sd (:func:`spreads`), those run on several
+    cross-validation folds their cross-validation mean and sd (:func:`cv`)."""
     groups: list[tuple[dict, dict[str, dict]]] = []
     # exp_show lists each commit, then the experiments derived from it, newest first: the newest run of a lever wins
     for exp in _rows():
         name = exp.get("Experiment")
         if not name and exp.get("rev") != "workspace":
             groups.append((exp, {}))
-        elif groups and name and lever_and_seed(name) and name not in groups[-1][1] and headline_of(exp):
+        elif groups and name and lever_run(name) and name not in groups[-1][1] and headline_of(exp):
             groups[-1][1][name] = exp
     comparisons = [_comparison(base, levers) for base, levers in groups if levers]
     if not comparisons:
@@ -284,15 +304,17 @@ def collect_levers(previous: dict | None = None, seeds: list[int] | None = None)
     commits = {c["derived_from_commit"] for c in comparisons}
     comparisons += [c for c in (previous or {}).get("comparisons", []) if c["derived_from_commit"] not in commits]
     return {"command": "python scripts/experiments.py --grid levers --run --collect"
-                       + (" --seeds " + " ".join(map(str, seeds)) if seeds else ""),
-            "comparisons": comparisons, "spreads": spreads(comparisons)}
+                       + (" --seeds " + " ".join(map(str, seeds)) if seeds else "")
+                       + (f" --folds {folds}" if folds else ""),
+            "comparisons": comparisons, "spreads": spreads(comparisons), "cv": cv(comparisons)}
 
 
 def _comparison(base: dict, levers: dict[str, dict]) -> dict:
     runs = {}
     for name, exp in {COMMITTED: base, **levers}.items():
-        lever, seed = lever_and_seed(name)
-        runs[name] = {"changed": {**LEVERS.get(lever, {}), **({"train.seed": str(seed)} if seed else {})},
+        lever, seed, fold = lever_run(name)
+        runs[name] = {"changed": {**LEVERS.get(lever, {}), **({"train.seed": str(seed)} if seed else {}),
+                                  **({"split.fold": str(fold)} if fold is not None else {})},
                       "val": {key: _metric(exp, path, key) for path, keys in VAL_METRICS.items() for key in keys},
                       "test_headline": headline_of(exp)}
         if name in LEVER_CURVES:
@@ -312,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds besides the committed run's: the seeds "
                     "grid's (default: 43 44); the levers grid runs each lever and the committed params at them too "
                     "(default: none)")
+    ap.add_argument("--folds", type=int, default=0, metavar="K",
+                    help="levers: also run each lever and the committed params on each of K grouped "
+                    "cross-validation folds of train + val; K must be the params' split.folds (default: none)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments of the grid (default: all)")
     ap.add_argument("--jobs", type=int, default=1, help="queue workers run at once (default: %(default)s)")
     ap.add_argument("--source", type=Path, default=Path("../shared/data/busi"), help="the BUSI data (fetch.source)")
@@ -319,8 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.run or args.collect):
         ap.error("nothing to do: give --run, --collect or both")
     seeds = args.seeds or ([43, 44] if args.grid == "seeds" else [])
+    if args.folds:
+        check_folds(args.folds, ap)
     if args.run:
-        todo = experiments(args.grid, args.epochs, seeds)
+        todo = experiments(args.grid, args.epochs, seeds, args.folds)
         unknown = sorted(set(args.only or ()) - set(todo))
         if unknown:
             ap.error(f"--only: no experiment {unknown[0]!r} in the {args.grid} grid; it has {', '.join(todo)}")
@@ -332,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         out = OUT[args.grid]
         previous = read_json(out) if out.exists() else None
         collect = {"comparison": lambda: collect_comparison(args.epochs), "seeds": lambda: collect_seeds(seeds),
-                   "levers": lambda: collect_levers(previous, seeds)}[args.grid]
+                   "levers": lambda: collect_levers(previous, seeds, args.folds)}[args.grid]
         write_json(out, collect())
         print(f"experiments: -> {out}")
 

@@ -29,11 +29,12 @@ def test_the_teachers_val_dice_is_read_from_the_headline_and_every_other_column_
 
 
 @pytest.mark.parametrize(("name", "decoded"), [
-    ("scanner-augment", ("scanner-augment", None)), ("scanner-augment-s43", ("scanner-augment", 43)),
-    ("seed-44", ("committed", 44)), ("committed", ("committed", None)),
-    ("normal-background-student-in", ("normal-background-student-in", None)),
-    ("normal-background-student-in-s7", ("normal-background-student-in", 7))])
-def test_run_names_carry_the_lever_and_its_training_seed(name, decoded) -> None:
+    ("scanner-augment", ("scanner-augment", None, None)), ("scanner-augment-s43", ("scanner-augment", 43, None)),
+    ("seed-44", ("committed", 44, None)), ("committed", ("committed", None, None)),
+    ("fold-3", ("committed", None, 3)), ("scanner-augment-f0", ("scanner-augment", None, 0)),
+    ("normal-background-student-in", ("normal-background-student-in", None, None)),
+    ("normal-background-student-in-s7", ("normal-background-student-in", 7, None))])
+def test_run_names_carry_the_lever_its_training_seed_and_its_fold(name, decoded) -> None:
     assert experiments.decode_run(name) == decoded
 
 
@@ -54,3 +55,13 @@ def test_runs_of_the_same_committed_run_are_pooled_across_commits_timings_aside(
     assert pooled["levers"]["committed"]["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.79)
     assert alone["derived_from_commits"] == ["other"] and list(alone["levers"]) == ["committed"]
     assert experiments.spreads([newer]) == []  # one seed each: nothing to pool
+
+
+def test_fold_runs_pool_into_cross_validation_and_stay_out_of_the_seed_spread() -> None:
+    runs = {"committed": _run(0.80, 0.70), "fold-0": _run(0.70, 0.60), "fold-1": _run(0.74, 0.62),
+            "lever-f0": _run(0.72, 0.61), "lever-f1": _run(0.78, 0.63), "lever": _run(0.9, 0.9)}
+    [summary] = experiments.cv([{"derived_from_commit": "new", "runs": runs}])
+    assert list(summary["levers"]) == ["committed", "lever"]  # fold runs only: the fixed split is no fold
+    assert summary["levers"]["committed"]["folds"] == [0, 1]
+    assert summary["levers"]["lever"]["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.75)
+    assert experiments.spreads([{"derived_from_commit": "new", "runs": runs}]) == []

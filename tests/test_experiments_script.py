@@ -97,12 +97,44 @@ def test_queue_workers_get_a_search_path_that_holds_in_each_experiments_copy(exp
     assert path.split(os.pathsep) == [str(tmp_path / ".venv" / "bin"), "/usr/bin"]
 
 
-def test_lever_names_carry_their_training_seed(experiments):
-    assert experiments.lever_and_seed("scanner-augment") == ("scanner-augment", None)
-    assert experiments.lever_and_seed("scanner-augment-s43") == ("scanner-augment", 43)
-    assert experiments.lever_and_seed("seed-44") == ("committed", 44)
-    assert experiments.lever_and_seed("committed") == ("committed", None)
-    assert experiments.lever_and_seed("other-s43") is None and experiments.lever_and_seed("filter-lee-e8") is None
+def test_lever_names_carry_their_training_seed_and_fold(experiments):
+    assert experiments.lever_run("scanner-augment") == ("scanner-augment", None, None)
+    assert experiments.lever_run("scanner-augment-s43") == ("scanner-augment", 43, None)
+    assert experiments.lever_run("scanner-augment-f2") == ("scanner-augment", None, 2)
+    assert experiments.lever_run("seed-44") == ("committed", 44, None)
+    assert experiments.lever_run("fold-0") == ("committed", None, 0)
+    assert experiments.lever_run("committed") == ("committed", None, None)
+    assert experiments.lever_run("other-s43") is None and experiments.lever_run("filter-lee-e8") is None
+
+
+def test_levers_grid_with_folds_runs_each_lever_and_the_committed_params_on_each_fold(experiments):
+    folded = experiments.experiments("levers", 8, [], folds=3)
+    assert folded["fold-2"] == ([], {"split.fold": "2"})
+    assert folded["scanner-augment-f0"] == ([], {**experiments.LEVERS["scanner-augment"], "split.fold": "0"})
+    assert len(folded) == 4 * len(experiments.LEVERS) + 3
+
+
+def test_folds_other_than_the_params_split_folds_are_refused(experiments, capsys):
+    with pytest.raises(SystemExit):
+        experiments.main(["--grid", "levers", "--run", "--folds", "3"])
+    assert "split.folds: 5" in capsys.readouterr().err
+
+
+def test_fold_runs_are_collected_with_their_fold_into_a_cross_validation_summary(experiments, monkeypatch):
+    rows = [row("", 0.81), row("fold-0", 0.70), row("fold-1", 0.80), row("scanner-augment-f0", 0.75),
+            row("scanner-augment-f1", 0.85), row("scanner-augment", 0.9)]
+    monkeypatch.setattr(experiments, "_rows", lambda: rows)
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    out = experiments.collect_levers(folds=2)
+    assert out["command"].endswith("--collect --folds 2")
+    assert out["comparisons"][0]["runs"]["scanner-augment-f1"]["changed"]["split.fold"] == "1"
+    [summary] = out["cv"]
+    lever = summary["levers"]["scanner-augment"]  # the fixed split's run is no fold: left out
+    assert lever["folds"] == [0, 1] and lever["n"] == 2
+    assert lever["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.80)
+    assert summary["levers"]["committed"]["folds"] == [0, 1]
+    assert summary["levers"]["committed"]["val"]["val_chosen.dice"]["mean"] == pytest.approx(0.75)
+    assert out["spreads"] == []  # no lever ran at a second seed
 
 
 def test_levers_grid_with_seeds_runs_each_lever_and_the_committed_params_at_each_seed(experiments):

@@ -9,10 +9,13 @@ experiments/levers.json holds one *comparison* per commit the levers were derive
                                                         "curve": {"path": ..., "points": [[step, value], ...]}}}}],
      "spreads": [{"derived_from_commits": [...], "levers": {LEVER: {"seeds": [...], "n": 2,
                                                                      "val": {KEY: {"mean", "sd"}},
-                                                                     "test_headline": {KEY: {"mean", "sd"}}}}}]}
+                                                                     "test_headline": {KEY: {"mean", "sd"}}}}}],
+     "cv": [{"derived_from_commits": [...], "levers": {LEVER: {"folds": [...], "n": 5, "val": ..., ...}}}]}
 
 A RUN is named ``committed`` (the commit's own params), ``LEVER``, ``seed-SEED`` (the committed params at another
-training seed) or ``LEVER-sSEED`` (:func:`decode_run`). ``val`` holds the numbers a lever is chosen by, all on the
+training seed), ``LEVER-sSEED``, ``fold-K`` (the committed params with cross-validation fold K as val,
+``split.fold``) or ``LEVER-fK`` (:func:`decode_run`). ``spreads`` pool the fixed split's runs over seeds, ``cv`` the
+committed seed's runs over folds: the cross-validation mean ± sd, on five times the val images of one split. ``val`` holds the numbers a lever is chosen by, all on the
 val split (:data:`VAL_COLUMNS`); ``test_headline`` is the run's metrics/headline.json, kept for the record only.
 This module imports only the standard library, so the report reads the file without the script's DVC machinery.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from typing import NamedTuple
 
 COMMITTED = "committed"
 """The run of a comparison, and the lever of a spread, that holds the commit's own params."""
@@ -65,14 +69,22 @@ def spread_value(spread: dict, key: str) -> dict | None:
     return spread["test_headline" if key == TEACHER_VAL else "val"].get(key)
 
 
-def decode_run(name: str) -> tuple[str, int | None]:
-    """(lever, training seed) a run's name stands for, :data:`COMMITTED` being the committed params and None the
-    committed seed. The name is not checked against any list of levers."""
-    if match := re.fullmatch(r"seed-(\d+)", name):
-        return COMMITTED, int(match[1])
-    if match := re.fullmatch(r"(.+)-s(\d+)", name):
-        return match[1], int(match[2])
-    return name, None
+class Run(NamedTuple):
+    lever: str
+    seed: int | None
+    """The training seed; None: the committed one."""
+    fold: int | None
+    """The cross-validation fold that is val; None: the fixed train/val split."""
+
+
+def decode_run(name: str) -> Run:
+    """The lever, training seed and fold a run's name stands for, :data:`COMMITTED` being the committed params.
+    The name is not checked against any list of levers."""
+    if match := re.fullmatch(r"(seed|fold)-(\d+)", name):
+        return Run(COMMITTED, int(match[2]), None) if match[1] == "seed" else Run(COMMITTED, None, int(match[2]))
+    if match := re.fullmatch(r"(.+)-([sf])(\d+)", name):
+        return Run(match[1], int(match[3]), None) if match[2] == "s" else Run(match[1], None, int(match[3]))
+    return Run(name, None, None)
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:
@@ -80,10 +92,22 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 
 
 def spreads(comparisons: list[dict]) -> list[dict]:
-    """Mean and sd over training seeds of every lever (and of the committed params) run at two or more seeds, one
-    entry per committed run. Comparisons whose committed rows carry the same test headline, timings aside (another
-    benchmark run of the same files on a shared machine), compare with the same run, derived from several commits
-    that changed nothing it depends on, so their runs are pooled; the newest run of a lever at a seed wins."""
+    """Mean and sd over training seeds of every lever (and of the committed params) run at two or more seeds on the
+    fixed split, one entry per committed run (:func:`_pool`)."""
+    return _pool(comparisons, "seed")
+
+
+def cv(comparisons: list[dict]) -> list[dict]:
+    """Mean and sd over cross-validation folds of every lever (and of the committed params) run at two or more
+    folds at the committed seed, one entry per committed run (:func:`_pool`)."""
+    return _pool(comparisons, "fold")
+
+
+def _pool(comparisons: list[dict], over: str) -> list[dict]:
+    """Runs pooled by lever over ``over`` (``seed``: fixed-split runs; ``fold``: the committed seed's fold runs).
+    Comparisons whose committed rows carry the same test headline, timings aside (another benchmark run of the same
+    files on a shared machine), compare with the same run, derived from several commits that changed nothing it
+    depends on, so their runs are pooled; the newest run of a lever at a seed or fold wins."""
     pooled: dict[str, tuple[list[str], dict[str, dict]]] = {}
     for comparison in comparisons:
         committed = comparison["runs"].get(COMMITTED, {}).get("test_headline") or {}
@@ -91,20 +115,22 @@ def spreads(comparisons: list[dict]) -> list[dict]:
         commits, by_lever = pooled.setdefault(json.dumps(accuracy, sort_keys=True), ([], {}))
         commits.append(comparison["derived_from_commit"])
         for name, run in comparison["runs"].items():
-            lever, seed = decode_run(name)
-            if run.get("test_headline"):
-                by_lever.setdefault(lever, {}).setdefault(seed, run)
+            decoded = decode_run(name)
+            replicate = decoded.seed if over == "seed" else decoded.fold
+            other = decoded.fold if over == "seed" else decoded.seed
+            if run.get("test_headline") and other is None and (over == "seed" or replicate is not None):
+                by_lever.setdefault(decoded.lever, {}).setdefault(replicate, run)
     return [{"derived_from_commits": commits,
-             "levers": {lever: _spread(runs) for lever, runs in by_lever.items() if len(runs) >= 2}}
+             "levers": {lever: _spread(runs, f"{over}s") for lever, runs in by_lever.items() if len(runs) >= 2}}
             for commits, by_lever in pooled.values() if any(len(runs) >= 2 for runs in by_lever.values())]
 
 
-def _spread(runs: dict[int | None, dict]) -> dict:
-    """The seeds (None: the committed one) and the mean and sd of each val and test-headline number they all
-    have."""
+def _spread(runs: dict[int | None, dict], label: str) -> dict:
+    """The seeds or folds (``label``; None: the committed seed) and the mean and sd of each val and test-headline
+    number they all have."""
     def summary(part: str) -> dict:
         keys = [k for k, v in next(iter(runs.values()))[part].items() if isinstance(v, (int, float))]
         values = {k: [run[part].get(k) for run in runs.values()] for k in keys}
         return {k: mean_sd(v) for k, v in values.items() if all(isinstance(x, (int, float)) for x in v)}
     runs = dict(sorted(runs.items(), key=lambda item: -1 if item[0] is None else item[0]))
-    return {"seeds": list(runs), "n": len(runs), "val": summary("val"), "test_headline": summary("test_headline")}
+    return {label: list(runs), "n": len(runs), "val": summary("val"), "test_headline": summary("test_headline")}

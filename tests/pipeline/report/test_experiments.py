@@ -66,6 +66,19 @@ def test_levers_section_renders_the_seed_spread_of_levers_run_at_several_seeds()
     assert text.rstrip().endswith("| 0.7000 ± 0.0200 |")
 
 
+def test_levers_section_renders_the_cross_validation_of_levers_run_on_several_folds() -> None:
+    val = {key: {"mean": 0.74, "sd": 0.03} for key in schema.LEVER_COLUMNS.values()}
+    summary = {"folds": [0, 1, 2, 3, 4], "n": 5, "val": val, "test_headline": {"deployed": {"mean": 0.7, "sd": 0.01}}}
+    comparison = {"derived_from_commit": "abc1234", "missing": [], "runs": {
+        "committed": {"changed": {}, "val": {}, "test_headline": {"deployed": 0.71}}}}
+    levers = {"command": "x", "comparisons": [comparison]}
+    assert "Cross-validation" not in experiments.levers_section(levers)
+    levers["cv"] = [{"derived_from_commits": ["abc1234"], "levers": {"scanner-augment": summary}}]
+    text = experiments.levers_section(levers)
+    assert "### Cross-validation of the levers" in text and "| run | folds |" in text
+    assert "| scanner-augment | 0, 1, 2, 3, 4 | – | 0.7400 ± 0.0300 |" in text
+
+
 def test_levers_section_names_the_levers_the_params_hold() -> None:
     runs = {"committed": {"changed": {}, "val": {}, "test_headline": None},
             "instance-norm-s43": {"changed": {"train.model.norm": "instance", "train.seed": "43"}, "val": {},

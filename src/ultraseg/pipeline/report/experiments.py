@@ -75,7 +75,7 @@ commit's run only. A lever is chosen by the val columns only (shift drop and mos
 shifted val split at moderate severity, from `metrics/robustness.json`); the last column, the deployed file's test
 lesion Dice, is there for the record, not for choosing. A row named `LEVER-sSEED` (or `seed-SEED`, the committed
 params) ran at another training seed; a difference smaller than the seed spread below is no effect.
-{_adopted_note(levers, params)}{"".join(_lever_table(comparison) for comparison in levers["comparisons"])}{_spread_tables(levers.get("spreads", []))}"""
+{_adopted_note(levers, params)}{"".join(_lever_table(comparison) for comparison in levers["comparisons"])}{_spread_tables(levers.get("spreads", []))}{_spread_tables(levers.get("cv", []), "folds")}"""
 
 
 def _adopted_note(levers: dict, params: Params | None) -> str:
@@ -95,7 +95,7 @@ def _adopted_note(levers: dict, params: Params | None) -> str:
     adopted = {}
     for comparison in levers["comparisons"]:
         for name, run in comparison["runs"].items():
-            settings = {k: v for k, v in run["changed"].items() if k != "train.seed"}
+            settings = {k: v for k, v in run["changed"].items() if k not in ("train.seed", "split.fold")}
             if settings and all(holds(k, v) for k, v in settings.items()):
                 adopted.setdefault(schema.decode_run(name)[0], settings)
     if not adopted:
@@ -113,21 +113,29 @@ def _adopted_note(levers: dict, params: Params | None) -> str:
     return f"\nAdopted into this run's params, on the val columns and seed spread below: {'; '.join(names)}.\n"
 
 
-def _spread_tables(spreads: list[dict]) -> str:
-    """Mean ± sd over training seeds of the levers run at several, beside the committed params' own spread."""
+def _spread_tables(spreads: list[dict], over: str = "seeds") -> str:
+    """Mean ± sd over training seeds (or cross-validation ``folds``) of the levers run at several, beside the
+    committed params' own spread."""
     if not spreads:
         return ""
     tables = []
     for spread in spreads:
-        rows = [[lever, ", ".join("committed" if seed is None else str(seed) for seed in s["seeds"]),
+        rows = [[lever, ", ".join("committed" if seed is None else str(seed) for seed in s[over]),
                  *[_mean_sd(schema.spread_value(s, key)) for key in schema.LEVER_COLUMNS.values()],
                  _mean_sd(s["test_headline"].get("deployed"))]
                 for lever, s in spread["levers"].items()]
         tables.append(f"""
 Runs pooled from commits {', '.join(spread['derived_from_commits'])} (one committed run):
 
-{table(['run', 'seeds', *schema.LEVER_COLUMNS, 'deployed test'], rows)}
+{table(['run', over, *schema.LEVER_COLUMNS, 'deployed test'], rows)}
 """)
+    if over == "folds":
+        return f"""
+### Cross-validation of the levers
+
+Mean ± sd over the grouped cross-validation folds of train + val each lever ran on (`split.fold`; duplicate groups
+never split, test untouched), at the committed seed: every val column is measured on another fifth of train + val.
+{"".join(tables)}"""
     return f"""
 ### Seed spread of the levers
 
