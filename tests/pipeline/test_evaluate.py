@@ -203,3 +203,21 @@ def test_scores_are_broken_down_by_source_only_when_there_are_several(zoo):
     assert both["a"]["n_lesion"] + both["a"]["n_normal"] == 1
     assert both["b"]["n_lesion"] + both["b"]["n_normal"] == len(test.ids) - 1
     assert both["b"]["dice"] == 1.0 and not both["a"]["dice"] == 1.0
+
+
+def test_image_scores_are_the_calibrated_presence_or_the_highest_pixel_probability():
+    probs = [np.array([[0.1, 0.7], [0.2, 0.3]]), np.zeros((2, 3))]
+    assert evaluate.image_scores(probs, None, None).tolist() == [0.7, 0.0]
+    assert evaluate.image_scores(probs, np.array([0.0, 4.0]), 2.0) == pytest.approx([0.5, 1 / (1 + np.exp(-2.0))])
+
+
+def test_roc_rows_give_each_variant_one_point_per_distinct_score():
+    def row(variant, score, lesion):
+        return {"variant": variant, "score": score, "ref_pixels": 10 if lesion else 0}
+
+    rows = [row("a", s, lesion) for s, lesion in ((0.1, False), (0.4, False), (0.35, True), (0.8, True))]
+    rows += [row("only_lesions", 0.5, True)]
+    roc = evaluate.roc_rows(rows)
+    assert list(roc) == ["a"]  # a curve needs both lesion and normal images
+    assert [(p["fpr"], p["tpr"]) for p in roc["a"]] == [(0, 0), (0, 0.5), (0.5, 0.5), (0.5, 1), (1, 1)]
+    assert [p["threshold"] for p in roc["a"]] == [1.8, 0.8, 0.4, 0.35, 0.1]
