@@ -221,3 +221,14 @@ def test_roc_rows_give_each_variant_one_point_per_distinct_score():
     assert list(roc) == ["a"]  # a curve needs both lesion and normal images
     assert [(p["fpr"], p["tpr"]) for p in roc["a"]] == [(0, 0), (0, 0.5), (0.5, 0.5), (0.5, 1), (1, 1)]
     assert [p["threshold"] for p in roc["a"]] == [1.8, 0.8, 0.4, 0.35, 0.1]
+
+
+def test_roc_figure_draws_each_curve_and_its_val_point(tmp_path):
+    rows = [{"variant": v, "score": s, "ref_pixels": 10 if lesion else 0}
+            for v in ("teacher", "deployed") for s, lesion in ((0.1, False), (0.4, False), (0.35, True), (0.8, True))]
+    from ultraseg import presence
+
+    variants = {v: {"image_level": presence.image_level([0.1, 0.4, 0.35, 0.8], [False, False, True, True], 0.3,
+                                                        n_boot=10)} for v in ("teacher", "deployed")}
+    evaluate.roc_figure(evaluate.roc_rows(rows), variants, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"

@@ -236,6 +236,26 @@ def roc_rows(rows: Sequence[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def roc_figure(roc: dict[str, list[dict]], variants: dict[str, dict], path: Path) -> None:
+    """Each variant's test ROC curve (:func:`roc_rows`) with its AUC, and the point its val-chosen operating point
+    gives on test marked."""
+    plt = figures.pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    for k, (name, points) in enumerate(roc.items()):
+        image = variants[name]["image_level"]
+        style = "--" if name.endswith("_onnx") else "-"
+        line, = ax.plot([p["fpr"] for p in points], [p["tpr"] for p in points], ls=style, lw=1.2, alpha=0.85,
+                        drawstyle="steps-post", label=f"{name} (AUC {image['auc']:.3f})")
+        ax.plot(1 - image["specificity"], image["sensitivity"], "os^vdx*"[k % 7], color=line.get_color())
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("false-positive rate (normal scans answered lesion)")
+    ax.set_ylabel("sensitivity (lesion scans answered lesion)")
+    ax.set_title("Is there a lesion? Test ROC; markers: the operating point chosen on val", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    figures.save(fig, path)
+
+
 def dice_figure(rows: Sequence[dict], path: Path) -> None:
     """Box plot with every lesion image's test Dice, one column per variant."""
     plt = figures.pyplot()
