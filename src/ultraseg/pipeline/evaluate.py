@@ -83,19 +83,29 @@ def score_variant(variant: Variant, models_dir: Path, val: Split, test: Split, p
     test_probs, test_logits = test.probabilities(predict)
     preds = [p > threshold for p in test_probs]
     rows = metrics.evaluate_cases(preds, test.refs, test.ids, test.classes)
-    temperature = None if val_logits is None else presence.fit_temperature(val_logits, val.lesion)
-    val_scores = image_scores(val_probs, val_logits, temperature)
-    point = presence.operating_point(val_scores, val.lesion, sensitivity)
-    scores = image_scores(test_probs, test_logits, temperature)
-    image = {"score": "max_probability" if temperature is None else "presence", "temperature": temperature,
-             "point_from": "val", "val_auc": presence.roc_auc(val_scores, val.lesion),
-             **presence.image_level(scores, test.lesion, point, params.bootstrap, params.seed)}
+    image, scores = image_answer((val_probs, val_logits, val.lesion), (test_probs, test_logits, test.lesion),
+                                 params, sensitivity)
+    point = image["threshold"]
     summary = {"threshold": threshold, "threshold_from": "val" if params.threshold == "val" else "params",
                **metrics.aggregate(rows, params.bootstrap, params.seed), **by_source(rows, test, params),
                "image_level": image}
     rows = [{"variant": variant.name, "threshold": threshold, **row, "score": float(s),
              "lesion_present": bool(s >= point)} for row, s in zip(rows, scores)]
     return summary, rows, curve, preds
+
+
+def image_answer(val: tuple, test: tuple, params: EvaluateParams, sensitivity: float) -> tuple[dict, np.ndarray]:
+    """The image-level answer of a variant from ``(probabilities, presence logits or None, lesion flags)`` of val
+    and of test: the temperature is fitted and the operating point (keeping ``sensitivity``) chosen on val only;
+    returns the test summary (:func:`ultraseg.presence.image_level`, with the val AUC) and the test scores."""
+    (val_probs, val_logits, val_lesion), (test_probs, test_logits, test_lesion) = val, test
+    temperature = None if val_logits is None else presence.fit_temperature(val_logits, val_lesion)
+    val_scores = image_scores(val_probs, val_logits, temperature)
+    point = presence.operating_point(val_scores, val_lesion, sensitivity)
+    scores = image_scores(test_probs, test_logits, temperature)
+    return {"score": "max_probability" if temperature is None else "presence", "temperature": temperature,
+            "point_from": "val", "val_auc": presence.roc_auc(val_scores, val_lesion),
+            **presence.image_level(scores, test_lesion, point, params.bootstrap, params.seed)}, scores
 
 
 def image_scores(probs: Sequence[np.ndarray], logits: np.ndarray | None, temperature: float | None) -> np.ndarray:
