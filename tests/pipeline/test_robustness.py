@@ -138,3 +138,21 @@ def test_summary_keeps_the_lowest_image_level_figures_per_severity():
     last = len(shifts.SHIFTS) - 1
     assert moderate["lowest_auc"] == round(0.9 - 0.01 * last, 4) and moderate["lowest_specificity"] == 0.5
     assert moderate["lowest_sensitivity"] == 0.8 and moderate["worst_drop"] == 0.1
+
+
+def test_a_file_without_a_stored_point_is_pointed_on_unshifted_val(zoo):
+    from ultraseg import presence
+    from ultraseg.data.busi import load_raw
+    from ultraseg.io import split_ids
+
+    models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                    zoo.models / "deploy" / "ultraseg.int8.onnx")
+    points = robustness.operating_points(models, zoo.raw, zoo.split, 0.95)
+    raw = [load_raw(zoo.raw, i) for i in split_ids(zoo.split, "val")]
+    for name, segmenter in models.items():
+        if segmenter.meta.get("presence") is None:  # the teacher's ONNX file stores no image-level point
+            scores = [segmenter.segment(image).score for image, _ in raw]
+            assert points[name] == presence.operating_point(scores, [m.any() for _, m in raw], 0.95)
+        else:
+            assert points[name] is None
+    assert points["teacher"] is not None
