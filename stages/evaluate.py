@@ -1,12 +1,16 @@
 """evaluate: every model variant scored on the held-out test split, at each image's original resolution.
 
-Reads the `evaluate` params section (threshold: `val` or fixed, bootstrap), models/ (PyTorch checkpoints, ONNX fp32
-and int8 files, and the deployable models/deploy/ultraseg.int8.onnx, scored through the runtime with its own
-threshold and post-processing as `deployed`), data/preprocessed (network inputs), data/raw (original-resolution masks) and data/split.csv.
-Writes metrics/evaluate.json (per variant: threshold, lesion-mean Dice with bootstrap 95% CI, IoU, precision,
-recall, HD95, pooled Dice, per-class Dice, normal images predicted clean), results/evaluate/cases.csv (one row per
-variant and test image) and plots/evaluate/ (Dice distribution, Dice against lesion size, val threshold curves, the
-best/median/worst lesion cases and two normal images, the deployable file beside the teacher).
+Reads the `evaluate` params section (threshold: `val` or fixed, bootstrap), `deploy.presence.sensitivity` (the
+image-level operating point's target on val), models/ (PyTorch checkpoints, ONNX fp32 and int8 files, and the
+deployable models/deploy/ultraseg.int8.onnx, scored through the runtime with its own threshold and post-processing as
+`deployed`), data/preprocessed (network inputs), data/raw (original-resolution masks) and data/split.csv. Writes
+metrics/evaluate.json (per variant: threshold, lesion-mean Dice with bootstrap 95% CI, IoU, precision, recall, HD95,
+pooled Dice, per-class Dice, normal images predicted clean, and under image_level the image-level answer: ROC AUC with
+bootstrap CI, sensitivity and specificity at the val-chosen point with Wilson CIs, calibration error),
+results/evaluate/cases.csv (one row per variant and test image, with its image-level score and answer) and
+plots/evaluate/ (the test ROC curve of each variant in roc/<variant>.csv and roc.png, Dice distribution, Dice against
+lesion size, val threshold curves, the best/median/worst lesion cases and two normal images, the deployable file
+beside the teacher).
 """
 
 from pathlib import Path
@@ -32,6 +36,10 @@ def main(argv=None) -> None:
                                                   deployable=args.models / DEPLOY_FILE)
     io.write_csv(args.cases, rows, evaluate.CASE_COLUMNS)
     io.write_csv(args.plots / "threshold_curve.csv", evaluate.curve_rows(curves), ["threshold", *curves])
+    roc = evaluate.roc_rows(rows)
+    for name, points in roc.items():
+        io.write_csv(args.plots / evaluate.ROC_DIR / f"{name}.csv", points, ["fpr", "tpr", "threshold"])
+    evaluate.roc_figure(roc, summary["variants"], args.plots / "roc.png")
     evaluate.dice_figure(rows, args.plots / "dice_distribution.png")
     evaluate.size_figure(rows, ["teacher", DEPLOYED], args.plots / "dice_vs_size.png")
     chosen = {name: v["threshold"] for name, v in summary["variants"].items()}

@@ -4,8 +4,10 @@ Reads metrics/*.json, dvclive/ (the learning curves, drawn into plots/report/lea
 and, where they exist, experiments/comparison.json, seeds.json and levers.json (scripts/experiments.py; the
 no-distillation lever's student curve joins the figure when this run did not train that student itself).
 Writes REPORT.md and metrics/headline.json, the numbers an experiment is judged by (teacher and deployed test Dice
-and their gap, normal images left clean, missed lesions, the shift suite's mean drop, end-to-end ms, file size),
-for `dvc exp show` and `dvc metrics diff` (README, *Experiments*).
+and their gap, normal images left clean, missed lesions, the deployed file's image-level AUC and specificity, the
+shift suite's mean drop, end-to-end ms, file size), for `dvc exp show` and `dvc metrics diff` (README,
+*Experiments*), and beside them the deployed file's and the teacher's image-level AUC, sensitivity and specificity
+with their 95% CIs.
 """
 
 from pathlib import Path

@@ -2,14 +2,16 @@
 
 Reads models/onnx/teacher.onnx (at the threshold metrics/evaluate.json says the evaluate stage chose for it on val),
 models/deploy/ultraseg.int8.onnx (with its own rule), data/raw and data/split.csv (test), and `evaluate.seed` for the
-shifts' random draws. Writes metrics/robustness.json (per model, shift and severity: lesion Dice, its drop from the
-unshifted test split, the share of lesion images with no prediction, normal images left clean; the mean and worst
-drop per severity; under "val", the deployed file's mean and worst drop and most missed lesions per severity on
-the val split, by which training levers are chosen; under "stream", each model's decision flips per 100 frames,
-the frames a true change takes to show and the share of frames decided right on a simulated live scan, frame by
-frame and with the deployable file's stream smoothing; under "ood", the share of a built set of frames that are not
-breast ultrasound (photographs, blank, gradient, noise and text screens) and of the split's scans that the deployable
-file flags out of distribution) and plots/robustness/dice_drop.png.
+shifts' random draws, and `deploy.presence.sensitivity` (the teacher's image-level operating point, chosen on
+unshifted val). Writes metrics/robustness.json (per model, shift and severity: lesion Dice, its drop from the
+unshifted test split, the share of lesion images with no prediction, normal images left clean, image-level ROC AUC and
+sensitivity and specificity at the operating point; the mean and worst drop per severity, the lowest AUC, sensitivity
+and specificity; under "val", the deployed file's mean and worst drop and most missed lesions per severity on the val
+split, by which training levers are chosen; under "stream", each model's decision flips per 100 frames, the frames a
+true change takes to show and the share of frames decided right on a simulated live scan, frame by frame and with the
+deployable file's stream smoothing; under "ood", the share of a built set of frames that are not breast ultrasound
+(photographs, blank, gradient, noise and text screens) and of the split's scans that the deployable file flags out of
+distribution) and plots/robustness/dice_drop.png.
 """
 
 from pathlib import Path
@@ -36,7 +38,8 @@ def main(argv=None) -> None:
         raise FileNotFoundError(f"{args.evaluate}: missing; run the evaluate stage first (dvc repro evaluate)")
     threshold = io.read_json(args.evaluate)["variants"]["teacher_onnx"]["threshold"]
     models = robustness.load_models(args.models / onnx_file("teacher"), threshold, args.models / DEPLOY_FILE)
-    summary = robustness.run(models, args.raw, args.split, params.evaluate.seed, args.on)
+    points = robustness.operating_points(models, args.raw, args.split, params.deploy.presence.sensitivity)
+    summary = robustness.run(models, args.raw, args.split, params.evaluate.seed, args.on, points)
     if args.on == "test":  # the deployed file on shifted val too: what training levers are chosen by
         summary["val"] = robustness.val_summary(models["deployed"], args.raw, args.split, params.evaluate.seed)
     summary["stream"] = robustness.stream_summary(models, args.raw, args.split, params.evaluate.seed, args.on)

@@ -36,6 +36,9 @@ def test_folder_of_the_test_split_scores_exactly_as_evaluate(zoo, tmp_path):
     for key in ("n_lesion", "n_normal", "dice", "dice_ci95", "iou", "precision", "recall", "hd95", "hd95_nan",
                 "normal_clean", "failures"):
         assert json.dumps(summary[key]) == json.dumps(expected[key]), key  # equal, NaN included
+    image = expected["image_level"]  # evaluate also says which score and where its point came from
+    assert json.dumps(summary["image_level"]) == json.dumps({key: image[key] for key in summary["image_level"]})
+    assert summary["image_level"]["n_normal"] == 1  # the runtime's image-level answer, scored on the normal scan too
     rows = (tmp_path / "out" / "cases.csv").read_text().splitlines()
     assert len(rows) == 1 + 6 and rows[0].startswith("id,file,class,group,dice")
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -56,6 +59,9 @@ def test_hd95_in_mm_where_the_csv_gives_the_spacing(zoo, tmp_path):
         assert float(rows["img"]["hd95_mm"]) == pytest.approx(0.2 * float(rows["img"]["hd95"]))
     assert rows["img2"]["hd95_mm"] == "nan" and rows["img2"]["pixel_spacing_mm"] == ""
     assert summary["n_lesion"] == 2
+    # lesion images only: no specificity or AUC to report, and the command says what is needed
+    assert summary["image_level"] is None and float(rows["img"]["score"]) == float(rows["img2"]["score"])
+    assert evaluate_folder.image_line(None) == evaluate_folder.NO_IMAGE_LEVEL
 
 
 def _csv(path: Path) -> list[dict]:
@@ -96,6 +102,7 @@ def test_cli_reports_each_bad_file_and_writes_nothing(zoo, tmp_path):
     assert out.returncode == 1 and "evaluate-folder: " in out.stdout, out.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["n_images"] == 3 and len(summary["skipped"]) == 3
+    assert (evaluate_folder.NO_IMAGE_LEVEL in out.stdout) == (summary["n_normal"] == 0)
 
 
 def test_cli_without_images_or_model_is_one_line(zoo, tmp_path):
@@ -129,3 +136,12 @@ def test_external_stage_scores_each_listed_folder(zoo, repo_root, tmp_path, para
     assert (tmp_path / "results" / "siteA-1" / "cases.csv").exists()
     assert len((tmp_path / "results" / "datasets.csv").read_text().splitlines()) == 3
     assert stage([])["datasets"] == {}
+
+
+def test_image_line_quotes_the_image_level_figures():
+    from ultraseg import presence
+
+    image = presence.image_level([0.1, 0.4, 0.35, 0.8], [False, False, True, True], 0.4, n_boot=20)
+    line = evaluate_folder.image_line(image)
+    assert "ROC AUC 0.7500 [" in line and "operating point 0.4000 sensitivity 0.5000" in line
+    assert "specificity 0.5000" in line

@@ -140,8 +140,13 @@ def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path, params_f
     assert header == "threshold," + ",".join(v.name for v in VARIANTS) + ",deployed"
     assert metrics["variants"]["deployed"]["postprocess"]["threshold"] == 0.5
     assert set(metrics["paired"]) >= {"deployed - pruned_int8", "deployed - teacher", "pruned_int8 - pruned_onnx"}
-    for name in ("dice_distribution.png", "threshold_curve.png", "samples.png"):
+    for name in ("dice_distribution.png", "threshold_curve.png", "samples.png", "roc.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    for name, m in metrics["variants"].items():  # the image-level answer of every variant, on the zoo's test split
+        image = m["image_level"]
+        assert (image["n_lesion"], image["n_normal"]) == (5, 1) and image["point_from"] in ("val", "deploy")
+        roc = (tmp_path / "plots" / "roc" / f"{name}.csv").read_text().splitlines()
+        assert roc[0] == "fpr,tpr,threshold" and roc[1].startswith("0.0,0.0,") and roc[-1].startswith("1.0,1.0,")
 
 
 def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, monkeypatch):
@@ -203,3 +208,56 @@ def test_scores_are_broken_down_by_source_only_when_there_are_several(zoo):
     assert both["a"]["n_lesion"] + both["a"]["n_normal"] == 1
     assert both["b"]["n_lesion"] + both["b"]["n_normal"] == len(test.ids) - 1
     assert both["b"]["dice"] == 1.0 and not both["a"]["dice"] == 1.0
+
+
+def test_image_scores_are_the_calibrated_presence_or_the_highest_pixel_probability():
+    probs = [np.array([[0.1, 0.7], [0.2, 0.3]]), np.zeros((2, 3))]
+    assert evaluate.image_scores(probs, None, None).tolist() == [0.7, 0.0]
+    assert evaluate.image_scores(probs, np.array([0.0, 4.0]), 2.0) == pytest.approx([0.5, 1 / (1 + np.exp(-2.0))])
+
+
+def test_roc_rows_give_each_variant_one_point_per_distinct_score():
+    def row(variant, score, lesion):
+        return {"variant": variant, "score": score, "ref_pixels": 10 if lesion else 0}
+
+    rows = [row("a", s, lesion) for s, lesion in ((0.1, False), (0.4, False), (0.35, True), (0.8, True))]
+    rows += [row("only_lesions", 0.5, True)]
+    roc = evaluate.roc_rows(rows)
+    assert list(roc) == ["a"]  # a curve needs both lesion and normal images
+    assert [(p["fpr"], p["tpr"]) for p in roc["a"]] == [(0, 0), (0, 0.5), (0.5, 0.5), (0.5, 1), (1, 1)]
+    assert [p["threshold"] for p in roc["a"]] == [1.8, 0.8, 0.4, 0.35, 0.1]
+
+
+def test_roc_figure_draws_each_curve_and_its_val_point(tmp_path):
+    rows = [{"variant": v, "score": s, "ref_pixels": 10 if lesion else 0}
+            for v in ("teacher", "deployed") for s, lesion in ((0.1, False), (0.4, False), (0.35, True), (0.8, True))]
+    from ultraseg import presence
+
+    variants = {v: {"image_level": presence.image_level([0.1, 0.4, 0.35, 0.8], [False, False, True, True], 0.3,
+                                                        n_boot=10)} for v in ("teacher", "deployed")}
+    evaluate.roc_figure(evaluate.roc_rows(rows), variants, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_image_answer_is_calibrated_and_pointed_on_val_never_on_test():
+    """Val presence logits separate the classes at 0; test logits are all shifted down by 3, so the val point
+    misses test lesions that a point chosen on test would keep."""
+    params = shipped("evaluate", bootstrap=20)
+    val_lesion = np.array([True] * 20 + [False] * 10)
+    val_logits = np.r_[np.linspace(1, 4, 20), np.linspace(-4, -1, 10)]
+    test_lesion = np.array([True] * 10 + [False] * 10)
+    test_logits = np.r_[np.linspace(1, 4, 10), np.linspace(-4, -1, 10)] - 3.0
+    probs = [np.zeros((2, 2))] * 30
+    image, scores = evaluate.image_answer((probs, val_logits, val_lesion), (probs[:20], test_logits, test_lesion),
+                                          params, sensitivity=0.95)
+    temperature = evaluate.presence.fit_temperature(val_logits, val_lesion)
+    assert image["score"] == "presence" and image["temperature"] == temperature
+    val_scores = evaluate.presence.calibrate(val_logits, temperature)
+    assert image["threshold"] == evaluate.presence.operating_point(val_scores, val_lesion, 0.95)
+    assert scores == pytest.approx(evaluate.presence.calibrate(test_logits, temperature))
+    assert image["val_auc"] == 1.0 and image["auc"] == 1.0  # ranks survive the shift, the point does not
+    assert image["sensitivity"] < 0.95 and image["specificity"] == 1.0
+    # without presence logits: the highest pixel probability, uncalibrated
+    flat = [np.full((2, 2), p) for p in np.r_[np.linspace(0.6, 0.9, 20), np.linspace(0.1, 0.4, 10)]]
+    image, _ = evaluate.image_answer((flat, None, val_lesion), (flat[:20], None, val_lesion[:20]), params, 0.95)
+    assert image["score"] == "max_probability" and image["temperature"] is None and np.isnan(image["auc"])

@@ -26,6 +26,10 @@ def test_run_scores_every_condition_and_summarises_drops(zoo, tmp_path):
         assert moderate["worst_drop"] == max(drops)
         assert moderate["most_flagged"] == max(result["shifts"][s]["moderate"]["flagged"] for s in result["shifts"])
         assert abs(moderate["mean_drop"] - sum(drops) / len(drops)) < 1e-4
+        for key in ("auc", "sensitivity", "specificity"):  # the image-level answer under each shift
+            values = [result["shifts"][s]["moderate"][key] for s in result["shifts"]]
+            assert moderate[f"lowest_{key}"] == min(values) and all(0 <= v <= 1 for v in values)
+    assert summary["operating_points"]["deployed"]["from"].startswith("the file")
     again = robustness.run(models, zoo.raw, zoo.split, seed=0)
     assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)
     robustness.figure(summary, tmp_path / "drop.png")
@@ -116,3 +120,39 @@ def test_ood_summary_of_a_file_without_the_check(zoo):
     assert not summary["checked"] and summary["threshold"] is None
     assert summary["built"]["reasons"] == {"constant frame": 3, "not checked": summary["built"]["frames"] - 3}
     assert summary["scans"] == {"split": "val", "images": 3, "flagged": 0.0, "reasons": {"not checked": 3}}
+
+
+def test_summary_keeps_the_lowest_image_level_figures_per_severity():
+    """Per severity, the lowest AUC, sensitivity and specificity over shifts, leaving out shifts where one is
+    undefined (NaN: a class missing)."""
+    def scores(dice, auc, sensitivity, specificity):
+        return {"dice": dice, "normal_clean": 1.0, "n_lesion": 2, "missed": 0.0, "flagged": 0.0, "auc": auc,
+                "sensitivity": sensitivity, "specificity": specificity}
+
+    nan = float("nan")
+    result = {robustness.NONE: {robustness.NONE: scores(0.8, 0.95, 1.0, 0.9)}}
+    for k, shift in enumerate(shifts.SHIFTS):
+        result[shift.name] = {level: scores(0.7, nan if k == 0 else 0.9 - 0.01 * k, 0.8, 0.5 + 0.01 * k)
+                              for level in shifts.SEVERITIES}
+    moderate = robustness.summarize(result)["by_severity"]["moderate"]
+    last = len(shifts.SHIFTS) - 1
+    assert moderate["lowest_auc"] == round(0.9 - 0.01 * last, 4) and moderate["lowest_specificity"] == 0.5
+    assert moderate["lowest_sensitivity"] == 0.8 and moderate["worst_drop"] == 0.1
+
+
+def test_a_file_without_a_stored_point_is_pointed_on_unshifted_val(zoo):
+    from ultraseg import presence
+    from ultraseg.data.busi import load_raw
+    from ultraseg.io import split_ids
+
+    models = robustness.load_models(zoo.models / "onnx" / "teacher.onnx", 0.5,
+                                    zoo.models / "deploy" / "ultraseg.int8.onnx")
+    points = robustness.operating_points(models, zoo.raw, zoo.split, 0.95)
+    raw = [load_raw(zoo.raw, i) for i in split_ids(zoo.split, "val")]
+    for name, segmenter in models.items():
+        if segmenter.meta.get("presence") is None:  # the teacher's ONNX file stores no image-level point
+            scores = [segmenter.segment(image).score for image, _ in raw]
+            assert points[name] == presence.operating_point(scores, [m.any() for _, m in raw], 0.95)
+        else:
+            assert points[name] is None
+    assert points["teacher"] is not None

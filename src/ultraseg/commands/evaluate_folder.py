@@ -4,11 +4,15 @@ DATA is a folder or a CSV in one of the layouts of ultraseg.data.labelled: image
 a CSV of image, mask [, class, group, pixel_spacing_mm], or BUSI's <stem>_mask*.png files. Below --out it writes:
 
     cases.csv      one row per image: Dice, IoU, precision, recall, HD95 in px (and in mm where the CSV gives the
-                   pixel spacing), pixel counts, class and group
+                   pixel spacing), pixel counts, class and group, and the image-level score and answer ("is there
+                   a lesion at all") the model gives
     summary.json   the aggregates, scored as the pipeline's evaluate stage scores BUSI's test split: lesion-mean Dice
                    with its bootstrap 95% CI, IoU, precision, recall, HD95 over hit lesions with the number of misses,
                    missed lesions, false alarms, image-level sensitivity and specificity (normal images left clean)
-                   with Wilson 95% CIs, per class and per group
+                   with Wilson 95% CIs, per class and per group; and, when the folder holds normal images (empty
+                   masks) as well as lesions, image_level: how well the model's image-level score and answer
+                   tell the two apart (ROC AUC with a bootstrap 95% CI, sensitivity and specificity at the model's
+                   own operating point with Wilson 95% CIs, calibration error)
     cases.png      the best, median and worst lesion cases and two normal ones
 
 Every file is read before anything is scored. Each bad one (an image without a mask, a mask that cannot be matched
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import figures, metrics
+from ultraseg import figures, metrics, presence
 from ultraseg.data import labelled
 from ultraseg.errors import DataError
 from ultraseg.io import write_csv, write_json
@@ -38,7 +42,8 @@ from ultraseg.runtime.sources import MAX_PIXELS, check_pixels, to_grey
 
 DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
 CASE_COLUMNS = ("id", "file", "class", "group", "dice", "iou", "precision", "recall", "hd95", "hd95_mm",
-                "pixel_spacing_mm", "tp", "fp", "fn", "pred_pixels", "ref_pixels")
+                "pixel_spacing_mm", "tp", "fp", "fn", "pred_pixels", "ref_pixels", "score", "lesion_present")
+NO_IMAGE_LEVEL = "image-level figures need normal images (empty masks) as well as lesion images"
 EXAMPLES = """examples:
   ultraseg evaluate-folder siteA/ --out results/siteA
   ultraseg evaluate-folder siteA/labels.csv --model models/deploy/ultraseg.int8.onnx --out results/siteA
@@ -81,18 +86,32 @@ def load(data: Path, layout: labelled.Layout = "auto", max_pixels: int = MAX_PIX
 
 def score(segmenter: Segmenter, loaded: Loaded, n_boot: int = 1000, seed: int = 0) -> tuple[dict, list[dict], list]:
     """Aggregates, per-case rows and predicted masks of ``segmenter`` on the loaded cases, with the conventions
-    of :mod:`ultraseg.metrics`."""
-    preds = [segmenter.segment(image).mask
-             for image in tqdm(loaded.images, desc="score", unit="img", file=sys.stderr)]
+    of :mod:`ultraseg.metrics`; ``image_level`` (:func:`ultraseg.presence.image_level` of the runtime's ``score``
+    and ``lesion_present``) is None unless there are both lesion and normal images."""
+    results = [segmenter.segment(image) for image in tqdm(loaded.images, desc="score", unit="img", file=sys.stderr)]
+    preds = [r.mask for r in results]
     ids = [case.id for case in loaded.cases]
     classes = [labelled.class_of(case, ref) for case, ref in zip(loaded.cases, loaded.refs)]
     rows = metrics.evaluate_cases(preds, loaded.refs, ids, classes)
-    for row, case in zip(rows, loaded.cases):
+    for row, case, result in zip(rows, loaded.cases, results):
         row.update(file=str(case.image), group=case.group, pixel_spacing_mm=case.spacing_mm,
-                   hd95_mm=row["hd95"] * case.spacing_mm if case.spacing_mm else float("nan"))
+                   hd95_mm=row["hd95"] * case.spacing_mm if case.spacing_mm else float("nan"),
+                   score=result.score, lesion_present=result.lesion_present)
     summary = {"n_images": len(rows), **metrics.aggregate(rows, n_boot, seed),
-               "hd95_mm": _lesion_mean(rows, "hd95_mm"), "by_group": by_group(rows)}
+               "hd95_mm": _lesion_mean(rows, "hd95_mm"), "by_group": by_group(rows),
+               "image_level": image_level(segmenter, results, loaded.refs, n_boot, seed)}
     return summary, rows, preds
+
+
+def image_level(segmenter: Segmenter, results: Sequence, refs: Sequence[np.ndarray], n_boot: int,
+                seed: int) -> dict | None:
+    """:func:`ultraseg.presence.image_level` of the runtime's answers at its own operating point; None without both
+    lesion and normal images, where sensitivity, specificity and AUC cannot all be had."""
+    lesion = np.array([ref.any() for ref in refs], bool)
+    if lesion.all() or not lesion.any():
+        return None
+    return presence.image_level([r.score for r in results], lesion, segmenter.operating_point, n_boot, seed,
+                                present=[r.lesion_present for r in results])
 
 
 def _lesion_mean(rows: Sequence[dict], key: str) -> float:
@@ -166,4 +185,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluate-folder: {summary['n_lesion']} lesion images, Dice {summary['dice']:.4f} "
           f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}], missed {f['missed']['n']}; "
           f"{summary['n_normal']} normal images, {f['normal_clean']['n']} clean -> {args.out}")
+    print(f"evaluate-folder: {image_line(summary['image_level'])}")
     return 1 if summary["skipped"] else 0
+
+
+def image_line(image: dict | None) -> str:
+    """One line of the image-level figures, or why there are none."""
+    if image is None:
+        return NO_IMAGE_LEVEL
+    return (f"is there a lesion: ROC AUC {image['auc']:.4f} [{image['auc_ci95'][0]:.4f}, {image['auc_ci95'][1]:.4f}]"
+            f", at the model's operating point {image['threshold']:.4f} sensitivity {image['sensitivity']:.4f} "
+            f"[{image['sensitivity_ci95'][0]:.4f}, {image['sensitivity_ci95'][1]:.4f}], specificity "
+            f"{image['specificity']:.4f} [{image['specificity_ci95'][0]:.4f}, {image['specificity_ci95'][1]:.4f}]"
+            f", calibration error {image['ece']:.4f}")

@@ -14,7 +14,10 @@ from ultraseg.commands import evaluate_folder
 from ultraseg.io import write_csv
 
 INDEX_COLUMNS = ("name", "data", "n_images", "n_lesion", "dice", "dice_low", "dice_high", "missed", "sensitivity",
-                 "n_normal", "normal_clean")
+                 "n_normal", "normal_clean", "image_auc", "image_auc_low", "image_auc_high", "image_sensitivity",
+                 "image_specificity")
+"""``image_*``: the image-level answer (:func:`ultraseg.presence.image_level`), empty for a folder without both
+lesion and normal images."""
 
 
 def names(folders: Sequence[str]) -> list[str]:
@@ -38,4 +41,12 @@ def index_row(name: str, summary: dict) -> dict:
             "dice": round(summary["dice"], 4), "dice_low": round(summary["dice_ci95"][0], 4),
             "dice_high": round(summary["dice_ci95"][1], 4), "missed": f["missed"]["n"],
             "sensitivity": round(f["sensitivity"]["rate"], 4), "n_normal": summary["n_normal"],
-            "normal_clean": round(f["normal_clean"]["rate"], 4)}
+            "normal_clean": round(f["normal_clean"]["rate"], 4), **image_columns(summary["image_level"])}
+
+
+def image_columns(image: dict | None) -> dict:
+    if image is None:
+        return {}
+    return {"image_auc": round(image["auc"], 4), "image_auc_low": round(image["auc_ci95"][0], 4),
+            "image_auc_high": round(image["auc_ci95"][1], 4),
+            "image_sensitivity": round(image["sensitivity"], 4), "image_specificity": round(image["specificity"], 4)}

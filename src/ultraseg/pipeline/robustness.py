@@ -1,9 +1,14 @@
 """The robustness stage's work: the teacher and the deployable file on the test split under every scanner shift
 (:mod:`ultraseg.shifts`) at each severity, scored as the evaluate stage scores (lesion-mean Dice at the image's own
-resolution), with the share of lesion images where the model predicts nothing at all.
+resolution), with the share of lesion images where the model predicts nothing at all, and the image-level answer
+"is there a lesion at all" (:func:`ultraseg.presence.image_level`: ROC AUC of the runtime's ``score``, sensitivity
+and specificity at the operating point), so the suite shows whether that answer holds on another scanner.
 
 Both models run through the runtime (the teacher's ONNX file at the threshold the evaluate stage chose for it on
 val; the deployable file with its own rule), so the comparison is between what each would do on another scanner.
+The deployable file answers "is there a lesion" itself (``lesion_present``, at the operating point the deploy stage
+stored in it); a file that stores none (the teacher's) is answered ``score >= point`` at a point chosen here on the
+unshifted val split (:func:`operating_points`), never on test.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import clips, metrics, ood_frames, shifts
+from ultraseg import clips, metrics, ood_frames, presence, shifts
 from ultraseg import params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import read_csv, split_ids
@@ -26,16 +31,44 @@ NONE = "none"
 
 
 def score(segmenter: Segmenter, images: list[np.ndarray], refs: list[np.ndarray], ids: list[str],
-          classes: list[str]) -> dict[str, Any]:
-    """Lesion-mean Dice, normal_clean, the share of lesion images with an empty prediction, and the share of images
-    the model answers as not breast ultrasound (``flagged``; such a frame gets no mask)."""
+          classes: list[str], point: float | None = None) -> dict[str, Any]:
+    """Lesion-mean Dice, normal_clean, the share of lesion images with an empty prediction, the share of images
+    the model answers as not breast ultrasound (``flagged``; such a frame gets no mask), and the image-level
+    ``auc``, ``sensitivity`` and ``specificity``: of the runtime's own answers, or of ``score >= point``."""
     results = [segmenter.segment(image) for image in images]
     rows = metrics.evaluate_cases([r.mask for r in results], refs, ids, classes)
     lesion = [row for row in rows if row["ref_pixels"] > 0]
     agg = metrics.aggregate(rows, n_boot=1)
+    image = presence.image_level([r.score for r in results], [row["ref_pixels"] > 0 for row in rows],
+                                 segmenter.operating_point if point is None else point, n_boot=0,
+                                 present=[r.lesion_present for r in results] if point is None else None)
     return {"dice": agg["dice"], "normal_clean": agg["normal_clean"], "n_lesion": len(lesion),
             "missed": sum(row["pred_pixels"] == 0 for row in lesion) / max(len(lesion), 1),
-            "flagged": sum(not r.in_distribution for r in results) / max(len(results), 1)}
+            "flagged": sum(not r.in_distribution for r in results) / max(len(results), 1),
+            **{key: image[key] for key in IMAGE_LEVEL}}
+
+
+IMAGE_LEVEL = ("auc", "sensitivity", "specificity")
+"""The image-level figures kept per condition (their CIs would need more images than a condition's split has to
+tell shifts apart; the evaluate stage gives them on the unshifted test split)."""
+
+
+def operating_points(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path,
+                     sensitivity: float) -> dict[str, float | None]:
+    """Per model, the image-level operating point it is scored at: None for a file that stores its own (the
+    runtime's ``lesion_present`` is its answer), else the point that keeps ``sensitivity`` of the unshifted val
+    lesion scans (:func:`ultraseg.presence.operating_point`) on the runtime's ``score``."""
+    ids = split_ids(split_csv, "val")
+    raw = [load_raw(raw_dir, i) for i in ids]
+    lesion = np.array([mask.any() for _, mask in raw])
+    points: dict[str, float | None] = {}
+    for name, segmenter in models.items():
+        if segmenter.meta.get("presence") is not None:
+            points[name] = None
+            continue
+        scores = [segmenter.segment(image).score for image, _ in tqdm(raw, desc=f"val point: {name}", unit="img")]
+        points[name] = presence.operating_point(scores, lesion, sensitivity)
+    return points
 
 
 def conditions() -> list[tuple[str, str]]:
@@ -44,9 +77,11 @@ def conditions() -> list[tuple[str, str]]:
 
 
 def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int,
-        split: str = "test") -> dict[str, Any]:
+        split: str = "test", points: dict[str, float | None] | None = None) -> dict[str, Any]:
     """Every model under every condition on ``split``; drops are the unshifted Dice minus the shifted one (positive =
-    worse). The stage scores test; choosing between models or training levers uses ``split="val"``."""
+    worse). The stage scores test; choosing between models or training levers uses ``split="val"``. ``points``: the
+    image-level operating point per model (:func:`operating_points`); by default the runtime's own answers."""
+    points = points or {}
     ids = split_ids(split_csv, split)
     classes = {row["id"]: row["class"] for row in read_csv(split_csv)}
     raw = [load_raw(raw_dir, i) for i in ids]
@@ -60,10 +95,18 @@ def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int,
                      for k, (image, mask) in enumerate(raw)]
             images, refs = [p[0] for p in pairs], [p[1] for p in pairs]
         for name, segmenter in models.items():
-            results[name].setdefault(shift, {})[severity] = score(segmenter, images, refs, ids, labels)
+            results[name].setdefault(shift, {})[severity] = score(segmenter, images, refs, ids, labels,
+                                                                 points.get(name))
     return {"split": split, "seed": seed, "n_images": len(ids), "severities": list(shifts.SEVERITIES),
+            "operating_points": {name: _point(segmenter, points.get(name)) for name, segmenter in models.items()},
             "shifts": {s.name: {"description": s.description, "levels": list(s.levels)} for s in shifts.SHIFTS},
             "models": {name: summarize(result) for name, result in results.items()}}
+
+
+def _point(segmenter: Segmenter, point: float | None) -> dict[str, Any]:
+    if point is None:
+        return {"threshold": round(segmenter.operating_point, 4), "from": "the file (runtime's lesion_present)"}
+    return {"threshold": round(point, 4), "from": "unshifted val"}
 
 
 def val_summary(deployed: Segmenter, raw_dir: Path, split_csv: Path, seed: int) -> dict[str, Any]:
@@ -125,8 +168,16 @@ def summarize(result: dict[str, dict[str, dict]]) -> dict[str, Any]:
         summary[level] = {"mean_drop": round(float(np.mean(list(drops.values()))), 4), "worst_shift": worst,
                           "worst_drop": drops[worst],
                           "most_missed": round(max(table[shift][level]["missed"] for shift in table), 4),
-                          "most_flagged": round(max(table[shift][level]["flagged"] for shift in table), 4)}
+                          "most_flagged": round(max(table[shift][level]["flagged"] for shift in table), 4),
+                          **{f"lowest_{key}": _lowest([table[shift][level][key] for shift in table])
+                             for key in IMAGE_LEVEL}}
     return {"clean": _rounded(result[NONE][NONE]), "by_severity": summary, "shifts": table}
+
+
+def _lowest(values: list[float]) -> float:
+    """The lowest of ``values`` that is defined (NaN when none is: a split without normal or lesion images)."""
+    values = [v for v in values if not np.isnan(v)]
+    return round(float(min(values)), 4) if values else float("nan")
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:

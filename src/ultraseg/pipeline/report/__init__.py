@@ -2,8 +2,8 @@
 
 Every table names the file it comes from; the header names the commit and params the run used. A missing metrics
 file is an error, never a silently shorter report. The work is split by job: :mod:`.sections` renders the
-pipeline's stages, :mod:`.experiments` the experiments run beside it, :mod:`.headline` writes metrics/headline.json
-and :mod:`.figures` the learning curves.
+pipeline's stages, :mod:`.image_level` the answer to "is there a lesion at all", :mod:`.experiments` the
+experiments run beside it, :mod:`.headline` writes metrics/headline.json and :mod:`.figures` the learning curves.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ultraseg import params as params_mod
 from ultraseg.params import Params
-from ultraseg.pipeline.report import experiments, figures, headline, sections
+from ultraseg.pipeline.report import experiments, figures, headline, image_level, sections
 from ultraseg.pipeline.report.inputs import ReportError, load, load_optional
 
 __all__ = ["ReportError", "build", "render"]
@@ -65,6 +65,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
         sections.optimisation_section(train, distill, prune, export, quant, params),
         sections.evaluate_section(scores),
         sections.failures_section(scores),
+        image_level.image_level_section(scores, rob),
         sections.paired_section(scores),
         sections.benchmark_section(bench, scores),
         sections.deployable_section(deploy, scores, bench),
