@@ -61,27 +61,48 @@ def frame_stats(image: np.ndarray) -> np.ndarray:
     way); the entropy and the square root of the largest bin of a 64-bin histogram; the mean level of the top third
     minus that of the bottom third (echoes fade with depth); and the square root of the mean colour saturation (a
     B-mode frame is grey)."""
-    array = np.asarray(image)
-    size = (STATS_SIDE, STATS_SIDE)
-    colour = 0.0
-    if array.ndim == 3 and array.shape[2] >= 3:
-        rgb = cv2.resize(np.nan_to_num(array[..., :3].astype(np.float32)), size, interpolation=cv2.INTER_AREA)
-        top, bottom = rgb.max(axis=2), rgb.min(axis=2)
-        colour = float(np.mean((top - bottom) / np.maximum(top, 1e-6)))
-    g = cv2.resize(to_grey(array), size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    levels, rgb = shrunk(image)
+    colour = 0.0 if rgb is None else float(cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)[..., 1].mean())
+    counts = np.bincount(levels.ravel(), minlength=256)
+    g = levels.astype(np.float32) / 255
     mean = cv2.blur(g, (5, 5))
     std = np.sqrt(np.maximum(cv2.blur(g * g, (5, 5)) - mean * mean, 0))
     tissue = mean > 0.08
-    cv90 = float(np.quantile(std[tissue] / mean[tissue], 0.9)) if tissue.any() else 0.0
-    gx, gy = (float(np.mean(cv2.Sobel(g, cv2.CV_32F, dx, 1 - dx) ** 2)) + 1e-6 for dx in (1, 0))
-    hist = np.bincount(np.minimum(g * 64, 63).astype(np.int64).ravel(), minlength=64) / g.size
+    cv = std[tissue] / mean[tissue]
+    cv90 = float(np.partition(cv, int(0.9 * (len(cv) - 1)))[int(0.9 * (len(cv) - 1))]) if len(cv) else 0.0
+    gx, gy = (cv2.norm(cv2.Sobel(g, cv2.CV_32F, dx, 1 - dx), cv2.NORM_L2SQR) / g.size + 1e-6 for dx in (1, 0))
+    hist = counts.reshape(64, 4).sum(axis=1) / levels.size
     entropy = float(-(hist[hist > 0] * np.log(hist[hist > 0])).sum())
     rows = g.mean(axis=1)
     third = STATS_SIDE // 3
-    return np.array([*np.quantile(g, (0.05, 0.25, 0.5, 0.75, 0.95)), math.sqrt(float(np.mean(g < 0.04))),
-                     math.sqrt(float(np.mean(g > 0.96))), cv90, math.log(gx), math.log(gy), math.log(gx / gy),
+    quantiles = np.searchsorted(np.cumsum(counts), np.array([0.05, 0.25, 0.5, 0.75, 0.95]) * levels.size) / 255
+    return np.array([*quantiles, math.sqrt(counts[:11].sum() / levels.size),
+                     math.sqrt(counts[245:].sum() / levels.size), cv90, math.log(gx), math.log(gy), math.log(gx / gy),
                      entropy, math.sqrt(float(hist.max())), float(rows[:third].mean() - rows[-third:].mean()),
                      math.sqrt(max(colour, 0.0))], np.float64)
+
+
+def shrunk(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The frame's 8-bit grey levels on a :data:`STATS_SIDE` square (area-averaged by a whole factor, OpenCV's fast
+    path, then linearly resized), and for a colour frame a float32 RGB subsample of about 64 rows (None for grey),
+    in any unit (saturation does not depend on it):
+    shrinking first keeps the statistics cheap at any frame size."""
+    array = np.asarray(image)
+    colour = array[..., :3] if array.ndim == 3 and array.shape[2] >= 3 else None
+    if array.ndim == 2 and array.dtype == np.uint8:
+        grey = array
+    elif colour is not None and array.dtype == np.uint8:  # ITU-R 601 luma, as to_grey, in OpenCV's fixed point
+        grey = cv2.cvtColor(array, cv2.COLOR_RGBA2GRAY if array.shape[2] == 4 else cv2.COLOR_RGB2GRAY)
+    else:
+        grey = to_grey(array.astype(np.float32) if array.dtype == bool else array)
+    step = max(1, min(grey.shape) // STATS_SIDE)
+    height, width = grey.shape[0] // step * step, grey.shape[1] // step * step
+    grey = cv2.resize(grey[:height, :width], (width // step, height // step), interpolation=cv2.INTER_AREA)
+    grey = cv2.resize(grey, (STATS_SIDE, STATS_SIDE), interpolation=cv2.INTER_LINEAR)
+    if colour is None:
+        return grey, None
+    stride = max(1, min(colour.shape[:2]) // 64)
+    return grey, colour[::stride, ::stride].astype(np.float32)
 
 
 @dataclass(frozen=True)
