@@ -113,8 +113,9 @@ def fit_ood(params: Params, out: Path, raw_dir: Path, split_csv: Path, val: list
     store it in ``out``'s metadata, and return its summary (the val pass rate is the share of val scans the runtime
     answers as in distribution)."""
     segmenter, settings = unchecked(out), params.deploy.ood
-    scans = [load_raw(raw_dir, i)[0] for i in split_ids(split_csv, "train")]
-    scans += ood.augmented_copies(scans, settings.augmented_copies, params.train.augment, params.train.seed)
+    originals = [load_raw(raw_dir, i)[0] for i in split_ids(split_csv, "train")]
+    scans = originals + ood.augmented_copies(originals, settings.augmented_copies, params.train.augment,
+                                             params.train.seed)
     train = [segmenter.features(image) for image in tqdm(scans, desc="deploy: ood train", unit="img")]
     val_features = [segmenter.features(image) for image in tqdm(val, desc="deploy: ood val", unit="img")]
     stats = ([frame_stats(image) for image in scans], [frame_stats(image) for image in val]) if settings.frame_stats \
@@ -123,7 +124,7 @@ def fit_ood(params: Params, out: Path, raw_dir: Path, split_csv: Path, val: list
     onnx_io.write_with_metadata(out, out, {"ood": meta})
     passed = [r.in_distribution for r in Segmenter(out).segment_batch(val)]
     return {"features": len(meta["mean"]), "frame_stats": len(meta.get("frame_stats", {}).get("mean", [])),
-            "train_images": len(train), "threshold": round(meta["threshold"], 4),
+            "train_images": len(originals), "fitted_frames": len(train), "threshold": round(meta["threshold"], 4),
             "val_pass_target": settings.val_pass, "val_pass": round(float(np.mean(passed)), 4)}
 
 
