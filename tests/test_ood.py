@@ -102,17 +102,17 @@ def test_frame_statistics_get_their_own_gaussian_and_the_threshold_covers_both()
     assert np.allclose(per_column, 1.0, atol=0.1)  # the 100-fold column is no louder than the 0.01-fold one
 
 
-def test_augmented_copies_are_scanner_like_and_repeatable():
-    from tests.conftest import shipped, speckle_image
+def test_augmented_copies_are_scanner_shifted_and_repeatable():
+    from tests.conftest import speckle_image
 
     scans = [speckle_image(np.random.default_rng(k), 60 + k, 80) for k in range(3)]
-    copies = ood.augmented_copies(scans, 2, shipped("train").augment, seed=7)
+    copies = ood.augmented_copies(scans, 2, seed=7)
     assert len(copies) == 6 and all(c.dtype == np.uint8 for c in copies)
     assert [c.shape for c in copies] == [s.shape for s in scans] * 2
-    assert all(not np.array_equal(c, s) for c, s in zip(copies, scans * 2))
-    again = ood.augmented_copies(scans, 2, shipped("train").augment, seed=7)
-    assert all(np.array_equal(a, b) for a, b in zip(copies, again))
-    assert ood.augmented_copies(scans, 0, shipped("train").augment, seed=7) == []
+    assert sum(not np.array_equal(c, s) for c, s in zip(copies, scans * 2)) >= 5  # a mild JPEG may change little
+    assert all(np.array_equal(a, b) for a, b in zip(copies, ood.augmented_copies(scans, 2, seed=7)))
+    assert not all(np.array_equal(a, b) for a, b in zip(copies, ood.augmented_copies(scans, 2, seed=8)))
+    assert ood.augmented_copies(scans, 0, seed=7) == []
 
 
 def test_fit_needs_train_and_val_scans():
@@ -127,7 +127,7 @@ def mirror_scans(mirror) -> list[np.ndarray]:
 
 def test_the_flag_fires_on_the_built_set_and_not_on_mirror_scans(busi_mirror, tmp_path):
     """An untrained network with instance normalisation, as the pipeline's, fitted as the deploy stage fits (deep
-    features and frame statistics of 70% of the mirror scans and one augmented copy of each, every one of 15% val
+    features and frame statistics of 70% of the mirror scans and one scanner-shifted copy of each, every one of 15% val
     passing): the held-out scans pass and the built set is flagged, every kind of it."""
     import torch
 
@@ -146,7 +146,7 @@ def test_the_flag_fires_on_the_built_set_and_not_on_mirror_scans(busi_mirror, tm
     n = len(scans)
     train, val, held = ([scans[i] for i in order[a:b]] for a, b in ((0, n * 7 // 10), (n * 7 // 10, n * 85 // 100),
                                                                      (n * 85 // 100, n)))
-    train += ood.augmented_copies(train, 1, shipped("train").augment, seed=0)
+    train += ood.augmented_copies(train, 1, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         features = Segmenter(tmp_path / "model.onnx").features

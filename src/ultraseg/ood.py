@@ -1,6 +1,6 @@
 """The training side of the out-of-distribution check (:mod:`ultraseg.runtime.ood`): expose a trained network's
 deepest features as a second graph output, and fit the training scans' Gaussians over them and over the frames' own
-statistics, with scanner-like augmented copies of the scans. No retraining.
+statistics, with scanner-shifted copies of the scans. No retraining.
 
 :func:`add_features` finds the deepest feature map, the data input of the first upsampling node (``Resize`` or
 ``ConvTranspose``) in the graph's topological order, and pools it into ``features`` (N, K): per channel, the mean and
@@ -20,9 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ultraseg.data.augment import Augment, worker_seed
+from ultraseg import shifts
 from ultraseg.io import atomic_path
-from ultraseg.params import AugmentParams
 from ultraseg.runtime.ood import FEATURES, STATS, STATS_VERSION, Gaussian, OodCheck
 
 UPSAMPLING = ("Resize", "ConvTranspose")
@@ -118,17 +117,17 @@ def fit(train: Sequence[np.ndarray], val: Sequence[np.ndarray], val_pass: float,
     return meta
 
 
-def augmented_copies(images: Sequence[np.ndarray], copies: int, augment: AugmentParams,
-                     seed: int) -> list[np.ndarray]:
-    """``copies`` scanner-like copies of each uint8 scan, drawn by the training augmentation
-    (:class:`~ultraseg.data.augment.Augment`: geometry, field of view, shadow, speckle, levels), so that the fit
-    also covers frames another scanner would give. Copy ``c`` of scan ``i`` is drawn from
-    ``worker_seed(seed, c, i)``, the same on every run."""
-    augment_ = Augment(augment)
+def augmented_copies(images: Sequence[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
+    """``copies`` scanner-like copies of each uint8 scan: each one scanner shift (:mod:`ultraseg.shifts`: gain,
+    depth gain, dynamic range, speckle, blur, resolution, zoom, aspect, JPEG, marks, field of view) at a severity,
+    both drawn at random, so that the fit also covers the breast frames another scanner would give. Copy ``c`` of
+    scan ``i`` depends only on ``(seed, c, i)``."""
     out = []
     for c in range(copies):
         for i, image in enumerate(images):
-            grey = np.asarray(image, np.float32) / 255
-            x, _ = augment_(grey, np.zeros(grey.shape, np.uint8), worker_seed(seed, c, i))
-            out.append(np.clip(np.rint(x * 255), 0, 255).astype(np.uint8))
+            rng = np.random.default_rng([seed, c, i])
+            shift = shifts.SHIFTS[int(rng.integers(len(shifts.SHIFTS)))]
+            severity = shifts.SEVERITIES[int(rng.integers(len(shifts.SEVERITIES)))]
+            scan = np.asarray(image, np.uint8)
+            out.append(shifts.apply(shift, severity, scan, np.zeros(scan.shape, bool), seed, c * len(images) + i)[0])
     return out

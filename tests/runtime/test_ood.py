@@ -155,7 +155,8 @@ def test_a_file_with_old_ood_metadata_still_loads_and_checks_its_features(checke
     scan = speckle_image(np.random.default_rng(6), 40, 50)
     d = float(np.linalg.norm(segmenter.ood.whiten @ (segmenter.features(scan) - segmenter.ood.mean)))
     result = segmenter.segment(scan)
-    assert not result.in_distribution and result.ood_reason == f"features far from the training scans (distance {d:.3g} > 0)"
+    assert not result.in_distribution
+    assert result.ood_reason == f"features far from the training scans (distance {d:.3g} > 0)"
 
 
 def test_files_without_the_check_answer_every_frame_not_checked(zoo):

@@ -108,14 +108,13 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
 
 
 def fit_ood(params: Params, out: Path, raw_dir: Path, split_csv: Path, val: list[np.ndarray]) -> dict:
-    """Fit the out-of-distribution check on the train scans (and ``deploy.ood.augmented_copies`` scanner-like copies
-    of each, drawn by the training augmentation) and its threshold on ``val``, through the file ``out`` itself,
-    store it in ``out``'s metadata, and return its summary (the val pass rate is the share of val scans the runtime
-    answers as in distribution)."""
+    """Fit the out-of-distribution check on the train scans (and ``deploy.ood.augmented_copies`` scanner-shifted
+    copies of each, :func:`ultraseg.ood.augmented_copies`) and its threshold on ``val``, through the file ``out``
+    itself, store it in ``out``'s metadata, and return its summary (the val pass rate is the share of val scans the
+    runtime answers as in distribution)."""
     segmenter, settings = unchecked(out), params.deploy.ood
     originals = [load_raw(raw_dir, i)[0] for i in split_ids(split_csv, "train")]
-    scans = originals + ood.augmented_copies(originals, settings.augmented_copies, params.train.augment,
-                                             params.train.seed)
+    scans = originals + ood.augmented_copies(originals, settings.augmented_copies, params.train.seed)
     train = [segmenter.features(image) for image in tqdm(scans, desc="deploy: ood train", unit="img")]
     val_features = [segmenter.features(image) for image in tqdm(val, desc="deploy: ood val", unit="img")]
     stats = ([frame_stats(image) for image in scans], [frame_stats(image) for image in val]) if settings.frame_stats \
