@@ -12,8 +12,8 @@ Dice and clean normal scans), so a user who weighs a false alarm on a normal sca
 ``dice_tolerance`` would buy.
 
 The file also carries the out-of-distribution check (:mod:`ultraseg.ood`): the network's pooled deepest features as a
-second output, the Gaussian of the train scans' features, and the distance threshold that at least
-``deploy.ood.val_pass`` of the val scans pass.
+second output, the Gaussians of the train scans' features and frame statistics (with scanner-shifted copies of the
+scans), and the distance threshold that at least ``deploy.ood.val_pass`` of the val scans pass.
 """
 
 from __future__ import annotations
