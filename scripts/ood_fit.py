@@ -1,7 +1,8 @@
 """Refit the out-of-distribution check of a deployable file on the real train/val split and measure it: the deploy
 stage's own fit (:func:`ultraseg.pipeline.deploy.fit_ood`) on a copy of the file, then the robustness stage's own
 measures (:func:`ultraseg.pipeline.robustness.ood_summary` and, per scanner shift and severity, the share of the
-split's scans flagged). Writes the summary as JSON and prints it; the source file is only read.
+split's scans flagged). Writes the summary as JSON and prints it; the source file is only read (a file without the
+``features`` output gets it in the copy).
 
     python scripts/ood_fit.py --model models/deploy/ultraseg.int8.onnx --raw data/raw --split data/split.csv \\
         --out /tmp/ood/ultraseg.int8.onnx --report /tmp/ood/report.json [--split-name val] [--no-shifts]
@@ -11,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ultraseg import params as params_mod, shifts
+from ultraseg import ood, params as params_mod, shifts
 from ultraseg.data.busi import load_raw
 from ultraseg.io import split_ids, write_json
 from ultraseg.pipeline import deploy, robustness
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--out must differ from --model")
     params = params_mod.load(args.params)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.model, args.out)
+    ood.write_with_features(args.model, args.out)
     val = [load_raw(args.raw, i)[0] for i in split_ids(args.split, "val")]
     report = {"fit": deploy.fit_ood(params, args.out, args.raw, args.split, val)}
     segmenter = Segmenter(args.out)
