@@ -95,6 +95,7 @@ def test_frame_stats_measure_what_they_name():
     as_rgb, as_16bit = np.repeat(grey[..., None], 3, axis=2), grey.astype(np.uint16) * 257
     np.testing.assert_allclose(frame_stats(as_rgb), frame_stats(grey), atol=1e-6)
     np.testing.assert_allclose(frame_stats(as_16bit), frame_stats(grey), atol=1e-6)
+    np.testing.assert_allclose(frame_stats(as_rgb[..., ::-1]), frame_stats(grey), atol=1e-6)  # a strided view
     tinted = as_rgb.copy()
     tinted[..., 0] = 255
     assert named(tinted)["colour"] > 0.5 and named(grey)["speckle_cv90"] > named(ramp)["speckle_cv90"]

@@ -84,10 +84,9 @@ def frame_stats(image: np.ndarray) -> np.ndarray:
 
 def shrunk(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """The frame's 8-bit grey levels on a :data:`STATS_SIDE` square (area-averaged by a whole factor, OpenCV's fast
-    path, then linearly resized), and for a colour frame a float32 RGB subsample of about 64 rows (None for grey),
-    in any unit (saturation does not depend on it):
-    shrinking first keeps the statistics cheap at any frame size."""
-    array = np.asarray(image)
+    path, then linearly resized), and for a colour frame a float32 RGB subsample of about 64 rows, in any unit
+    (saturation does not depend on it; None for grey): shrinking first keeps the statistics cheap at any size."""
+    array = np.ascontiguousarray(image)
     colour = array[..., :3] if array.ndim == 3 and array.shape[2] >= 3 else None
     if array.ndim == 2 and array.dtype == np.uint8:
         grey = array
