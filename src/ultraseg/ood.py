@@ -1,5 +1,6 @@
 """The training side of the out-of-distribution check (:mod:`ultraseg.runtime.ood`): expose a trained network's
-deepest features as a second graph output, and fit the training scans' Gaussian over them. No retraining.
+deepest features as a second graph output, and fit the training scans' Gaussians over them and over the frames' own
+statistics, with scanner-shifted copies of the scans. No retraining.
 
 :func:`add_features` finds the deepest feature map, the data input of the first upsampling node (``Resize`` or
 ``ConvTranspose``) in the graph's topological order, and pools it into ``features`` (N, K): per channel, the mean and
@@ -19,8 +20,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ultraseg import shifts
 from ultraseg.io import atomic_path
-from ultraseg.runtime.ood import FEATURES, OodCheck
+from ultraseg.runtime.ood import FEATURES, STATS, STATS_VERSION, Gaussian, OodCheck
 
 UPSAMPLING = ("Resize", "ConvTranspose")
 PREFIX = "ood_"
@@ -79,21 +81,53 @@ def write_with_features(src: str | Path, dst: str | Path) -> None:
         onnx.save(proto, str(tmp))
 
 
+def gaussian(x: np.ndarray, shrinkage: float) -> Gaussian:
+    """The Gaussian of the rows of ``x``: each column standardised, the correlation matrix shrunk by ``shrinkage``
+    towards the identity (a few hundred scans against more dimensions; standardising first keeps a column of large
+    values from setting every column's floor), and ``scale`` the mean squared distance of the rows themselves."""
+    mean, sd = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
+    corr = np.cov((x - mean) / sd, rowvar=False).reshape(len(mean), len(mean))
+    corr = (1 - shrinkage) * corr + shrinkage * np.eye(len(mean))
+    whiten = np.linalg.inv(np.linalg.cholesky(corr)) / sd
+    return Gaussian(mean, whiten, float(np.mean(np.sum(((x - mean) @ whiten.T) ** 2, axis=1))))
+
+
 def fit(train: Sequence[np.ndarray], val: Sequence[np.ndarray], val_pass: float, shrinkage: float,
-        min_side: int) -> dict:
-    """The ``ood`` metadata: the Gaussian of the ``train`` feature vectors, its covariance shrunk by ``shrinkage``
-    towards its mean variance (a few hundred scans against more dimensions), and the smallest threshold at which at
-    least ``val_pass`` of the ``val`` vectors pass."""
+        min_side: int, train_stats: Sequence[np.ndarray] | None = None,
+        val_stats: Sequence[np.ndarray] | None = None) -> dict:
+    """The ``ood`` metadata: the Gaussian (:func:`gaussian`) of the ``train`` feature vectors and, given
+    ``train_stats`` and ``val_stats`` (:func:`~ultraseg.runtime.ood.frame_stats` of the same scans), the one of
+    the frame statistics, and the smallest threshold at which at least ``val_pass`` of the ``val`` scans pass."""
     x = np.asarray(train, np.float64)
     if len(x) < 2 or not len(val):
         raise ValueError(f"fitting the out-of-distribution check needs >= 2 train and >= 1 val scans, got "
                          f"{len(x)} and {len(val)}")
-    mean = x.mean(axis=0)
-    cov = np.cov(x, rowvar=False).reshape(len(mean), len(mean))
-    scale = max(float(np.trace(cov)) / len(mean), 1e-12)
-    cov = (1 - shrinkage) * cov + shrinkage * scale * np.eye(len(mean))
-    whiten = np.linalg.inv(np.linalg.cholesky(cov))
-    check = OodCheck(mean=mean, whiten=whiten, threshold=math.inf)
-    distances = np.sort([check.distance(f) for f in val])
+    deep = gaussian(x, shrinkage)
+    stats = None if train_stats is None else gaussian(np.asarray(train_stats, np.float64), shrinkage)
+    check = OodCheck(mean=deep.mean, whiten=deep.whiten, threshold=math.inf, scale=deep.scale, stats=stats)
+    if stats is None:
+        distances = np.sort([check.distance(f) for f in val])
+    else:
+        squared = [deep.squared(f) + stats.squared(s) for f, s in zip(val, val_stats, strict=True)]
+        distances = np.sort(np.sqrt(squared))
     threshold = float(distances[math.ceil(val_pass * len(distances)) - 1])
-    return {"mean": mean.tolist(), "whiten": whiten.tolist(), "threshold": threshold, "min_side": min_side}
+    meta = deep.to_meta() | {"threshold": threshold, "min_side": min_side}
+    if stats is not None:
+        meta["frame_stats"] = stats.to_meta() | {"version": STATS_VERSION, "names": list(STATS)}
+    return meta
+
+
+def augmented_copies(images: Sequence[np.ndarray], copies: int, seed: int) -> list[np.ndarray]:
+    """``copies`` scanner-like copies of each uint8 scan: each one scanner shift (:mod:`ultraseg.shifts`: gain,
+    depth gain, dynamic range, speckle, blur, resolution, zoom, aspect, JPEG, marks, field of view) at a severity,
+    both drawn at random, so that the fit also covers the breast frames another scanner would give. Copy ``c`` of
+    scan ``i`` depends only on ``(seed, c, i)``."""
+    out = []
+    for c in range(copies):
+        for i, image in enumerate(images):
+            rng = np.random.default_rng([seed, c, i])
+            shift = shifts.SHIFTS[int(rng.integers(len(shifts.SHIFTS)))]
+            severity = shifts.SEVERITIES[int(rng.integers(len(shifts.SEVERITIES)))]
+            scan = np.asarray(image, np.uint8)
+            out.append(shifts.apply(shift, severity, scan, np.zeros(scan.shape, bool), seed, c * len(images) + i)[0])
+    return out

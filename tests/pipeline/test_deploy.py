@@ -82,11 +82,13 @@ def test_run_stores_an_ood_check_that_val_passes(zoo, tmp_path):
     assert FEATURES in [o.name for o in segmenter.session.get_outputs()]
     assert segmenter.ood is not None and segmenter.ood.min_side == 20
     assert summary["train_images"] == len(split_ids(split, "train")) == 6
+    assert summary["fitted_frames"] == 6 * (1 + params.deploy.ood.augmented_copies) == 12
+    assert summary["frame_stats"] == len(segmenter.ood.stats.mean) > 0
     assert summary["features"] == len(segmenter.ood.mean) and summary["val_pass_target"] == 0.6
     val = [load_raw(zoo.raw, i)[0] for i in split_ids(split, "val")]
     passed = [segmenter.segment(image).in_distribution for image in val]
     assert summary["val_pass"] == round(sum(passed) / len(passed), 4) >= 0.6
-    distances = sorted(segmenter.ood.distance(segmenter.features(image)) for image in val)
+    distances = sorted(segmenter.ood.distance(segmenter.features(image), image) for image in val)
     assert summary["threshold"] == pytest.approx(distances[1], abs=1e-4)  # the 2nd of 3: 2/3 >= 0.6 > 1/3
 
 

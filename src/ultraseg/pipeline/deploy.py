@@ -12,8 +12,8 @@ Dice and clean normal scans), so a user who weighs a false alarm on a normal sca
 ``dice_tolerance`` would buy.
 
 The file also carries the out-of-distribution check (:mod:`ultraseg.ood`): the network's pooled deepest features as a
-second output, the Gaussian of the train scans' features, and the distance threshold that at least
-``deploy.ood.val_pass`` of the val scans pass.
+second output, the Gaussians of the train scans' features and frame statistics (with scanner-shifted copies of the
+scans), and the distance threshold that at least ``deploy.ood.val_pass`` of the val scans pass.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ultraseg import metrics, ood, onnx_io, params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import split_ids
 from ultraseg.params import DeployParams, Params
+from ultraseg.runtime.ood import frame_stats
 from ultraseg.runtime.postprocess import PostProcess
 from ultraseg.runtime.segmenter import Segmenter
 
@@ -107,18 +108,22 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
 
 
 def fit_ood(params: Params, out: Path, raw_dir: Path, split_csv: Path, val: list[np.ndarray]) -> dict:
-    """Fit the out-of-distribution check on the train scans' features and its threshold on ``val``, through the
-    file ``out`` itself, store it in ``out``'s metadata, and return its summary (the val pass rate is the share of
-    val scans the runtime answers as in distribution)."""
-    segmenter = unchecked(out)
-    train = [segmenter.features(load_raw(raw_dir, i)[0])
-             for i in tqdm(split_ids(split_csv, "train"), desc="deploy: ood train", unit="img")]
+    """Fit the out-of-distribution check on the train scans (and ``deploy.ood.augmented_copies`` scanner-shifted
+    copies of each, :func:`ultraseg.ood.augmented_copies`) and its threshold on ``val``, through the file ``out``
+    itself, store it in ``out``'s metadata, and return its summary (the val pass rate is the share of val scans the
+    runtime answers as in distribution)."""
+    segmenter, settings = unchecked(out), params.deploy.ood
+    originals = [load_raw(raw_dir, i)[0] for i in split_ids(split_csv, "train")]
+    scans = originals + ood.augmented_copies(originals, settings.augmented_copies, params.train.seed)
+    train = [segmenter.features(image) for image in tqdm(scans, desc="deploy: ood train", unit="img")]
     val_features = [segmenter.features(image) for image in tqdm(val, desc="deploy: ood val", unit="img")]
-    settings = params.deploy.ood
-    meta = ood.fit(train, val_features, settings.val_pass, settings.shrinkage, settings.min_side)
+    stats = ([frame_stats(image) for image in scans], [frame_stats(image) for image in val]) if settings.frame_stats \
+        else (None, None)
+    meta = ood.fit(train, val_features, settings.val_pass, settings.shrinkage, settings.min_side, *stats)
     onnx_io.write_with_metadata(out, out, {"ood": meta})
     passed = [r.in_distribution for r in Segmenter(out).segment_batch(val)]
-    return {"features": len(meta["mean"]), "train_images": len(train), "threshold": round(meta["threshold"], 4),
+    return {"features": len(meta["mean"]), "frame_stats": len(meta.get("frame_stats", {}).get("mean", [])),
+            "train_images": len(originals), "fitted_frames": len(train), "threshold": round(meta["threshold"], 4),
             "val_pass_target": settings.val_pass, "val_pass": round(float(np.mean(passed)), 4)}
 
 

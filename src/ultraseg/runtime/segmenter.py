@@ -171,7 +171,7 @@ class Segmenter:
             return self.no_answer(image, problem)
         prob, features, timings = self._forward(image)
         start = time.perf_counter()
-        reason = NOT_CHECKED if self.ood is None or features is None else self.ood.reason(features)
+        reason = NOT_CHECKED if self.ood is None or features is None else self.ood.reason(features, image)
         rule = self.postprocess if threshold is None else dataclasses.replace(self.postprocess, threshold=threshold)
         in_distribution = reason in ("", NOT_CHECKED)
         mask = rule.apply(prob) if in_distribution else np.zeros(prob.shape, bool)
