@@ -52,7 +52,7 @@ class Split:
 
     def probabilities(self, predict) -> list[np.ndarray]:
         """Each image's lesion probabilities at its original resolution."""
-        probs = probabilities(predict, self.inputs)
+        probs, _ = probabilities(predict, self.inputs)
         return [resize_probabilities(p, ref.shape) for p, ref in zip(probs, self.refs)]
 
 

@@ -23,7 +23,7 @@ def quantize_deployable(params: Params, onnx_dir: Path, models_dir: Path, data_d
     report = quantization.quantize(fp32, out, calibration, params.quantize)
     threshold = onnx_io.read_metadata(fp32)["threshold"]
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
-    dice = {name: metrics.summarize(probabilities(onnx_predictor(path), val_x) > threshold, val_y > 0)["dice"]
+    dice = {name: metrics.summarize(probabilities(onnx_predictor(path), val_x)[0] > threshold, val_y > 0)["dice"]
             for name, path in (("fp32", fp32), ("int8", out))}
     shape = (1, 1, size, size)
     teacher, _ = checkpoint.load(models_dir / checkpoint_file("teacher"))
