@@ -65,6 +65,17 @@ class PostProcess:
             return labels == 1 + int(np.argmax(keep))
         return np.concatenate([[False], keep])[labels]
 
+    def answer(self, prob: np.ndarray, present: bool | None, fill_empty: bool = False) -> np.ndarray:
+        """The mask a user sees under the image-level answer ``present``: empty where it says no lesion; the rule's
+        mask where it says lesion, or with ``fill_empty`` :meth:`around_peak` where the rule draws nothing. None:
+        no image-level answer (files without a presence output), the rule alone decides."""
+        if present is None:
+            return self.apply(prob)
+        if not present:
+            return np.zeros(prob.shape, bool)
+        mask = self.apply(prob)
+        return self.around_peak(prob) if fill_empty and not mask.any() else mask
+
     @staticmethod
     def around_peak(prob: np.ndarray) -> np.ndarray:
         """Where to point when the image-level answer is "lesion" but no pixel passes the threshold: the pixels of

@@ -131,7 +131,7 @@ class Segmenter:
         self.input = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
         has_features = FEATURES in names
-        self.outputs = [OUTPUT] + [name for name in (PRESENCE, FEATURES) if name in names]
+        self.output_names = [OUTPUT] + [name for name in (PRESENCE, FEATURES) if name in names]
         self.presence: Presence | None = None
         if PRESENCE in names and "presence" in self.meta:
             try:
@@ -162,10 +162,11 @@ class Segmenter:
         prob, _, _, timings = self._forward(image)
         return prob, timings
 
-    def presence_logit(self, image: np.ndarray) -> float | None:
-        """The raw presence logit of one image (averaged over the flip when the file flips); None for a file
-        without the ``presence`` output."""
-        return self._forward(image)[1]
+    def outputs(self, image: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """Lesion probabilities (H, W) at the image's resolution and the raw presence logit (averaged over the
+        flip when the file flips; None for a file without the ``presence`` output), from one model call."""
+        prob, logit, _, _ = self._forward(image)
+        return prob, logit
 
     def features(self, image: np.ndarray) -> np.ndarray | None:
         """The pooled deepest features (K,) of one image, as the out-of-distribution check reads them; None for a
@@ -190,7 +191,8 @@ class Segmenter:
 
     def _run(self, x: np.ndarray) -> tuple[np.ndarray, float | None, np.ndarray | None]:
         """Pixel probabilities (h, w), the presence logit and the features of one normalised image, by name."""
-        got = dict(zip(self.outputs, self.session.run(self.outputs, {self.input: np.ascontiguousarray(x, np.float32)})))
+        values = self.session.run(self.output_names, {self.input: np.ascontiguousarray(x, np.float32)})
+        got = dict(zip(self.output_names, values))
         logit = float(got[PRESENCE].ravel()[0]) if PRESENCE in got else None
         features = got[FEATURES][0] if FEATURES in got else None
         return 1.0 / (1.0 + np.exp(-got[OUTPUT][0, 0])), logit, features
@@ -220,16 +222,10 @@ class Segmenter:
         return result
 
     def mask(self, prob: np.ndarray, present: bool, rule: PostProcess | None = None) -> np.ndarray:
-        """The mask of an image whose image-level answer is ``present``: empty when it is not; the rule's mask
-        otherwise, or, with the file's ``fill_empty``, the region around the most probable pixel where the rule
-        draws nothing."""
-        rule = rule or self.postprocess
-        if not present:
-            return np.zeros(prob.shape, bool)
-        mask = rule.apply(prob)
-        if not mask.any() and self.presence is not None and self.presence.fill_empty:
-            mask = rule.around_peak(prob)
-        return mask
+        """The mask of an image whose image-level answer is ``present`` (:meth:`PostProcess.answer`, with the
+        file's ``fill_empty``)."""
+        fill_empty = self.presence is not None and self.presence.fill_empty
+        return (rule or self.postprocess).answer(prob, present, fill_empty)
 
     @staticmethod
     def no_answer(image: np.ndarray, reason: str) -> Segmentation:
