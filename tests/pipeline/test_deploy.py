@@ -39,6 +39,9 @@ def test_operating_points_are_the_pareto_front_most_clean_first():
     assert [(p["threshold"], p["normal_clean"], p["dice"]) for p in front] == [(0.4, 0.9, 0.7), (0.2, 0.5, 0.78),
                                                                                 (0.1, 0.2, 0.8)]
     assert set(front[0]) == {"dice", "normal_clean", *PostProcess().to_dict()}
+    sensitive = [s | {"sensitivity": 1.0 if k in (1, 4) else 0.9} for k, s in enumerate(scores)]
+    front = deploy.operating_points(rules, sensitive, 0.95)  # only rules 1 and 4 reach the target
+    assert [(p["threshold"], p["normal_clean"]) for p in front] == [(0.5, 0.7), (0.2, 0.5)]
 
 
 @pytest.mark.parametrize("flips", [[False, True], [False]])
@@ -194,4 +197,5 @@ def test_run_calibrates_the_presence_answer_and_stores_it(zoo, presence_int8, tm
     assert summary["presence"]["val_auc"] == pytest.approx(presence.roc_auc(scores, labels), abs=1e-4)
     assert summary["val_chosen"]["sensitivity"] >= params.deploy.presence.sensitivity
     assert summary["presence"]["rule_meets_target"]
+    assert all(p["sensitivity"] >= params.deploy.presence.sensitivity for p in summary["val_operating_points"])
     json.dumps(summary)

@@ -68,18 +68,24 @@ def choose(scores: list[dict[str, float]], tolerance: float, sensitivity: float 
     """Index of the rule to deploy (see the module docstring); a score may carry ``cost`` (lower wins a tie).
     Rules below the image-level ``sensitivity`` are refused unless every rule is, and then the most sensitive are
     the ones compared."""
-    allowed = [s for s in scores if s.get("sensitivity", 1.0) >= sensitivity]
-    floor = sensitivity if allowed else max(s.get("sensitivity", 1.0) for s in scores)
-    ok = [k for k, s in enumerate(scores) if s.get("sensitivity", 1.0) >= floor]
+    ok = eligible(scores, sensitivity)
     best = max(scores[k]["dice"] for k in ok)
     near = [k for k in ok if scores[k]["dice"] >= best - tolerance]
     return max(near, key=lambda k: (scores[k]["normal_clean"], scores[k]["dice"], -scores[k].get("cost", 0), -k))
 
 
-def operating_points(rules: list[PostProcess], scores: list[dict[str, float]]) -> list[dict]:
-    """The Pareto front of ``scores`` over lesion Dice and ``normal_clean``, most normals clean first: for each
-    share of clean normals, the best-Dice rule, kept only if it beats the Dice of every rule that cleans more."""
-    order = sorted(range(len(rules)), key=lambda k: (-scores[k]["normal_clean"], -scores[k]["dice"], k))
+def eligible(scores: list[dict[str, float]], sensitivity: float) -> list[int]:
+    """Indices of the rules that reach the image-level ``sensitivity`` (all the most sensitive if none does)."""
+    reached = [s.get("sensitivity", 1.0) for s in scores]
+    floor = sensitivity if max(reached) >= sensitivity else max(reached)
+    return [k for k, r in enumerate(reached) if r >= floor]
+
+
+def operating_points(rules: list[PostProcess], scores: list[dict[str, float]], sensitivity: float = 0.0) -> list[dict]:
+    """The Pareto front of ``scores`` over lesion Dice and ``normal_clean`` among the rules that reach
+    ``sensitivity`` (see :func:`eligible`), most normals clean first: for each share of clean normals, the best-Dice
+    rule, kept only if it beats the Dice of every rule that cleans more."""
+    order = sorted(eligible(scores, sensitivity), key=lambda k: (-scores[k]["normal_clean"], -scores[k]["dice"], k))
     front, best = [], -1.0
     for k in order:
         if scores[k]["dice"] > best:
@@ -147,7 +153,7 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
            "rule_meets_target": scores[flip][chosen]["sensitivity"] >= settings.sensitivity},
         "stream": params_mod.to_dict(params.deploy.stream),
         "val_chosen": rounded(scores[flip][chosen]),
-        "val_operating_points": operating_points(rules, scores[flip]),
+        "val_operating_points": operating_points(rules, scores[flip], target),
         "ood": check,
     } | {f"val_threshold_only{'_flip' if flip else ''}": best_plain(rules, scores[flip]) for flip in scores}
 
