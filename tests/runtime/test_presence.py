@@ -143,3 +143,15 @@ def test_presence_probability_has_no_overflow():
     rule = Presence(temperature=0.05, threshold=0.5)
     assert rule.probability(1e4) == 1.0 and rule.probability(-1e4) == 0.0
     assert rule.probability(0.0) == 0.5
+
+
+def test_a_given_presence_answer_replaces_the_stored_one(network, zoo, image):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fallback warning: the answer is given
+        warnings.filterwarnings("ignore", message=".*no out-of-distribution check")
+        seg = Segmenter(network, presence=Presence(temperature=4.0, threshold=0.6))
+    result = seg.segment(image)
+    assert seg.operating_point == 0.6 and result.score == pytest.approx(sigmoid(LOGIT / 4.0), abs=1e-5)
+    assert result.lesion_present  # 0.622 >= 0.6
+    with pytest.raises(DataError, match=r"pruned\.int8\.onnx.*no 'presence' output"):
+        Segmenter(zoo.models / "pruned.int8.onnx", presence=Presence(temperature=1.0, threshold=0.5))

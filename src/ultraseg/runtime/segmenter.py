@@ -103,11 +103,13 @@ class Segmenter:
     ``flip`` overrides the file's ``flip``: average the probabilities of the image and of its mirror image, which
     costs a second model call (a breast scan has no preferred left or right, so both views are equally valid).
     ``stream`` overrides how :meth:`stream` smooths the decision over frames (files written before that was stored
-    decide each frame alone).
+    decide each frame alone). ``presence`` overrides the stored image-level answer (temperature and operating
+    point), e.g. for a network file exported before deployment; the file must have the ``presence`` output.
     """
 
     def __init__(self, model: str | Path, threads: int = 1, postprocess: PostProcess | None = None,
-                 flip: bool | None = None, stream: StreamParams | None = None) -> None:
+                 flip: bool | None = None, stream: StreamParams | None = None,
+                 presence: Presence | None = None) -> None:
         self.path = Path(model)
         if not self.path.is_file():
             raise DataError(f"{self.path}: model file not found")
@@ -132,13 +134,15 @@ class Segmenter:
         names = [o.name for o in self.session.get_outputs()]
         has_features = FEATURES in names
         self.output_names = [OUTPUT] + [name for name in (PRESENCE, FEATURES) if name in names]
-        self.presence: Presence | None = None
-        if PRESENCE in names and "presence" in self.meta:
+        self.presence: Presence | None = presence
+        if presence is not None and PRESENCE not in names:
+            raise DataError(f"{self.path}: a presence answer was given but the file has no {PRESENCE!r} output")
+        if presence is None and PRESENCE in names and "presence" in self.meta:
             try:
                 self.presence = Presence.from_dict(self.meta["presence"])
             except (TypeError, ValueError) as err:
                 raise DataError(f"{self.path}: bad metadata: {err}") from None
-        else:
+        elif presence is None:
             warnings.warn(f"{self.path}: no presence output or no calibrated operating point in this file (older "
                           "files): the score is the highest pixel probability, compared with the rule's gate",
                           stacklevel=2)
