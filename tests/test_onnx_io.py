@@ -23,6 +23,7 @@ VARIANTS = {
     "separable_bilinear": {"name": "unet", "block": "separable", "up": "bilinear"},
     "res_unet": {"name": "res_unet"},
     "stem_stride_nearest": {"name": "unet", "stem_stride": 2, "up": "nearest"},
+    "unet_presence": {"name": "unet", "presence": True},
 }
 METADATA = {
     "kind": "student",
@@ -64,7 +65,12 @@ def test_exported_interface(exported, name):
     onnx.checker.check_model(str(path), full_check=True)
     proto = onnx.load(str(path))
     assert [i.name for i in proto.graph.input] == ["input"]
-    assert [o.name for o in proto.graph.output] == ["logits"]
+    outputs = ["logits", "presence"] if VARIANTS[name].get("presence") else ["logits"]
+    assert [o.name for o in proto.graph.output] == outputs
+    if len(outputs) == 2:
+        presence = proto.graph.output[1].type.tensor_type
+        assert presence.elem_type == onnx.TensorProto.FLOAT
+        assert [(d.dim_param, d.dim_value) for d in presence.shape.dim] == [("batch", 0), ("", 1)]
     for value in (proto.graph.input[0], proto.graph.output[0]):
         assert value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         dims = value.type.tensor_type.shape.dim
@@ -92,6 +98,7 @@ def test_parity_on_odd_and_unseen_sizes(exported, name, size):
     model, path = exported[name]
     report = onnx_io.parity(model, path, shipped("export", parity_height=size[0], parity_width=size[1]))
     assert report["shapes"] == [f"2x1x{size[0]}x{size[1]}", "1x1x48x48"]  # plus the metadata size
+    assert report["outputs"] == (["logits", "presence"] if VARIANTS[name].get("presence") else ["logits"])
     assert report["tolerance_used"] <= 1
     assert report["max_abs"] < 1e-4
 
@@ -118,6 +125,23 @@ def test_parity_fails_when_the_file_does_not_match_the_model(exported):
     assert onnx_io.parity(model, path, shipped("export"))["tolerance_used"] <= 1  # the original still passes
 
 
+def test_presence_output_follows_the_model_and_parity_checks_it(exported):
+    model, path = exported["unet_presence"]
+    sess = onnx_io.session(path, threads=1)
+    x = np.random.default_rng(2).standard_normal((3, 1, 40, 56), dtype=np.float32)
+    with torch.no_grad():
+        logits, presence = model(torch.from_numpy(x))
+    got_logits, got_presence = sess.run(["logits", "presence"], {"input": x})
+    assert got_presence.shape == (3, 1)
+    np.testing.assert_allclose(got_presence, presence.numpy(), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(got_logits, logits.numpy(), rtol=1e-3, atol=1e-4)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.presence.classify.bias += 0.01  # the logits stay as they were: only the presence check can fail
+    with pytest.raises(ParityError, match=r"model\.onnx.*disagree on presence"):
+        onnx_io.parity(changed, path, shipped("export"))
+
+
 def test_torchscript_exporter_writes_the_opset_asked_for(tmp_path):
     model = tiny({"name": "unet", "up": "nearest"}).train()
     path = tmp_path / "ts.onnx"
@@ -128,6 +152,18 @@ def test_torchscript_exporter_writes_the_opset_asked_for(tmp_path):
     assert [(o.domain, o.version) for o in proto.opset_import if o.domain == ""] == [("", 17)]
     assert [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", "", "height", "width"]
     assert onnx_io.parity(model, path, params)["shapes"] == ["2x1x97x133", "1x1x32x32"]
+
+
+def test_torchscript_exporter_keeps_the_presence_output(tmp_path):
+    model = tiny({"name": "unet", "up": "nearest", "presence": True})
+    path = tmp_path / "ts.onnx"
+    params = shipped("export", exporter="torchscript", opset=17)
+    onnx_io.export(model, path, params, {"size": 32})
+    outputs = onnx.load(str(path)).graph.output
+    assert [o.name for o in outputs] == ["logits", "presence"]
+    assert outputs[1].type.tensor_type.shape.dim[0].dim_param  # any batch
+    report = onnx_io.parity(model, path, params)
+    assert report["outputs"] == ["logits", "presence"] and report["tolerance_used"] <= 1
 
 
 def test_bad_metadata_writes_nothing(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -10,12 +11,14 @@ import pytest
 import torch
 
 from ultraseg import onnx_io
-from ultraseg.runtime.preprocess import normalize
+from ultraseg.data.busi import read_image
+from ultraseg.runtime.model_files import onnx_predictor
+from ultraseg.runtime.preprocess import normalize, preprocess
 from ultraseg.losses import build_loss
 from ultraseg.metrics import confusion, dice
-from ultraseg.models import build_model
+from ultraseg.models import build_model, split_outputs
 from ultraseg.timing import latency
-from ultraseg.quantization import CalibrationReader, quantize
+from ultraseg.quantization import CalibrationReader, presence_nodes, quantize
 from tests.conftest import shipped
 
 CONFIG = {"name": "unet", "widths": [8, 16, 32], "up": "bilinear"}
@@ -196,17 +199,69 @@ def test_exclusion_lists_parse_with_spaces_and_trailing_commas():
 
 
 def test_stem_stride_student_runs_every_conv_in_int8(calibration, tmp_path):
-    """The shipped student's layout (1/4 resolution, >= 16 channels everywhere) leaves no convolution float."""
+    """The shipped student's layout (1/4 resolution, >= 16 channels everywhere) leaves no convolution of the
+    segmentation path float; its presence head stays float by design."""
     torch.manual_seed(0)
     config = shipped("distill.student", widths=[16, 32]).config()
     fp32_path, int8_path = tmp_path / "s.onnx", tmp_path / "s.int8.onnx"
     onnx_io.export(build_model(config).eval(), fp32_path, shipped("export"), METADATA | {"model": config})
     report = quantize(fp32_path, int8_path, calibration, shipped("quantize", min_channels=16))
-    ops = [n.op_type for n in onnx.load(str(fp32_path)).graph.node]
-    assert report["narrow_convs_float"] == 0
+    graph = onnx.load(str(fp32_path)).graph
+    head = set(presence_nodes(graph))
+    assert bool(head) == bool(config.get("presence"))
+    ops = [n.op_type for n in graph.node if n.name not in head]
+    head_compute = Counter(n.op_type for n in graph.node if n.name in head and n.op_type in {"Conv", "Relu", "Gemm", "Concat"})
+    assert report["narrow_convs_float"] == 0 and report["presence_nodes_float"] == len(head)
     # padding the up-sampled map to its skip, and the logits to the input; ONNX Runtime has no int8 instance norm
-    assert report["float_ops"] == {"Pad": 2, "InstanceNormalization": ops.count("InstanceNormalization")}
+    float_ops = Counter(report["float_ops"]) - head_compute
+    assert dict(float_ops) == {"Pad": 2, "InstanceNormalization": ops.count("InstanceNormalization")}
     assert ops.count("InstanceNormalization") > 0
     assert report["int8_ops"]["QLinearConv"] == ops.count("Conv")
     images = discs(2, 41, 57, seed=3)[0]  # sides that are not multiples of the stride: the output is padded back
     assert onnx_io.session(int8_path).run(["logits"], {"input": images[:, None]})[0].shape == (2, 1, 41, 57)
+
+
+# ---------------------------------------------------------------------------------------------------- presence
+
+PRESENCE_CONFIG = CONFIG | {"presence": True}
+PRESENCE_SPREAD = 0.25
+"""Largest |int8 - fp32| presence logit of one image, as a share of the fp32 logits' spread (max - min) over the
+images. Int8 keeps the presence head float (see ultraseg.quantization) but not the bottleneck features it reads,
+so each logit moves by a share of the image-to-image differences; a quarter leaves the images' order nearly whole,
+and the deploy stage fits the temperature and operating point on the int8 file's own logits."""
+
+
+def mirror_scans(busi_mirror, cls: str, numbers: range) -> np.ndarray:
+    params = shipped("preprocess", size=48)
+    return np.stack([normalize(preprocess(read_image(busi_mirror / cls / f"{cls} ({k}).webp"), params), "zscore")
+                     for k in numbers])
+
+
+def test_presence_agrees_between_torch_fp32_onnx_and_int8(busi_mirror, tmp_path):
+    """Real scans: a tiny presence network trained a few steps on lesion vs normal scans, exported and quantised;
+    the presence logit of unseen scans agrees between the three."""
+    train = np.concatenate([mirror_scans(busi_mirror, c, range(1, 9)) for c in ("benign", "malignant", "normal")])
+    labels = torch.tensor([1.0] * 16 + [0.0] * 8)[:, None]
+    unseen = np.concatenate([mirror_scans(busi_mirror, c, range(20, 26)) for c in ("benign", "normal")])
+    torch.manual_seed(0)
+    model = build_model(PRESENCE_CONFIG)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    for _ in range(25):
+        optimizer.zero_grad()
+        presence = split_outputs(model(torch.from_numpy(train[:, None])))[1]
+        torch.nn.functional.binary_cross_entropy_with_logits(presence, labels).backward()
+        optimizer.step()
+    model.eval()
+    fp32_path, int8_path = tmp_path / "model.onnx", tmp_path / "model.int8.onnx"
+    onnx_io.export(model, fp32_path, shipped("export"), METADATA | {"model": PRESENCE_CONFIG})
+    report = quantize(fp32_path, int8_path, train, shipped("quantize", min_channels=0))
+    assert report["presence_nodes_float"] > 0 and report["int8_ops"]  # the head float, the rest int8
+    with torch.no_grad():
+        want = split_outputs(model(torch.from_numpy(unseen[:, None])))[1][:, 0].numpy()
+    fp32 = onnx_predictor(fp32_path, threads=1)(unseen[:, None])
+    int8 = onnx_predictor(int8_path, threads=1)(unseen[:, None])
+    assert fp32.presence.shape == int8.presence.shape == (12,)
+    np.testing.assert_allclose(fp32.presence, want, rtol=shipped("export").rtol, atol=shipped("export").atol)
+    spread = float(np.ptp(fp32.presence))
+    assert spread > 0.1  # trained: the images differ, so the tolerance below is not vacuous
+    assert np.abs(int8.presence - fp32.presence).max() <= PRESENCE_SPREAD * spread

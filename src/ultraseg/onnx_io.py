@@ -2,7 +2,8 @@
 
 The exported graph takes ``input`` (N, 1, H, W) float32 — images already normalised with
 :func:`ultraseg.runtime.preprocess.normalize` — and returns ``logits`` (N, 1, H, W), with N, H and W dynamic
-(``dim_param`` ``batch``, ``height``, ``width``). Everything a deployment needs to reproduce the pipeline travels
+(``dim_param`` ``batch``, ``height``, ``width``), and, for a network with a presence head, ``presence`` (N, 1):
+the raw image-level logit. Everything a deployment needs to reproduce the pipeline travels
 inside the file as ``metadata_props`` (values JSON-encoded): preprocessing params, input size, normalisation,
 decision threshold, model config. The file is self-contained: weights are stored inline, never as external data.
 
@@ -31,10 +32,13 @@ from torch import nn
 
 from ultraseg.io import atomic_path
 from ultraseg.params import ExportParams
-from ultraseg.runtime.model_files import INPUT, OUTPUT, session
+from ultraseg.models import split_outputs
+from ultraseg.runtime.model_files import INPUT, OUTPUT, PRESENCE, session
 
 DYNAMIC_DIMS = {0: "batch", 2: "height", 3: "width"}
-"""Axis -> ``dim_param`` of the input and output."""
+"""Axis -> ``dim_param`` of the input and the logits."""
+PRESENCE_DIMS = {0: "batch"}
+"""Axis -> ``dim_param`` of the presence output."""
 EXAMPLE_SIZE = 64
 """Side of the example input traced at export when the metadata has no ``size``; any size works."""
 PARITY_SEED = 0
@@ -67,13 +71,14 @@ def export(model: nn.Module, path: str | Path, params: ExportParams, metadata: M
     try:
         device = next(model.parameters()).device
         example = torch.zeros(2, _in_channels(model), side, side, device=device)  # batch 2: 0 and 1 specialise
+        outputs = output_names(model, example)
         if params.exporter == "dynamo":
-            proto = _export_dynamo(model, example, params.opset)
+            proto = _export_dynamo(model, example, params.opset, outputs)
         else:
-            proto = _export_torchscript(model, example, params.opset)
+            proto = _export_torchscript(model, example, params.opset, outputs)
     finally:
         model.train(was_training)
-    _check_interface(proto, params.opset)
+    _check_interface(proto, params.opset, outputs)
     del proto.metadata_props[:]
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
@@ -82,13 +87,20 @@ def export(model: nn.Module, path: str | Path, params: ExportParams, metadata: M
         onnx.checker.check_model(str(tmp), full_check=True)
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The graph outputs of ``model``: ``logits``, and ``presence`` when its forward also gives a presence logit."""
+    with torch.no_grad():
+        _, presence = split_outputs(model(example))
+    return [OUTPUT] if presence is None else [OUTPUT, PRESENCE]
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> onnx.ModelProto:
     dims = {axis: torch.export.Dim(name) for axis, name in DYNAMIC_DIMS.items()}
     with warnings.catch_warnings():
         # torch 2.13's own pytree use, not ours
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
         program = torch.onnx.export(
-            model, (example,), None, dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
+            model, (example,), None, dynamo=True, input_names=[INPUT], output_names=outputs,
             opset_version=opset, dynamic_shapes=(dims,), external_data=False, optimize=True, verbose=False,
         )
     proto = program.model_proto
@@ -101,31 +113,33 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.
     return proto
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
-    axes = {INPUT: DYNAMIC_DIMS, OUTPUT: DYNAMIC_DIMS}
+def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> onnx.ModelProto:
+    axes = {INPUT: DYNAMIC_DIMS, OUTPUT: DYNAMIC_DIMS, PRESENCE: PRESENCE_DIMS}
+    axes = {name: dims for name, dims in axes.items() if name in (INPUT, *outputs)}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=r"The feature will be removed.*", category=DeprecationWarning)
         torch.onnx.export(
-            model, (example,), buffer, dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
+            model, (example,), buffer, dynamo=False, input_names=[INPUT], output_names=outputs,
             opset_version=opset, dynamic_axes=axes,
         )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _check_interface(proto: onnx.ModelProto, opset: int) -> None:
+def _check_interface(proto: onnx.ModelProto, opset: int, outputs: list[str]) -> None:
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
         raise RuntimeError(f"asked for opset {opset}, the exporter wrote {written}")
-    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
-        name = INPUT if kind == "input" else OUTPUT
-        if [v.name for v in values] != [name]:
-            raise RuntimeError(f"expected one graph {kind} {name!r}, got {[v.name for v in values]}")
-        dims = values[0].type.tensor_type.shape.dim
-        for axis in DYNAMIC_DIMS:
-            if not dims[axis].dim_param:
-                raise RuntimeError(f"{kind} {name!r} axis {axis} is fixed at {dims[axis].dim_value}, not dynamic")
+    for kind, values, names in (("input", proto.graph.input, [INPUT]), ("output", proto.graph.output, outputs)):
+        if [v.name for v in values] != names:
+            raise RuntimeError(f"expected graph {kind}s {names}, got {[v.name for v in values]}")
+        for value in values:
+            dims = value.type.tensor_type.shape.dim
+            for axis in PRESENCE_DIMS if value.name == PRESENCE else DYNAMIC_DIMS:
+                if not dims[axis].dim_param:
+                    raise RuntimeError(f"{kind} {value.name!r} axis {axis} is fixed at {dims[axis].dim_value}, "
+                                       "not dynamic")
 
 
 def _in_channels(model: nn.Module) -> int:
@@ -171,13 +185,14 @@ def parity(model: nn.Module, path: str | Path, params: ExportParams) -> dict[str
     """Compare ``model`` with the ONNX file ``path`` under ONNX Runtime (CPU) on seeded standard-normal inputs.
 
     Inputs: ``(2, C, parity_height, parity_width)`` and, when the file's metadata has an integer ``size``,
-    ``(1, C, size, size)``. Returns the shapes checked, ``max_abs`` and ``max_rel`` (relative to ``|torch|``,
-    over logits with ``|torch| > atol``) differences, and ``tolerance_used``: the largest
+    ``(1, C, size, size)``. Every output is compared: the logits and, for a network with a presence head, the
+    presence logit. Returns the shapes checked, the outputs compared, ``max_abs`` and ``max_rel`` (relative to
+    ``|torch|``, over values with ``|torch| > atol``) differences, and ``tolerance_used``: the largest
     ``|diff| / (atol + rtol * |torch|)``, which must stay <= 1.
 
     Raises:
-        ParityError: an output of the wrong shape, a non-finite output, or a difference outside the tolerance;
-            the message names the file and the numbers.
+        ParityError: a missing output, an output of the wrong shape, a non-finite output, or a difference outside
+            the tolerance; the message names the file and the numbers.
     """
     params.validate("export")
     size = read_metadata(path).get("size")
@@ -188,34 +203,45 @@ def parity(model: nn.Module, path: str | Path, params: ExportParams) -> dict[str
     sess = session(path)
     rng = np.random.default_rng(PARITY_SEED)
     device = next(model.parameters()).device
-    max_abs = max_rel = used = 0.0
+    worst = {"max_abs": 0.0, "max_rel": 0.0, "used": 0.0}
     was_training = model.training
     model.eval()
     try:
         for shape in shapes:
             x = rng.standard_normal(shape, dtype=np.float32)
             with torch.no_grad():
-                want = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-            got = sess.run([OUTPUT], {INPUT: x})[0]
-            label = "x".join(map(str, shape))
-            if got.shape != want.shape:
-                raise ParityError(f"{path}: at input {label} ONNX gives logits {got.shape}, PyTorch {want.shape}")
-            if not np.isfinite(got).all():
-                raise ParityError(f"{path}: at input {label} ONNX gives non-finite logits")
-            diff = np.abs(got.astype(np.float64) - want)
-            scale = np.abs(want.astype(np.float64))
-            max_abs = max(max_abs, float(diff.max()))
-            big = scale > params.atol
-            if big.any():
-                max_rel = max(max_rel, float((diff[big] / scale[big]).max()))
-            used = max(used, float((diff / (params.atol + params.rtol * scale)).max()))
-            if used > 1:
-                raise ParityError(
-                    f"{path}: ONNX Runtime and PyTorch disagree at input {label}: max |diff| {max_abs:.3g}, "
-                    f"max rel {max_rel:.3g}, {used:.3g}x the tolerance atol={params.atol:g} + rtol={params.rtol:g}"
-                    " * |torch|; the file does not match this model"
-                )
+                logits, presence = split_outputs(model(torch.from_numpy(x).to(device)))
+            want = {OUTPUT: logits} | ({} if presence is None else {PRESENCE: presence})
+            names = [o.name for o in sess.get_outputs()]
+            if any(name not in names for name in want):
+                raise ParityError(f"{path}: the file's outputs {names} lack one of the model's {list(want)}")
+            got = sess.run(list(want), {INPUT: x})
+            for (name, expected), value in zip(want.items(), got):
+                _compare(path, name, "x".join(map(str, shape)), value, expected.float().cpu().numpy(), params, worst)
     finally:
         model.train(was_training)
-    return {"file": str(path), "shapes": ["x".join(map(str, s)) for s in shapes], "max_abs": max_abs,
-            "max_rel": max_rel, "tolerance_used": used, "rtol": params.rtol, "atol": params.atol}
+    return {"file": str(path), "shapes": ["x".join(map(str, s)) for s in shapes],
+            "outputs": [OUTPUT] + [PRESENCE] * (presence is not None), "max_abs": worst["max_abs"],
+            "max_rel": worst["max_rel"], "tolerance_used": worst["used"], "rtol": params.rtol, "atol": params.atol}
+
+
+def _compare(path: str | Path, name: str, label: str, got: np.ndarray, want: np.ndarray, params: ExportParams,
+             worst: dict[str, float]) -> None:
+    """Check one output against PyTorch's, updating ``worst``; raise :class:`ParityError` outside the tolerance."""
+    if got.shape != want.shape:
+        raise ParityError(f"{path}: at input {label} ONNX gives {name} {got.shape}, PyTorch {want.shape}")
+    if not np.isfinite(got).all():
+        raise ParityError(f"{path}: at input {label} ONNX gives non-finite {name}")
+    diff = np.abs(got.astype(np.float64) - want)
+    scale = np.abs(want.astype(np.float64))
+    worst["max_abs"] = max(worst["max_abs"], float(diff.max()))
+    big = scale > params.atol
+    if big.any():
+        worst["max_rel"] = max(worst["max_rel"], float((diff[big] / scale[big]).max()))
+    worst["used"] = max(worst["used"], float((diff / (params.atol + params.rtol * scale)).max()))
+    if worst["used"] > 1:
+        raise ParityError(
+            f"{path}: ONNX Runtime and PyTorch disagree on {name} at input {label}: max |diff| "
+            f"{worst['max_abs']:.3g}, max rel {worst['max_rel']:.3g}, {worst['used']:.3g}x the tolerance "
+            f"atol={params.atol:g} + rtol={params.rtol:g} * |torch|; the file does not match this model"
+        )

@@ -12,6 +12,11 @@ although they meet the "DQ in, Q out" pattern; QOperator format runs ``Pad`` and
 So :func:`runtime_ops` reads the graph ORT actually builds (``ORT_ENABLE_EXTENDED``, the level of the QDQ
 fusions, without the hardware-specific layout passes of ``ALL``) and follows which tensors are float from there.
 
+The presence head (the image-level logit, :data:`ultraseg.runtime.model_files.PRESENCE`) stays float: it is a few
+small layers at the bottleneck's resolution, so int8 would save nothing there, while an 8-bit grid over the
+calibration range of the logit would move the answer near the operating point. :func:`presence_nodes` finds it
+as the nodes only that output depends on.
+
 Excluding a node does not always keep it float: ORT's ``WeightBiasQuantization`` pass quantises the float weights
 of a Conv whose input comes from a DequantizeLinear and whose output feeds a QuantizeLinear, which is the case of
 any Conv excluded by name between quantised neighbours. :func:`quantize` reports (and warns about) such nodes.
@@ -40,7 +45,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ultraseg.io import atomic_path
 from ultraseg.params import QuantizeParams
-from ultraseg.runtime.model_files import INPUT
+from ultraseg.runtime.model_files import INPUT, OUTPUT, PRESENCE
 
 METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
            "percentile": CalibrationMethod.Percentile}
@@ -110,7 +115,8 @@ def quantize(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarr
             raise ValueError(f"quantize.exclude_nodes: no node {missing[0]!r} in {fp32_path}; compute nodes "
                              f"include {some}")
         narrow = narrow_convs(graph, params.min_channels)
-        skipped = sorted(set(params.excluded_nodes()) | set(narrow))
+        head = presence_nodes(graph)
+        skipped = sorted(set(params.excluded_nodes()) | set(narrow) | set(head))
         # ORT's own default when no op types are given: every op either format knows how to quantise
         quantizable = set(QDQRegistry) | set(QLinearOpsRegistry)
         excluded = set(params.excluded_op_types())
@@ -140,7 +146,7 @@ def quantize(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarr
             onnx.save_model(int8, str(target), save_as_external_data=False)
             onnx.checker.check_model(str(target), full_check=True)
             analysis = runtime_ops(target)
-    asked = set(skipped) | {node.name for node in graph.node if node.op_type in excluded}
+    asked = set(skipped) - set(head) | {node.name for node in graph.node if node.op_type in excluded}
     requantized = sorted(asked & set(analysis["int8_nodes"]))
     if requantized:
         warnings.warn(
@@ -161,7 +167,28 @@ def quantize(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarr
         "conversions": analysis["conversions"],
         "excluded_but_int8": requantized,
         "narrow_convs_float": len(narrow),
+        "presence_nodes_float": len(head),
     }
+
+
+def presence_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of the nodes that compute the ``presence`` output and nothing the ``logits`` need (none for a graph
+    without a presence output)."""
+    producer = {name: node for node in graph.node for name in node.output if name}
+
+    def ancestors(output: str) -> set[str]:
+        seen, todo = set(), [output]
+        while todo:
+            node = producer.get(todo.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                todo.extend(node.input)
+        return seen
+
+    outputs = {o.name for o in graph.output}
+    if PRESENCE not in outputs:
+        return []
+    return sorted(ancestors(PRESENCE) - ancestors(OUTPUT))
 
 
 def narrow_convs(graph: onnx.GraphProto, min_channels: int) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from scipy.special import expit
 
-from ultraseg.runtime.model_files import (DEPLOYABLE_NETWORK, INT8_FILE, INT8_VARIANT, NETWORKS, Predict,
+from ultraseg.runtime.model_files import (DEPLOYABLE_NETWORK, INT8_FILE, INT8_VARIANT, NETWORKS, Outputs, Predict,
                                           checkpoint_file, onnx_file, onnx_predictor)
 
 
@@ -49,7 +49,7 @@ def by_name(name: str) -> Variant:
 
 
 def predictor(variant: Variant, models_dir: Path, threads: int | None = None) -> Predict:
-    """A function computing ``variant``'s logits on the CPU; ``threads`` intra-op threads (None: the runtime's
+    """A function computing ``variant``'s :class:`~ultraseg.runtime.model_files.Outputs` on the CPU; ``threads`` intra-op threads (None: the runtime's
     default). Raises ``FileNotFoundError`` naming the file when the variant has not been built."""
     path = Path(models_dir) / variant.file
     if not path.exists():
@@ -59,19 +59,25 @@ def predictor(variant: Variant, models_dir: Path, threads: int | None = None) ->
     import torch
 
     from ultraseg import checkpoint  # torch: only for the PyTorch variants
+    from ultraseg.models import split_outputs
 
     model, _ = checkpoint.load(path)
     if threads is not None:
         torch.set_num_threads(threads)
 
-    def predict(images: np.ndarray) -> np.ndarray:
+    def predict(images: np.ndarray) -> Outputs:
         with torch.inference_mode():
-            return model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
+            logits, presence = split_outputs(model(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))))
+        return Outputs(logits.numpy(), None if presence is None else presence[:, 0].numpy())
 
     return predict
 
 
-def probabilities(predict: Predict, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Lesion probabilities (N, H, W) of normalised images (N, H, W), in batches."""
-    logits = [predict(images[start:start + batch_size, None])[:, 0] for start in range(0, len(images), batch_size)]
-    return expit(np.concatenate(logits)).astype(np.float32)
+def probabilities(predict: Predict, images: np.ndarray,
+                  batch_size: int = 16) -> tuple[np.ndarray, np.ndarray | None]:
+    """Lesion probabilities (N, H, W) of normalised images (N, H, W), in batches, and the raw presence logits (N,)
+    (None for a network without a presence head)."""
+    outs = [predict(images[start:start + batch_size, None]) for start in range(0, len(images), batch_size)]
+    probs = expit(np.concatenate([o.logits[:, 0] for o in outs])).astype(np.float32)
+    has_presence = bool(outs) and outs[0].presence is not None
+    return probs, np.concatenate([o.presence for o in outs]) if has_presence else None

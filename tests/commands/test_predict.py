@@ -18,6 +18,7 @@ import pytest
 
 from tests.runtime.test_sources import (colour_version, huge_png, truncated_png, us_region, write_dicom, write_image,
                                         write_video)
+from tests.runtime.test_presence import LOGIT, deployable, network  # noqa: F401 (a fixture)
 from ultraseg.commands import predict
 from ultraseg.data.busi import read_image
 from ultraseg.io import read_csv
@@ -298,3 +299,21 @@ def test_rows_say_whether_each_frame_is_one_the_model_knows(batch, zoo, tmp_path
     assert (rows["scan.png"]["in_distribution"], rows["scan.png"]["ood_reason"]) == (str(scan.in_distribution),
                                                                                       scan.ood_reason)
     assert rows["scan.png"]["lesion_present"] == str(scan.in_distribution)  # lesion nearly everywhere when answered
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_rows_carry_the_calibrated_presence_score_and_answer(tmp_path, busi_mirror, network, temperature):
+    """A file with a presence output: the row's score is the calibrated probability, its answer the runtime's
+    (sigmoid(2 / T) is 0.881 at T=1 and 0.622 at T=4, against an operating point of 0.75)."""
+    segmenter = deployable(network, tmp_path, temperature=temperature, threshold=0.75)
+    grey = read_image(busi_mirror / "benign" / "benign (1).webp")
+    path = write_image(tmp_path / "scan.png", grey)
+    code, _ = invoke([str(path), "--out", str(tmp_path / "out"), "--model", str(segmenter.path), "--format", "jsonl",
+                      "--no-overlay"])
+    row = json.loads((tmp_path / "out" / "results.jsonl").read_text())
+    expected = segmenter.segment(grey)
+    assert code == 0 and row["score"] == pytest.approx(expected.score, abs=1e-6)
+    assert row["score"] == pytest.approx(1 / (1 + np.exp(-LOGIT / temperature)), abs=1e-5)
+    assert row["lesion_present"] is (temperature == 1.0) is expected.lesion_present
+    if not row["lesion_present"]:
+        assert row["area_px"] == 0

@@ -39,6 +39,9 @@ def test_operating_points_are_the_pareto_front_most_clean_first():
     assert [(p["threshold"], p["normal_clean"], p["dice"]) for p in front] == [(0.4, 0.9, 0.7), (0.2, 0.5, 0.78),
                                                                                 (0.1, 0.2, 0.8)]
     assert set(front[0]) == {"dice", "normal_clean", *PostProcess().to_dict()}
+    sensitive = [s | {"sensitivity": 1.0 if k in (1, 4) else 0.9} for k, s in enumerate(scores)]
+    front = deploy.operating_points(rules, sensitive, 0.95)  # only rules 1 and 4 reach the target
+    assert [(p["threshold"], p["normal_clean"]) for p in front] == [(0.5, 0.7), (0.2, 0.5)]
 
 
 @pytest.mark.parametrize("flips", [[False, True], [False]])
@@ -107,4 +110,94 @@ def test_score_counts_lesion_dice_and_clean_normals():
     ref = np.zeros((10, 10), bool)
     ref[:5, :5] = True
     result = deploy.score(PostProcess(), [prob, prob, np.zeros_like(prob)], [ref, np.zeros_like(ref), np.zeros_like(ref)])
-    assert result == {"dice": pytest.approx(2 * 25 / (50 + 25)), "normal_clean": 0.5}
+    assert result == {"dice": pytest.approx(2 * 25 / (50 + 25)), "normal_clean": 0.5, "sensitivity": 1.0}
+
+
+def test_score_applies_the_presence_answer():
+    import numpy as np
+
+    prob = np.zeros((10, 10), np.float32)
+    prob[:5] = 0.9
+    prob[7, 7] = 0.4  # below the threshold: only the fill finds it
+    ref = np.zeros((10, 10), bool)
+    ref[:5, :5] = True
+    probs, refs = [prob, prob, prob * 0.5], [ref, np.zeros_like(ref), ref]
+    # lesion, normal, lesion whose pixels all fall below the threshold
+    plain = deploy.score(PostProcess(), probs, refs, [True, False, True])
+    assert plain["normal_clean"] == 1.0  # the normal scan is answered "no lesion": nothing drawn
+    assert plain["sensitivity"] == 0.5  # the faint lesion is answered but nothing is drawn
+    filled = deploy.score(PostProcess(), probs, refs, [True, False, True], fill_empty=True)
+    assert filled["sensitivity"] == 1.0 and filled["dice"] > plain["dice"]
+    denied = deploy.score(PostProcess(), probs, refs, [False, False, False])
+    assert denied["sensitivity"] == 0.0 and denied["dice"] == 0.0
+
+
+def test_choice_refuses_rules_below_the_sensitivity_target():
+    scores = [{"dice": 0.80, "normal_clean": 0.9, "sensitivity": 0.90},
+              {"dice": 0.79, "normal_clean": 0.5, "sensitivity": 0.96},
+              {"dice": 0.70, "normal_clean": 0.6, "sensitivity": 1.00}]
+    assert deploy.choose(scores, 0.05) == 0  # no target: the cleanest within the tolerance
+    assert deploy.choose(scores, 0.05, sensitivity=0.95) == 1
+    assert deploy.choose(scores, 0.2, sensitivity=0.95) == 2
+    assert deploy.choose(scores[:1], 0.05, sensitivity=0.95) == 0  # none meets it: the most sensitive
+
+
+@pytest.fixture(scope="module")
+def presence_int8(zoo, tmp_path_factory):
+    """The zoo's pruned network rebuilt with a presence head, exported and quantised like the pipeline's."""
+    import numpy as np
+    import torch
+
+    from ultraseg import onnx_io, quantization
+    from ultraseg.data.dataset import Preprocessed
+    from ultraseg.models import build_model
+    from ultraseg.runtime.preprocess import normalize
+
+    folder = tmp_path_factory.mktemp("presence")
+    meta = onnx_io.read_metadata(zoo.models / "onnx" / "pruned.onnx")
+    config = meta["model"] | {"presence": True}
+    torch.manual_seed(1)
+    model = build_model(config).eval()
+    onnx_io.export(model, folder / "pruned.onnx", shipped("export"), meta | {"model": config})
+    images = normalize(Preprocessed.load(zoo.data).images, "zscore").astype(np.float32)
+    quantization.quantize(folder / "pruned.onnx", folder / "pruned.int8.onnx", images,
+                          shipped("quantize", calibration_images=8))
+    return folder / "pruned.int8.onnx"
+
+
+def test_run_calibrates_the_presence_answer_and_stores_it(zoo, presence_int8, tmp_path):
+    import numpy as np
+
+    from ultraseg import presence
+    from ultraseg.data.busi import load_raw
+    from ultraseg.io import split_ids
+
+    params = shipped_params({"preprocess": {"size": zoo.size},
+                             "deploy": {"threshold_step": 0.25, "gates": [0.0, 0.9], "min_areas": [0.0],
+                                        "flips": [False]}})
+    split = train_val_split(zoo, tmp_path / "split.csv")
+    out = tmp_path / "deploy.onnx"
+    summary = deploy.run(params, presence_int8, zoo.raw, split, out)
+    segmenter = Segmenter(out)
+    stored = segmenter.meta["presence"]
+    assert stored == {"temperature": pytest.approx(summary["presence"]["temperature"], abs=1e-6),
+                      "threshold": pytest.approx(summary["presence"]["threshold"], abs=1e-6),
+                      "fill_empty": params.deploy.presence.fill_empty,
+                      "sensitivity": params.deploy.presence.sensitivity}
+    assert segmenter.operating_point == stored["threshold"]
+    # the stored answer is the one fitted on the int8 file's own val logits
+    val = [load_raw(zoo.raw, i) for i in split_ids(split, "val")]
+    logits = np.array([segmenter.outputs(image)[1] for image, _ in val])
+    labels = np.array([mask.any() for _, mask in val])
+    assert stored["temperature"] == pytest.approx(presence.fit_temperature(logits, labels), rel=1e-4)
+    results = [segmenter.segment(image) for image, _ in val]
+    scores = presence.calibrate(logits, stored["temperature"])
+    np.testing.assert_allclose([r.score for r in results], scores, atol=1e-5)
+    assert all(r.lesion_present == (r.score >= stored["threshold"]) for r in results)
+    assert all(r.lesion_present for r, lesion in zip(results, labels) if lesion)  # sensitivity 0.95 of 2 scans
+    assert summary["presence"]["val_sensitivity"] == 1.0
+    assert summary["presence"]["val_auc"] == pytest.approx(presence.roc_auc(scores, labels), abs=1e-4)
+    assert summary["val_chosen"]["sensitivity"] >= params.deploy.presence.sensitivity
+    assert summary["presence"]["rule_meets_target"]
+    assert all(p["sensitivity"] >= params.deploy.presence.sensitivity for p in summary["val_operating_points"])
+    json.dumps(summary)

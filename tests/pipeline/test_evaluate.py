@@ -12,7 +12,7 @@ import pytest
 
 from ultraseg.params import Params
 from ultraseg.pipeline import evaluate
-from ultraseg.runtime.model_files import INT8_VARIANT
+from ultraseg.runtime.model_files import INT8_VARIANT, Outputs
 from ultraseg.variants import VARIANTS, by_name
 from tests.conftest import shipped, shipped_params
 
@@ -35,7 +35,7 @@ def oracle(zoo, flip_ids=()):
             k = int(np.argmin(((inputs - image) ** 2).sum(axis=(1, 2))))
             mask = zoo.masks[ids[k]] ^ (ids[k] in flip_ids)
             out.append(np.where(mask, 20.0, -20.0)[None])
-        return np.stack(out).astype(np.float32)
+        return Outputs(np.stack(out).astype(np.float32), None)
 
     return predict
 
@@ -72,13 +72,13 @@ def test_threshold_is_chosen_on_val_never_on_test(zoo, monkeypatch):
     base = oracle(zoo)
 
     def shifted(images):
-        logits = base(images)
+        logits = base(images).logits
         out = []
         for image, logit in zip(images, logits):
             is_val = any(np.allclose(image[0], v) for v in val_inputs)
             p_lesion = 0.7 if is_val else 0.3
             out.append(np.where(logit > 0, np.log(p_lesion / (1 - p_lesion)), -20.0))
-        return np.stack(out).astype(np.float32)
+        return Outputs(np.stack(out).astype(np.float32), None)
 
     val_inputs = evaluate.Split(zoo.data, zoo.raw, zoo.split, "val", "zscore").inputs
     monkeypatch.setattr(evaluate, "predictor", lambda variant, models_dir: shifted)
@@ -170,7 +170,7 @@ def test_predictions_are_scored_at_each_images_original_resolution(tmp_path, mon
     def left_half(batch: np.ndarray) -> np.ndarray:
         logits = np.full(batch.shape, -20.0, np.float32)
         logits[..., :16] = 20.0
-        return logits
+        return Outputs(logits, None)
 
     monkeypatch.setattr(evaluate, "predictor", lambda variant, models_dir: left_half)
     params = shipped_params({"preprocess": {"size": 32}, "evaluate": {"threshold": 0.5, "bootstrap": 10}})

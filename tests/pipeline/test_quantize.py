@@ -19,6 +19,7 @@ SUMMARY_KEYS = {
     "calibration_images", "calibration_seconds", "float_ops", "int8_ops", "narrow_convs_float", "input_size",
     "latency_p50_ms_1thread", "speedup_int8_vs_fp32", "speedup_int8_vs_teacher_onnx",
     "speedup_int8_vs_teacher_eager", "torch_threads_during_timing", "threads_available",
+    "val_presence_max_abs_diff", "presence_nodes_float",
 }
 
 
@@ -43,6 +44,7 @@ def test_summary_keys(quantized):
     assert set(summary["latency_p50_ms_1thread"]) == {"int8", "fp32", "teacher_onnx_fp32", "teacher_eager"}
     assert all(v > 0 for v in summary["latency_p50_ms_1thread"].values())
     assert summary["torch_threads_during_timing"] == 1
+    assert summary["val_presence_max_abs_diff"] is None and summary["presence_nodes_float"] == 0  # no head in the zoo
     json.dumps(summary, allow_nan=False)  # what the stage writes to metrics/quantize.json
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import shipped_params
 from ultraseg import shifts
 from ultraseg.pipeline import robustness
@@ -156,3 +158,31 @@ def test_a_file_without_a_stored_point_is_pointed_on_unshifted_val(zoo):
         else:
             assert points[name] is None
     assert points["teacher"] is not None
+
+
+def test_a_presence_file_without_a_stored_answer_is_calibrated_on_unshifted_val(zoo, tmp_path):
+    import torch
+
+    from tests.conftest import TINY, shipped
+    from ultraseg import onnx_io, presence
+    from ultraseg.data.busi import load_raw
+    from ultraseg.io import split_ids
+    from ultraseg.models import build_model
+    from ultraseg.runtime import Segmenter
+
+    torch.manual_seed(3)
+    config = {"name": "unet", "widths": TINY, "up": "nearest", "presence": True}
+    meta = onnx_io.read_metadata(zoo.models / "onnx" / "pruned.onnx") | {"model": config}
+    onnx_io.export(build_model(config).eval(), tmp_path / "net.onnx", shipped("export"), meta)
+    with pytest.warns(UserWarning):
+        models = {"teacher": Segmenter(tmp_path / "net.onnx")}
+    points = robustness.operating_points(models, zoo.raw, zoo.split, 0.95)
+    raw = [load_raw(zoo.raw, i) for i in split_ids(zoo.split, "val")]
+    logits = [models["teacher"].outputs(image)[1] for image, _ in raw]
+    lesion = [mask.any() for _, mask in raw]
+    temperature = presence.fit_temperature(logits, lesion)
+    assert points["teacher"] is None and models["teacher"].presence.temperature == pytest.approx(temperature)
+    assert models["teacher"].operating_point == pytest.approx(
+        presence.operating_point(presence.calibrate(logits, temperature), lesion, 0.95))
+    summary = robustness.run(models, zoo.raw, zoo.split, seed=0, points=points)
+    assert summary["operating_points"]["teacher"]["from"].startswith("unshifted val (presence calibrated")

@@ -45,3 +45,16 @@ def test_round_trip_and_validation():
         PostProcess(gate=1.5)
     with pytest.raises(ValueError, match="unknown key 'minarea'"):
         PostProcess.from_dict({"minarea": 0.1})
+
+
+def test_around_peak_is_the_half_maximum_region_connected_to_the_peak():
+    prob = np.zeros((9, 12), np.float32)
+    prob[2:5, 2:5] = 0.3
+    prob[3, 3] = 0.4  # the peak; its region is the 3x3 block (>= 0.2)
+    prob[7, 9:11] = 0.35  # as high, but not connected to the peak
+    prob[5, 5] = 0.1  # connected, but below half the peak
+    mask = PostProcess.around_peak(prob)
+    expected = np.zeros_like(mask)
+    expected[2:5, 2:5] = True
+    np.testing.assert_array_equal(mask, expected)
+    assert not PostProcess.around_peak(np.zeros((4, 4), np.float32)).any()

@@ -36,7 +36,7 @@ def test_probability_equals_the_pipeline_steps(model, image):
     seg = Segmenter(model)
     prob, timings = seg.probability(image)
     x = normalize(preprocess(image, seg.preprocess_params), seg.normalize)[None, None]
-    logits = onnx_predictor(model, threads=1)(x)[0, 0]
+    logits = onnx_predictor(model, threads=1)(x).logits[0, 0]
     expected = resize_probabilities(1 / (1 + np.exp(-logits)), image.shape)
     np.testing.assert_allclose(prob, expected, rtol=0, atol=1e-6)
     assert set(timings) == {"preprocess_ms", "model_ms"}
@@ -115,7 +115,7 @@ def test_flip_averages_the_model_over_the_mirrored_input(model, image):
     assert seg.flip and not Segmenter(model).flip
     x = normalize(preprocess(image, seg.preprocess_params), seg.normalize)[None, None]
     predict = onnx_predictor(model, threads=1)
-    sigmoid = [1 / (1 + np.exp(-predict(np.ascontiguousarray(v))[0, 0])) for v in (x, x[..., ::-1])]
+    sigmoid = [1 / (1 + np.exp(-predict(np.ascontiguousarray(v)).logits[0, 0])) for v in (x, x[..., ::-1])]
     expected = resize_probabilities(0.5 * (sigmoid[0] + sigmoid[1][:, ::-1]), image.shape)
     np.testing.assert_allclose(seg.probability(image)[0], expected, rtol=0, atol=1e-6)
     assert not np.allclose(expected, Segmenter(model).probability(image)[0], rtol=0, atol=1e-6)

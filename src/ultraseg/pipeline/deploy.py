@@ -7,6 +7,15 @@ a left-right flip: among the rules whose lesion-mean Dice is within ``dice_toler
 that leaves the most normal images clean wins (ties: higher Dice, then without the flip, which costs a second model
 call, then the simpler rule, earlier in the grid). Test is never looked at.
 
+For a network with a presence output the image-level answer comes first: the int8 model's presence logits on val
+are calibrated by a temperature (:func:`ultraseg.presence.fit_temperature`) and the operating point is the highest
+that answers "lesion" on ``deploy.presence.sensitivity`` of the val lesion scans
+(:func:`ultraseg.presence.operating_point`). Every rule is then scored with that answer applied (a mask only where
+it says "lesion", and with ``fill_empty`` the region around the peak where the rule draws nothing), and a rule whose
+val image-level sensitivity (answered "lesion" with a non-empty mask) falls below the target is refused, so a gate
+on the highest probability is kept only where it still earns its place. A network without the output is deployed as
+before: the highest probability and the gates decide.
+
 The summary also lists the val operating points the choice moves along (the rules no other rule beats on both lesion
 Dice and clean normal scans), so a user who weighs a false alarm on a normal scan differently can see what another
 ``dice_tolerance`` would buy.
@@ -25,13 +34,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ultraseg import metrics, ood, onnx_io, params as params_mod
+from ultraseg import metrics, ood, onnx_io, params as params_mod, presence as presence_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import split_ids
-from ultraseg.params import DeployParams, Params
+from ultraseg.params import DeployParams, Params, PresenceParams
 from ultraseg.runtime.ood import frame_stats
 from ultraseg.runtime.postprocess import PostProcess
 from ultraseg.runtime.segmenter import Segmenter
+
 
 def candidate_rules(params: DeployParams) -> list[PostProcess]:
     """Every rule of the grid; a gate at or below the threshold changes nothing and is left out."""
@@ -42,26 +52,41 @@ def candidate_rules(params: DeployParams) -> list[PostProcess]:
             if g == 0 or g > t]
 
 
-def score(rule: PostProcess, probs: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, float]:
-    """Lesion-image mean Dice and ``normal_clean`` of a rule on images at their own resolution."""
-    counts = np.array([[(m & r).sum(), (m & ~r).sum(), (~m & r).sum()]
-                       for m, r in ((rule.apply(p), r) for p, r in zip(probs, refs))])
-    tp, fp, fn = counts.T
+def score(rule: PostProcess, probs: list[np.ndarray], refs: list[np.ndarray], present: list[bool] | None = None,
+          fill_empty: bool = False) -> dict[str, float]:
+    """Lesion-image mean Dice, ``normal_clean`` and ``sensitivity`` (the share of lesion images answered with a
+    non-empty mask) of a rule on images at their own resolution, under the image-level answers ``present``."""
+    answers = present if present is not None else [None] * len(probs)
+    counts = np.array([[(m & r).sum(), (m & ~r).sum(), (~m & r).sum(), m.any()]
+                       for m, r in ((rule.answer(p, a, fill_empty), r) for p, r, a in zip(probs, refs, answers))])
+    tp, fp, fn, drawn = counts.T
     lesion = (tp + fn) > 0
-    return {"dice": float(np.mean(metrics.dice(tp, fp, fn)[lesion])), "normal_clean": metrics.normal_clean(fp, lesion)}
+    return {"dice": float(np.mean(metrics.dice(tp, fp, fn)[lesion])), "normal_clean": metrics.normal_clean(fp, lesion),
+            "sensitivity": float(np.mean(drawn[lesion] > 0))}
 
 
-def choose(scores: list[dict[str, float]], tolerance: float) -> int:
-    """Index of the rule to deploy (see the module docstring); a score may carry ``cost`` (lower wins a tie)."""
-    best = max(s["dice"] for s in scores)
-    near = [k for k, s in enumerate(scores) if s["dice"] >= best - tolerance]
+def choose(scores: list[dict[str, float]], tolerance: float, sensitivity: float = 0.0) -> int:
+    """Index of the rule to deploy (see the module docstring); a score may carry ``cost`` (lower wins a tie).
+    Rules below the image-level ``sensitivity`` are refused unless every rule is, and then the most sensitive are
+    the ones compared."""
+    ok = eligible(scores, sensitivity)
+    best = max(scores[k]["dice"] for k in ok)
+    near = [k for k in ok if scores[k]["dice"] >= best - tolerance]
     return max(near, key=lambda k: (scores[k]["normal_clean"], scores[k]["dice"], -scores[k].get("cost", 0), -k))
 
 
-def operating_points(rules: list[PostProcess], scores: list[dict[str, float]]) -> list[dict]:
-    """The Pareto front of ``scores`` over lesion Dice and ``normal_clean``, most normals clean first: for each
-    share of clean normals, the best-Dice rule, kept only if it beats the Dice of every rule that cleans more."""
-    order = sorted(range(len(rules)), key=lambda k: (-scores[k]["normal_clean"], -scores[k]["dice"], k))
+def eligible(scores: list[dict[str, float]], sensitivity: float) -> list[int]:
+    """Indices of the rules that reach the image-level ``sensitivity`` (all the most sensitive if none does)."""
+    reached = [s.get("sensitivity", 1.0) for s in scores]
+    floor = sensitivity if max(reached) >= sensitivity else max(reached)
+    return [k for k, r in enumerate(reached) if r >= floor]
+
+
+def operating_points(rules: list[PostProcess], scores: list[dict[str, float]], sensitivity: float = 0.0) -> list[dict]:
+    """The Pareto front of ``scores`` over lesion Dice and ``normal_clean`` among the rules that reach
+    ``sensitivity`` (see :func:`eligible`), most normals clean first: for each share of clean normals, the best-Dice
+    rule, kept only if it beats the Dice of every rule that cleans more."""
+    order = sorted(eligible(scores, sensitivity), key=lambda k: (-scores[k]["normal_clean"], -scores[k]["dice"], k))
     front, best = [], -1.0
     for k in order:
         if scores[k]["dice"] > best:
@@ -70,10 +95,26 @@ def operating_points(rules: list[PostProcess], scores: list[dict[str, float]]) -
     return front
 
 
-def val_probabilities(int8_path: Path, raw: list, flip: bool) -> list[np.ndarray]:
+def val_outputs(int8_path: Path, raw: list, flip: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The int8 model's probabilities of each val image at its own resolution, and its presence logits (None
+    without the output), through the runtime."""
     segmenter = unchecked(int8_path, flip=flip)
     desc = f"deploy: val{' + flip' if flip else ''}"
-    return [segmenter.probability(image)[0] for image, _ in tqdm(raw, desc=desc, unit="img")]
+    outputs = [segmenter.outputs(image) for image, _ in tqdm(raw, desc=desc, unit="img")]
+    logits = [logit for _, logit in outputs]
+    return [prob for prob, _ in outputs], None if logits[0] is None else np.array(logits, np.float64)
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, params: PresenceParams) -> dict:
+    """The presence answer fitted on val: temperature, operating point, and the calibrated score's val AUC,
+    sensitivity and specificity at that point."""
+    temperature = presence_mod.fit_temperature(logits, labels)
+    scores = presence_mod.calibrate(logits, temperature)
+    threshold = presence_mod.operating_point(scores, labels, params.sensitivity)
+    present = scores >= threshold
+    return {"temperature": temperature, "threshold": threshold, "present": present.tolist(),
+            "val_auc": presence_mod.roc_auc(scores, labels), "val_sensitivity": float(present[labels].mean()),
+            "val_specificity": float((~present[~labels]).mean())}
 
 
 def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Path) -> dict:
@@ -81,28 +122,39 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
     ids = split_ids(split_csv, "val")
     raw = [load_raw(raw_dir, i) for i in ids]
     refs = [mask for _, mask in raw]
+    labels = np.array([ref.any() for ref in refs])
     rules = candidate_rules(params.deploy)
-    scores = {}
+    settings = params.deploy.presence
+    scores, answers = {}, {}
     for flip in sorted(set(params.deploy.flips)):
-        probs = val_probabilities(int8_path, raw, flip)
-        scores[flip] = [score(rule, probs, refs) | {"cost": int(flip)}
+        probs, logits = val_outputs(int8_path, raw, flip)
+        answers[flip] = None if logits is None else calibrate(logits, labels, settings)
+        present = None if logits is None else answers[flip]["present"]
+        scores[flip] = [score(rule, probs, refs, present, settings.fill_empty) | {"cost": int(flip)}
                         for rule in tqdm(rules, desc="deploy: rules", unit="rule")]
     options = [(flip, k) for flip in scores for k in range(len(rules))]
-    flip, chosen = options[choose([scores[f][k] for f, k in options], params.deploy.dice_tolerance)]
-    rule = rules[chosen]
+    target = settings.sensitivity if answers[options[0][0]] is not None else 0.0
+    flip, chosen = options[choose([scores[f][k] for f, k in options], params.deploy.dice_tolerance, target)]
+    rule, answer = rules[chosen], answers[flip]
+    stored = None if answer is None else {"temperature": answer["temperature"], "threshold": answer["threshold"],
+                                           "fill_empty": settings.fill_empty, "sensitivity": settings.sensitivity}
     ood.write_with_features(int8_path, out)
     onnx_io.write_with_metadata(out, out, {"postprocess": rule.to_dict(), "threshold": rule.threshold,
                                            "flip": flip, "stream": params_mod.to_dict(params.deploy.stream),
-                                           "deploy_params_hash": params_mod.digest(params.deploy)})
+                                           "deploy_params_hash": params_mod.digest(params.deploy)}
+                                | ({} if stored is None else {"presence": stored}))
     check = fit_ood(params, out, raw_dir, split_csv, [image for image, _ in raw])
     return {
         "file": str(out), "bytes": out.stat().st_size, "val_images": len(ids), "rules_tried": len(options),
         "dice_tolerance": params.deploy.dice_tolerance,
         "flip": flip,
         "postprocess": rule.to_dict(),
+        "presence": None if answer is None else rounded({k: v for k, v in answer.items() if k != "present"})
+        | {"sensitivity_target": settings.sensitivity, "fill_empty": settings.fill_empty,
+           "rule_meets_target": scores[flip][chosen]["sensitivity"] >= settings.sensitivity},
         "stream": params_mod.to_dict(params.deploy.stream),
         "val_chosen": rounded(scores[flip][chosen]),
-        "val_operating_points": operating_points(rules, scores[flip]),
+        "val_operating_points": operating_points(rules, scores[flip], target),
         "ood": check,
     } | {f"val_threshold_only{'_flip' if flip else ''}": best_plain(rules, scores[flip]) for flip in scores}
 
@@ -131,6 +183,7 @@ def unchecked(path: Path, **kwargs) -> Segmenter:
     """A Segmenter of a file the deploy stage is still writing, which has no out-of-distribution check yet."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no out-of-distribution check")
+        warnings.filterwarnings("ignore", message=".*no presence output or no calibrated operating point")
         return Segmenter(path, **kwargs)
 
 
@@ -142,4 +195,4 @@ def best_plain(rules: list[PostProcess], scores: list[dict[str, float]]) -> dict
 
 
 def rounded(score: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in score.items() if k != "cost"}
+    return {k: round(v, 6 if k in ("temperature", "threshold") else 4) for k, v in score.items() if k != "cost"}

@@ -1,10 +1,12 @@
 """The quantize stage's work: the int8 deployable model, calibrated on train images, scored against its fp32
-source on val, and timed against the teacher."""
+source on val (lesion Dice and, for a network with a presence output, how far int8 moves the presence logit), and
+timed against the teacher."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ultraseg import checkpoint, metrics, onnx_io, quantization, timing
@@ -23,8 +25,9 @@ def quantize_deployable(params: Params, onnx_dir: Path, models_dir: Path, data_d
     report = quantization.quantize(fp32, out, calibration, params.quantize)
     threshold = onnx_io.read_metadata(fp32)["threshold"]
     val_x, val_y, _ = load_split(data_dir, split_csv, "val", mode)
-    dice = {name: metrics.summarize(probabilities(onnx_predictor(path), val_x) > threshold, val_y > 0)["dice"]
-            for name, path in (("fp32", fp32), ("int8", out))}
+    outputs = {name: probabilities(onnx_predictor(path), val_x) for name, path in (("fp32", fp32), ("int8", out))}
+    dice = {name: metrics.summarize(probs > threshold, val_y > 0)["dice"] for name, (probs, _) in outputs.items()}
+    presence = {name: logits for name, (_, logits) in outputs.items()}
     shape = (1, 1, size, size)
     teacher, _ = checkpoint.load(models_dir / checkpoint_file("teacher"))
     p50 = timing.compare({
@@ -37,6 +40,9 @@ def quantize_deployable(params: Params, onnx_dir: Path, models_dir: Path, data_d
         "size_ratio": round(report["fp32_bytes"] / report["int8_bytes"], 2),
         "val_dice_fp32": round(dice["fp32"], 4), "val_dice_int8": round(dice["int8"], 4),
         "val_dice_drop": round(dice["fp32"] - dice["int8"], 4),
+        "val_presence_max_abs_diff": None if presence["fp32"] is None
+        else round(float(np.abs(presence["int8"] - presence["fp32"]).max()), 4),
+        "presence_nodes_float": report["presence_nodes_float"],
         "calibration_images": report["calibration_images"],
         "calibration_seconds": round(report["calibration_seconds"], 2),
         "float_ops": report["float_ops"], "int8_ops": report["int8_ops"],

@@ -24,7 +24,7 @@ from ultraseg import clips, metrics, ood_frames, presence, shifts
 from ultraseg import params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import read_csv, split_ids
-from ultraseg.runtime.postprocess import PostProcess
+from ultraseg.runtime.postprocess import PostProcess, Presence
 from ultraseg.runtime.segmenter import Segmenter
 
 NONE = "none"
@@ -55,19 +55,28 @@ tell shifts apart; the evaluate stage gives them on the unshifted test split).""
 
 def operating_points(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path,
                      sensitivity: float) -> dict[str, float | None]:
-    """Per model, the image-level operating point it is scored at: None for a file that stores its own (the
-    runtime's ``lesion_present`` is its answer), else the point that keeps ``sensitivity`` of the unshifted val
-    lesion scans (:func:`ultraseg.presence.operating_point`) on the runtime's ``score``."""
+    """Per model, the image-level operating point it is scored at: None where the runtime's ``lesion_present`` is
+    its answer, else the point that keeps ``sensitivity`` of the unshifted val lesion scans
+    (:func:`ultraseg.presence.operating_point`) on the runtime's ``score``. A file with a presence output but no
+    stored answer (a network exported before deployment) gets one as the deploy stage chooses it: a temperature
+    fitted on val and the point on the calibrated val scores, set on its segmenter."""
     ids = split_ids(split_csv, "val")
     raw = [load_raw(raw_dir, i) for i in ids]
     lesion = np.array([mask.any() for _, mask in raw])
     points: dict[str, float | None] = {}
     for name, segmenter in models.items():
-        if segmenter.meta.get("presence") is not None:
+        if segmenter.presence is not None:
             points[name] = None
             continue
-        scores = [segmenter.segment(image).score for image, _ in tqdm(raw, desc=f"val point: {name}", unit="img")]
-        points[name] = presence.operating_point(scores, lesion, sensitivity)
+        answers = [segmenter.outputs(image) for image, _ in tqdm(raw, desc=f"val point: {name}", unit="img")]
+        logits = [logit for _, logit in answers]
+        if None not in logits:
+            temperature = presence.fit_temperature(logits, lesion)
+            point = presence.operating_point(presence.calibrate(logits, temperature), lesion, sensitivity)
+            segmenter.presence = Presence(temperature, point, sensitivity=sensitivity)
+            points[name] = None
+            continue
+        points[name] = presence.operating_point([prob.max() for prob, _ in answers], lesion, sensitivity)
     return points
 
 
@@ -104,9 +113,12 @@ def run(models: dict[str, Segmenter], raw_dir: Path, split_csv: Path, seed: int,
 
 
 def _point(segmenter: Segmenter, point: float | None) -> dict[str, Any]:
-    if point is None:
-        return {"threshold": round(segmenter.operating_point, 4), "from": "the file (runtime's lesion_present)"}
-    return {"threshold": round(point, 4), "from": "unshifted val"}
+    if point is not None:
+        return {"threshold": round(point, 4), "from": "unshifted val"}
+    if segmenter.presence is not None and segmenter.meta.get("presence") is None:
+        return {"threshold": round(segmenter.operating_point, 4), "temperature": round(segmenter.presence.temperature, 4),
+                "from": "unshifted val (presence calibrated there; runtime's lesion_present)"}
+    return {"threshold": round(segmenter.operating_point, 4), "from": "the file (runtime's lesion_present)"}
 
 
 def val_summary(deployed: Segmenter, raw_dir: Path, split_csv: Path, seed: int) -> dict[str, Any]:

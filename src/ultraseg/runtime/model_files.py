@@ -11,15 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 
 if TYPE_CHECKING:
     import onnxruntime as ort
 
-Predict = Callable[[np.ndarray], np.ndarray]
-"""``predict(images (N, 1, H, W) float32) -> logits (N, 1, H, W) float32``."""
+
+class Outputs(NamedTuple):
+    """What a network computes for a batch of images."""
+
+    logits: np.ndarray
+    """Pixel logits (N, 1, H, W) float32."""
+    presence: np.ndarray | None
+    """Image-level presence logits (N,) float32, raw (uncalibrated); None for a network without a presence head."""
+
+
+Predict = Callable[[np.ndarray], Outputs]
+"""``predict(images (N, 1, H, W) float32) -> Outputs``."""
 
 Network = Literal["teacher", "student", "pruned"]
 NETWORKS: tuple[Network, ...] = ("teacher", "student", "pruned")
@@ -56,7 +66,9 @@ post-processing rule, as the runtime applies them."""
 INPUT = "input"
 """The name of every exported graph's input: images (N, 1, H, W) float32, normalised as the metadata says."""
 OUTPUT = "logits"
-"""The name of every exported graph's output: logits (N, 1, H, W) float32."""
+"""The name of every exported graph's pixel output: logits (N, 1, H, W) float32."""
+PRESENCE = "presence"
+"""The name of the image-level output of a network with a presence head: raw logits (N, 1) float32."""
 
 
 def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
@@ -76,6 +88,13 @@ def session(path: str | Path, threads: int | None = None) -> ort.InferenceSessio
 
 
 def onnx_predictor(path: Path, threads: int | None = None) -> Predict:
-    """The logits function of any ONNX file (fp32 or int8) in ONNX Runtime on the CPU."""
+    """The outputs of any ONNX file (fp32 or int8) in ONNX Runtime on the CPU, looked up by name (a deployable file
+    also has the out-of-distribution ``features`` output, which is not asked for)."""
     sess = session(path, threads)
-    return lambda images: sess.run(None, {INPUT: np.ascontiguousarray(images, dtype=np.float32)})[0]
+    names = [OUTPUT] + [PRESENCE] * any(o.name == PRESENCE for o in sess.get_outputs())
+
+    def predict(images: np.ndarray) -> Outputs:
+        got = sess.run(names, {INPUT: np.ascontiguousarray(images, dtype=np.float32)})
+        return Outputs(got[0], got[1][:, 0] if len(got) > 1 else None)
+
+    return predict

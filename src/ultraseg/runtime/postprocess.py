@@ -65,6 +65,65 @@ class PostProcess:
             return labels == 1 + int(np.argmax(keep))
         return np.concatenate([[False], keep])[labels]
 
+    def answer(self, prob: np.ndarray, present: bool | None, fill_empty: bool = False) -> np.ndarray:
+        """The mask a user sees under the image-level answer ``present``: empty where it says no lesion; the rule's
+        mask where it says lesion, or with ``fill_empty`` :meth:`around_peak` where the rule draws nothing. None:
+        no image-level answer (files without a presence output), the rule alone decides."""
+        if present is None:
+            return self.apply(prob)
+        if not present:
+            return np.zeros(prob.shape, bool)
+        mask = self.apply(prob)
+        return self.around_peak(prob) if fill_empty and not mask.any() else mask
+
+    @staticmethod
+    def around_peak(prob: np.ndarray) -> np.ndarray:
+        """Where to point when the image-level answer is "lesion" but no pixel passes the threshold: the pixels of
+        at least half the highest probability that are connected (8-connected) to the most probable pixel."""
+        if prob.size == 0 or not float(prob.max()) > 0:
+            return np.zeros(prob.shape, bool)
+        peak = np.unravel_index(int(np.argmax(prob)), prob.shape)
+        near = (prob >= 0.5 * float(prob[peak])).astype(np.uint8)
+        _, labels = cv2.connectedComponents(near, connectivity=8)
+        return labels == labels[peak]
+
+
+@dataclass(frozen=True)
+class Presence:
+    """The image-level answer stored by the deploy stage: the presence logit calibrated by ``temperature``
+    (``sigmoid(logit / temperature)``) and compared with ``threshold``, the operating point chosen on val to keep
+    ``sensitivity`` of the val lesion scans."""
+
+    temperature: float
+    threshold: float
+    fill_empty: bool = False
+    """Where the answer is "lesion" but the rule's mask is empty, show :meth:`PostProcess.around_peak`."""
+    sensitivity: float | None = None
+    """The val sensitivity target the threshold was chosen for (a record; the runtime does not use it)."""
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"presence.temperature: expected a positive number, got {self.temperature!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"presence.threshold: expected a value in [0, 1], got {self.threshold!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Presence:
+        """The answer stored in a model's metadata; unknown or missing keys are refused, naming them."""
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"presence: unknown key {unknown[0]!r}")
+        missing = [key for key in ("temperature", "threshold") if key not in data]
+        if missing:
+            raise ValueError(f"presence: missing key {missing[0]!r}")
+        return cls(**data)
+
+    def probability(self, logit: float) -> float:
+        """The calibrated presence probability of a raw logit (tanh form: no overflow at large logits; NaN stays
+        NaN)."""
+        z = float(logit) / self.temperature
+        return float(0.5 * (1.0 + np.tanh(0.5 * z))) if z == z else float("nan")
+
 
 def _areas(labels: np.ndarray, count: int) -> np.ndarray:
     """Pixels of components 1 .. count - 1; a comparison per component costs less than a histogram of the whole

@@ -7,7 +7,8 @@ live overlay would blink. A :class:`Smoother` carries the decision from frame to
 - ``none``: each frame decides alone;
 - ``debounce``: the decision changes only once ``frames`` consecutive frames disagree with it, so no single frame
   flips it and a true change shows ``frames - 1`` frames late;
-- ``ema``: an exponential average of the image-level score is compared with the rule's operating point (its gate).
+- ``ema``: an exponential average of the image-level score is compared with the file's operating point
+  (:attr:`ultraseg.runtime.Segmenter.operating_point`: the presence threshold, or the gate of older files).
 
 The mask follows the decision: a frame the smoother calls lesion-free shows no mask, and a frame it calls a lesion
 shows what the rule draws without its image-level gate.
@@ -47,5 +48,5 @@ class Smoother:
         if score == score:  # not NaN
             alpha = self.rule.alpha
             self.average = score if self.average is None else alpha * score + (1 - alpha) * self.average
-        self.present = self.average is not None and self.average > self.operating_point
+        self.present = self.average is not None and self.average >= self.operating_point
         return self.present
