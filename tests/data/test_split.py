@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from ultraseg.data import busi
-from ultraseg.data.split import SPLITS, Link, find_duplicates, given_links, group_folds, group_ids, stratified_group_split
+from ultraseg.data.split import (SPLITS, Link, check_folds, find_duplicates, given_links, group_folds, group_ids,
+                                 stratified_group_split)
 from ultraseg.params import SplitFractions
 from tests.conftest import shipped
 
@@ -228,5 +229,7 @@ def test_a_fold_without_normal_images_is_refused_naming_it():
     classes = ["benign"] * 18 + ["normal"] * 2
     groups = np.arange(20)
     splits = ["train"] * 20
-    with pytest.raises(ValueError, match=r"fold \d of 5 holds no normal image"):
-        group_folds(classes, groups, splits, 5, 0)
+    folds = group_folds(classes, groups, splits, 5, 0)  # dealing alone does not refuse: only a run using folds
+    with pytest.raises(ValueError, match=r"^split\.folds: fold \d of 5 holds no normal image"):
+        check_folds(classes, folds, 5)
+    check_folds(classes, folds, 1)

@@ -81,3 +81,11 @@ def test_an_image_without_its_mask_names_the_file_and_writes_nothing(two_sources
     with pytest.raises(DataError, match="scan_normal_2.png not found"):
         fetch.run(params, tmp_path / "raw", tmp_path / "cache")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_fold_run_on_a_source_too_small_for_its_folds_is_refused_naming_the_fold(two_sources):
+    """The default run splits the small set (the test above); asking for one of its folds is refused."""
+    fake, _, tmp_path = two_sources
+    fetch.run(shipped("fetch", source=str(fake.root)), tmp_path / "raw", tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"^split\.folds: fold \d of 5 holds no (normal|lesion) image"):
+        split.run(tmp_path / "raw", shipped("split", fold=0))

@@ -24,10 +24,11 @@ FRAMEWORKS = {"torch", "torchvision", "torch_pruning", "onnx", "onnxscript", "dv
 the runtime runs files through ``onnxruntime``)."""
 LEAVES = {"ultraseg", "ultraseg.params", "ultraseg.errors", "ultraseg.io"}
 """Library modules outside runtime/ that the runtime may import: configuration, errors and atomic writes."""
-COMMAND_LIBRARY = {"ultraseg.metrics", "ultraseg.figures", "ultraseg.data", "ultraseg.data.labelled",
-                   "ultraseg.data.busi"}
+COMMAND_LIBRARY = {"ultraseg.metrics", "ultraseg.presence", "ultraseg.figures", "ultraseg.data",
+                   "ultraseg.data.labelled", "ultraseg.data.busi"}
 """Torch-free library modules that the commands may import besides the runtime: evaluate-folder scores a labelled
-folder as the evaluate stage does (metrics, figures) and reads it as the fetch stage does (data.labelled)."""
+folder as the evaluate stage does (metrics, presence, figures) and reads it as the fetch stage does
+(data.labelled)."""
 
 
 def module_file(name: str) -> Path | None:

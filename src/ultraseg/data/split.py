@@ -183,8 +183,7 @@ def stratified_group_split(
 def group_folds(classes: Sequence[str], groups: np.ndarray, splits: Sequence[str], folds: int, seed: int,
                 sources: Sequence[str] | None = None) -> list[int | None]:
     """Each image's cross-validation fold in ``0 .. folds - 1``, None for test images: the train and val images'
-    whole groups dealt out in equal shares, stratified as :func:`stratified_group_split` deals splits. A fold that
-    lacks lesion or normal images, which its scores need, is refused, naming it."""
+    whole groups dealt out in equal shares, stratified as :func:`stratified_group_split` deals splits."""
     pool = [i for i, s in enumerate(splits) if s != "test"]
     sources = list(sources) if sources is not None else [""] * len(classes)
     dealt = _deal([classes[i] for i in pool], groups[pool], np.full(folds, 1.0 / folds), seed,
@@ -192,13 +191,18 @@ def group_folds(classes: Sequence[str], groups: np.ndarray, splits: Sequence[str
     assignment: list[int | None] = [None] * len(classes)
     for i, fold in zip(pool, dealt):
         assignment[i] = fold
+    return assignment
+
+
+def check_folds(classes: Sequence[str], assignment: Sequence[int | None], folds: int) -> None:
+    """Refuse, naming it, a fold that lacks lesion or normal images, which its scores need. Only a run that uses
+    the folds asks: a small source whose folds cannot all hold both classes still splits into train/val/test."""
     for fold in range(folds):
-        members = {classes[i] == "normal" for i in pool if assignment[i] == fold}
+        members = {c == "normal" for c, f in zip(classes, assignment) if f == fold}
         if members != {True, False}:
             lacking = "normal" if True not in members else "lesion"
             raise ValueError(f"split.folds: fold {fold} of {folds} holds no {lacking} image to score; "
                              "use fewer folds")
-    return assignment
 
 
 def _deal(classes: Sequence[str], groups: np.ndarray, shares: np.ndarray, seed: int,

@@ -11,8 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from ultraseg.data import busi
-from ultraseg.data.split import (SPLITS, Link, find_duplicates, given_links, group_folds, group_ids, severity,
-                                 stratified_group_split)
+from ultraseg.data.split import (SPLITS, Link, check_folds, find_duplicates, given_links, group_folds, group_ids,
+                                 severity, stratified_group_split)
 from ultraseg.params import SplitParams
 
 SPLIT_COLUMNS = ("id", "class", "split", "group", "group_size", "conflict")
@@ -33,6 +33,7 @@ def run(raw_dir: Path, params: SplitParams) -> tuple[list[dict], list[dict], dic
     splits = stratified_group_split(classes, groups, params.fractions, params.seed, sources)
     folds = group_folds(classes, groups, splits, params.folds, params.seed, sources)
     if params.fold is not None:  # cross-validation: this fold is val, the others train; test stays as it is
+        check_folds(classes, folds, params.folds)
         splits = [s if f is None else ("val" if f == params.fold else "train") for s, f in zip(splits, folds)]
     sizes = np.bincount(groups)
     group_classes: dict[int, set[str]] = {}
