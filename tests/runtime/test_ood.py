@@ -160,6 +160,18 @@ def test_a_file_with_old_ood_metadata_still_loads_and_checks_its_features(checke
     assert result.ood_reason == f"features far from the training scans (distance {d:.3g} > 0)"
 
 
+def test_a_file_whose_frame_statistics_this_runtime_does_not_compute_is_refused_naming_it(checked, tmp_path):
+    from ultraseg import onnx_io
+    from ultraseg.errors import DataError
+
+    newer = tmp_path / "newer.onnx"
+    meta = Segmenter(checked[0]).meta["ood"]
+    meta["frame_stats"]["version"] = STATS_VERSION + 1
+    onnx_io.write_with_metadata(checked[0], newer, {"ood": meta})
+    with pytest.raises(DataError, match=rf"^{newer}: bad metadata: .*version {STATS_VERSION + 1}"):
+        Segmenter(newer)
+
+
 def test_files_without_the_check_answer_every_frame_not_checked(zoo):
     with pytest.warns(UserWarning, match="no out-of-distribution check"):
         segmenter = Segmenter(zoo.models / "onnx" / "teacher.onnx")

@@ -147,7 +147,10 @@ class Segmenter:
                           "files): the score is the highest pixel probability, compared with the rule's gate",
                           stacklevel=2)
         checked = has_features and "ood" in self.meta
-        self.ood: OodCheck | None = OodCheck.from_meta(self.meta["ood"]) if checked else None
+        try:
+            self.ood: OodCheck | None = OodCheck.from_meta(self.meta["ood"]) if checked else None
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{self.path}: bad metadata: {err}") from None
         if self.ood is None:
             warnings.warn(f"{self.path}: no out-of-distribution check in this file (only the deploy stage's file "
                           "carries one): every frame is answered, marked 'not checked'", stacklevel=2)
