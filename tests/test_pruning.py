@@ -35,6 +35,8 @@ VARIANTS = {
     "stem_stride_nearest": ({"name": "unet", "stem_stride": 2, "up": "nearest"}, 0.30, 0.30),
     "presence_head": ({"name": "unet", "stem_stride": 2, "up": "nearest", "norm": "instance", "presence": True},
                       0.30, 0.32),
+    "presence_head_own_gradient": ({"name": "unet", "stem_stride": 2, "up": "nearest", "norm": "instance",
+                                    "presence": True, "presence_grad": 0.0}, 0.30, 0.32),
 }
 
 

@@ -287,12 +287,16 @@ class ModelParams(Section):
     """Work at 1/stem_stride of the input's resolution: a patchify stem and a pixel-shuffle head; 1 = classic."""
     presence: bool
     """A presence head on the deepest features: one logit per image for "is there a lesion at all"."""
+    presence_grad: float
+    """Share of the presence term's gradient that reaches the layers the mask also uses: 1 trains them for both
+    tasks, 0 leaves them to the masks alone (the head still learns in full)."""
 
     def check(self, prefix: str) -> None:
         _require(self, prefix, "widths", lambda v: len(v) >= 2 and min(v) >= 1,
                  "at least two positive channel counts")
         _within(self, prefix, "dropout", 0.0, 0.9)
         _within(self, prefix, "stem_stride", 1, 16)
+        _within(self, prefix, "presence_grad", 0.0, 1.0)
 
     def config(self) -> dict[str, Any]:
         """The ``build_model`` config: a plain dict, without the ``null`` (variant-default) entries."""

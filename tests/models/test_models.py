@@ -269,3 +269,32 @@ def test_presence_head_answers_once_per_image_from_the_deepest_features(name):
     torch.testing.assert_close(split_outputs(model(x[1:2]))[1], presence[1:2])
     plain = build_model({"name": name, "widths": [4, 8, 16], "norm": "instance"})
     assert split_outputs(plain(x))[1] is None and count_macs(model, 32) > count_macs(plain, 32)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25])
+def test_presence_grad_scales_only_the_presence_terms_gradient_into_the_shared_layers(share):
+    config = {"name": "unet", "widths": [4, 8, 16], "norm": "instance", "presence": True}
+    torch.manual_seed(0)
+    full = build_model(config)
+    scaled = build_model(config | {"presence_grad": share})
+    scaled.load_state_dict(full.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+
+    def grads(model, which):
+        model.zero_grad()
+        logits, presence = split_outputs(model(x))
+        (logits.square().mean() if which == "mask" else presence.sum()).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    # the same answers, and the mask's gradient untouched
+    torch.testing.assert_close(split_outputs(scaled(x))[1], split_outputs(full(x))[1])
+    for name, grad in grads(scaled, "mask").items():
+        torch.testing.assert_close(grad, grads(full, "mask")[name])
+    # the presence term: the head learns in full, the shared layers at ``share`` of the gradient
+    reference, got = grads(full, "presence"), grads(scaled, "presence")
+    assert reference.keys() == got.keys() and any(name.startswith("stem") for name in got)
+    for name, grad in got.items():
+        expected = reference[name] if name.startswith("presence.") else share * reference[name]
+        torch.testing.assert_close(grad, expected)
+    with pytest.raises(ValueError, match="presence_grad"):
+        build_model(config | {"presence_grad": 1.5})

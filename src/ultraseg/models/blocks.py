@@ -262,16 +262,27 @@ class PresenceHead(nn.Module):
     A 1×1 convolution turns each position's features into ``hidden`` detector responses; their mean and maximum over
     the map feed a linear layer. The maximum answers "somewhere", which a lesion needs, and costs nothing at the
     bottleneck's resolution. ``hidden`` defaults to half the input channels.
+
+    ``backbone_grad`` is the share of the head's gradient passed back into the features it reads: 1 trains the
+    shared layers for both tasks; 0 leaves them to the masks alone (the head still learns in full), which protects
+    the segmentation from the image-level term. The value and the traced graph are the same at every setting.
     """
 
-    def __init__(self, in_channels: int, hidden: int | None = None) -> None:
+    def __init__(self, in_channels: int, hidden: int | None = None, backbone_grad: float = 1.0) -> None:
         super().__init__()
+        if not 0.0 <= backbone_grad <= 1.0:
+            raise ValueError(f"presence_grad: expected a value in [0, 1], got {backbone_grad!r}")
         hidden = hidden or max(1, in_channels // 2)
+        self.backbone_grad = float(backbone_grad)
         self.detect = nn.Conv2d(in_channels, hidden, 1)
         self.act = nn.ReLU()
         self.classify = nn.Linear(2 * hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone_grad != 1.0 and x.requires_grad:
+            # a hook on a copy scales only this branch's gradient; the decoder's reaches the features untouched
+            x = x.clone()
+            x.register_hook(lambda grad: grad * self.backbone_grad)
         x = self.act(self.detect(x))
         return self.classify(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
 

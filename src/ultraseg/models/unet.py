@@ -85,6 +85,8 @@ class UNet(nn.Module):
             size when a side is not a multiple of it. 1 is the classic U-Net.
         presence: add a :class:`~ultraseg.models.blocks.PresenceHead` on the bottleneck; the forward then returns
             ``(logits, presence logits (B, 1))`` (see :func:`split_outputs`).
+        presence_grad: the share of the presence head's gradient that reaches the shared layers (the head's
+            ``backbone_grad``).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         stem_stride: int = 1,
         presence: bool = False,
+        presence_grad: float = 1.0,
     ) -> None:
         super().__init__()
         widths = _check(widths, block, dropout, stem_stride)
@@ -112,7 +115,7 @@ class UNet(nn.Module):
             Up(c_in, c_out, c_out, up, attention, **kw) for c_in, c_out in zip(widths[:0:-1], widths[-2::-1])
         )
         self.head = _head(widths[0], out_channels, stem_stride)
-        self.presence = PresenceHead(widths[-1]) if presence else None
+        self.presence = PresenceHead(widths[-1], backbone_grad=presence_grad) if presence else None
 
     def forward(self, image: torch.Tensor) -> Outputs:
         skips = [self.stem(image)]
@@ -146,6 +149,7 @@ class UNetPlusPlus(nn.Module):
         dropout: float = 0.0,
         stem_stride: int = 1,
         presence: bool = False,
+        presence_grad: float = 1.0,
     ) -> None:
         super().__init__()
         widths = _check(widths, block, dropout, stem_stride)
@@ -161,7 +165,7 @@ class UNetPlusPlus(nn.Module):
             }
         )
         self.head = _head(widths[0], out_channels, stem_stride)
-        self.presence = PresenceHead(widths[-1]) if presence else None
+        self.presence = PresenceHead(widths[-1], backbone_grad=presence_grad) if presence else None
 
     def forward(self, image: torch.Tensor) -> Outputs:
         grid = [[self.stem(image)]]
