@@ -5,7 +5,7 @@ the enhancement sees on the training scans (the mirror's 256 px for a 128 px net
 pixels and CLAHE's clip acts on local histograms, so enhancing a scanner's full-resolution frame would hand the
 network a different image than it was trained on, and would cost most of a frame's time.
 
-The preprocess stage (:mod:`ultraseg.pipeline.preprocess`) stores the uint8 result of the first four steps (compact,
+The preprocess stage (:mod:`ultraseg.pipeline.preprocess`) stores the uint8 result of every step before the normalisation (compact,
 lossless for what the model sees) and :func:`normalize` maps it to the network input. Training, evaluation and the
 ONNX deployment all call the same :func:`normalize`, with the mode recorded in every checkpoint.
 """
