@@ -124,6 +124,29 @@ def test_preprocess_shape_and_dtype(shape):
     assert out.dtype == np.uint8
 
 
+def test_shrink_keeps_a_scan_at_training_resolution_as_it_is():
+    scan = speckle((215, 256))  # the mirror's scans: 256 px on the long side, twice a 128 px network
+    assert pp.shrink(scan, 128) is scan
+    assert pp.shrink(speckle((60, 90)), 128).shape == (60, 90)  # small frames are never enlarged here
+
+
+def test_shrink_averages_whole_blocks_of_a_large_frame():
+    frame = speckle((480, 640))
+    out = pp.shrink(frame, 128)
+    assert out.shape == (240, 320) and out.dtype == np.uint8
+    blocks = frame.reshape(240, 2, 320, 2).astype(np.float64).mean(axis=(1, 3))
+    assert np.abs(out - blocks).max() <= 0.5 + 1e-9
+    assert pp.shrink(speckle((100, 700)), 64).shape == (20, 140)  # factor 5 keeps the long side >= 128
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_a_whole_factor_enlargement_of_a_scan_gives_the_network_the_scans_input(factor):
+    scan = speckle((64, 80), seed=3)
+    params = shipped("preprocess", size=32, filter="lee", clahe={"enabled": True, "clip": 2.0, "tiles": 4})
+    enlarged = np.repeat(np.repeat(scan, factor, axis=0), factor, axis=1)
+    np.testing.assert_array_equal(pp.preprocess(enlarged, params), pp.preprocess(scan, params))
+
+
 def test_preprocess_of_a_constant_image_stays_constant():
     out = pp.preprocess(np.full((50, 70), 90, np.uint8), dataclasses.replace(PLAIN, size=16))
     np.testing.assert_array_equal(out, np.full((16, 16), 90, np.uint8))
