@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -31,6 +32,29 @@ def test_keep_largest_keeps_one_component_even_on_ties():
     prob = np.zeros((10, 10), np.float32)
     prob[0:2, 0:2] = prob[6:8, 6:8] = 0.9
     assert PostProcess(keep_largest=True).apply(prob).sum() == 4
+
+
+def reference(rule: PostProcess, prob: np.ndarray) -> np.ndarray:
+    """The rule written plainly: components labelled over the whole image."""
+    mask = prob > rule.threshold
+    if not mask.any() or prob.max() <= rule.gate:
+        return np.zeros(prob.shape, bool)
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    areas = np.bincount(labels.ravel(), minlength=count)[1:]
+    keep = areas >= rule.min_area * prob.size
+    if rule.keep_largest and keep.any():
+        keep = np.arange(len(keep)) == int(np.argmax(np.where(keep, areas, -1)))  # the first of the largest
+    return np.concatenate([[False], keep])[labels]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rules_match_the_whole_image_labelling_on_frames_with_lesions_anywhere(seed):
+    rng = np.random.default_rng(seed)
+    prob = cv2.GaussianBlur(rng.random((120, 160)).astype(np.float32), (0, 0), 4)
+    prob = (prob - prob.min()) / (prob.max() - prob.min())  # blobs of every size, some touching the border
+    for rule in (PostProcess(threshold=0.6, min_area=0.002), PostProcess(threshold=0.55, keep_largest=True),
+                 PostProcess(threshold=0.7, min_area=0.001, keep_largest=True), PostProcess(threshold=0.99)):
+        np.testing.assert_array_equal(rule.apply(prob), reference(rule, prob))
 
 
 def test_gate_on_the_highest_probability():

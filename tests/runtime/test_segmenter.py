@@ -55,6 +55,7 @@ def test_result_describes_the_mask(model, image):
     ys, xs = np.nonzero(result.mask)
     assert (x, y, x + w - 1, y + h - 1) == (xs.min(), ys.min(), xs.max(), ys.max())
     assert result.contour.ndim == 2 and result.contour.shape[1] == 2
+    assert result.mask[result.contour[:, 1], result.contour[:, 0]].all()  # in image coordinates, on the lesion
     assert result.score == pytest.approx(float(prob.max()))
     assert seg.segment(image).mask.sum() == (prob > 0.2).sum()  # the file's rule was replaced by the given one
 
@@ -119,3 +120,13 @@ def test_flip_averages_the_model_over_the_mirrored_input(model, image):
     expected = resize_probabilities(0.5 * (sigmoid[0] + sigmoid[1][:, ::-1]), image.shape)
     np.testing.assert_allclose(seg.probability(image)[0], expected, rtol=0, atol=1e-6)
     assert not np.allclose(expected, Segmenter(model).probability(image)[0], rtol=0, atol=1e-6)
+
+
+def test_describe_finds_the_largest_lesions_outline_where_it_lies():
+    mask = np.zeros((90, 120), bool)
+    mask[10:14, 5:9] = True      # a small lesion
+    mask[40:70, 60:100] = True   # the largest, away from the origin
+    result = segmenter.describe(mask, mask.astype(np.float32), pixel_spacing=(0.1, 0.1))
+    assert result.area_px == 16 + 1200 and result.bbox == (5, 10, 95, 60)
+    xs, ys = result.contour[:, 0], result.contour[:, 1]
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (60, 99, 40, 69)

@@ -53,7 +53,11 @@ class PostProcess:
             return np.zeros(prob.shape, bool)
         if self.min_area <= 0 and not self.keep_largest:
             return mask
-        count, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=8)
+        # components are labelled inside the box around every lesion pixel: the same components, a fraction of the
+        # pixels on a large frame
+        x, y, width, height = cv2.boundingRect(mask.view(np.uint8))
+        box = mask[y:y + height, x:x + width]
+        count, labels = cv2.connectedComponents(box.view(np.uint8), connectivity=8)
         areas = _areas(labels, count)
         keep = areas >= self.min_area * prob.size
         if self.keep_largest and keep.any():
@@ -61,9 +65,12 @@ class PostProcess:
             keep &= np.cumsum(keep) == 1  # one component even when two tie
         if keep.all():
             return mask
+        out = np.zeros_like(mask)
         if keep.sum() == 1:  # the common case, and a comparison is cheaper than a lookup
-            return labels == 1 + int(np.argmax(keep))
-        return np.concatenate([[False], keep])[labels]
+            out[y:y + height, x:x + width] = labels == 1 + int(np.argmax(keep))
+        else:
+            out[y:y + height, x:x + width] = np.concatenate([[False], keep])[labels]
+        return out
 
     def answer(self, prob: np.ndarray, present: bool | None, fill_empty: bool = False) -> np.ndarray:
         """The mask a user sees under the image-level answer ``present``: empty where it says no lesion; the rule's

@@ -285,11 +285,14 @@ def describe(mask: np.ndarray, prob: np.ndarray, pixel_spacing: Sequence[float] 
     ``present`` is the image-level answer when the presence output or a stream's smoothed decision sets it
     (default: the mask has pixels); ``score`` the calibrated presence probability (default: the highest pixel
     probability)."""
-    area = int(mask.sum())
+    pixels = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    area = cv2.countNonZero(pixels) if pixels.size else 0
     bbox = contour = None
     if area:
-        bbox = tuple(int(v) for v in cv2.boundingRect(mask.astype(np.uint8)))
-        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        bbox = tuple(int(v) for v in cv2.boundingRect(pixels))
+        x, y, width, height = bbox  # the contours of the box around the lesion pixels: a fraction of a large frame
+        contours, _ = cv2.findContours(np.ascontiguousarray(pixels[y:y + height, x:x + width]),
+                                       cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
         contour = max(contours, key=cv2.contourArea)[:, 0, :]
     area_mm2 = None if pixel_spacing is None else area * float(pixel_spacing[0]) * float(pixel_spacing[1])
     if score is None:
