@@ -82,3 +82,14 @@ def test_around_peak_is_the_half_maximum_region_connected_to_the_peak():
     expected[2:5, 2:5] = True
     np.testing.assert_array_equal(mask, expected)
     assert not PostProcess.around_peak(np.zeros((4, 4), np.float32)).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_around_peak_matches_labelling_the_whole_map(seed):
+    rng = np.random.default_rng(seed)
+    prob = cv2.GaussianBlur(rng.random((90, 130)).astype(np.float32), (0, 0), 3)
+    peak = np.unravel_index(int(np.argmax(prob)), prob.shape)
+    _, labels = cv2.connectedComponents((prob >= 0.5 * prob[peak]).astype(np.uint8), connectivity=8)
+    region = PostProcess.around_peak(prob)
+    assert region.dtype == bool and region.shape == prob.shape
+    np.testing.assert_array_equal(region, labels == labels[peak])

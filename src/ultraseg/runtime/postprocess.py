@@ -89,10 +89,12 @@ class PostProcess:
         at least half the highest probability that are connected (8-connected) to the most probable pixel."""
         if prob.size == 0 or not float(prob.max()) > 0:
             return np.zeros(prob.shape, bool)
-        peak = np.unravel_index(int(np.argmax(prob)), prob.shape)
-        near = (prob >= 0.5 * float(prob[peak])).astype(np.uint8)
-        _, labels = cv2.connectedComponents(near, connectivity=8)
-        return labels == labels[peak]
+        row, col = np.unravel_index(int(np.argmax(prob)), prob.shape)
+        near = np.ascontiguousarray(prob >= 0.5 * float(prob[row, col])).view(np.uint8)
+        # a flood fill from the peak visits the region alone, where labelling every component reads the whole frame
+        region = np.zeros((prob.shape[0] + 2, prob.shape[1] + 2), np.uint8)
+        cv2.floodFill(near, region, (int(col), int(row)), 1, 0, 0, 8 | cv2.FLOODFILL_MASK_ONLY | (1 << 8))
+        return region[1:-1, 1:-1].view(bool)
 
 
 @dataclass(frozen=True)
