@@ -232,7 +232,7 @@ and the deploy stage fits the temperature and operating point on the int8 file's
 
 
 def mirror_scans(busi_mirror, cls: str, numbers: range) -> np.ndarray:
-    params = shipped("preprocess", size=48)
+    params = shipped("preprocess")  # the shipped side: the mirror's scans are enhanced at their own resolution
     return np.stack([normalize(preprocess(read_image(busi_mirror / cls / f"{cls} ({k}).webp"), params), "zscore")
                      for k in numbers])
 

@@ -53,7 +53,7 @@ def test_metrics_diff_recipe_shows_a_changed_headline_number(tmp_path):
     run("git", "add", "-A")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "headline")
     old = committed["headline"]["deployed"]
-    changed = {"headline": {**committed["headline"], "deployed": round(old + 0.01, 4)}}
+    changed = committed | {"headline": {**committed["headline"], "deployed": round(old + 0.01, 4)}}
     (tmp_path / target).write_text(json.dumps(changed))
     diff = json.loads(run(sys.executable, "-m", *args, "--json"))
     change = {"old": old, "new": round(old + 0.01, 4), "diff": pytest.approx(0.01)}
