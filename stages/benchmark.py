@@ -1,12 +1,12 @@
 """benchmark: parameters, MACs, file size, latency, throughput and peak memory of every model variant on this CPU.
 
 Reads the `benchmark` params section (input size, thread counts, repeats, disturbance limit, memory goal), the
-training batch, networks and loss (`train`, `distill.student`), models/,
+training batch, networks and loss (`train`, `distill.student`), models/ (both profiles' deployable files too),
 metrics/evaluate.json (test Dice for the trade-off plot) and one test scan from data/raw (for timing only). Writes
 metrics/benchmark.json (environment, settings, per variant and thread count p50/p95 batch-1 latency, batch
-throughput, peak RSS, the disturbance seen; speed-ups over the teacher; the deployable file end to end on the real
-scan and on a 640 x 480 frame through the torch-free runtime, with the peak memory of that process, which holds the
-runtime alone; the seed-size U-Net in PyTorch eager; training steps of the teacher and the student in fp32 and,
+throughput, peak RSS, the disturbance seen; speed-ups over the teacher; each profile's deployable file end to end
+(`end_to_end` the edge profile's, `end_to_end_accurate` the accurate one's) on the real scan and on a 640 x 480 frame
+through the torch-free runtime, with the peak memory of that process, which holds the runtime alone; the seed-size U-Net in PyTorch eager; training steps of the teacher and the student in fp32 and,
 where the CPU has native bf16, bf16) and plots/benchmark/ (Dice-vs-latency trade-off as PNG and CSV, size and
 latency bars as PNG).
 Each variant runs in a fresh process; compare variants within one run, never across runs.

@@ -2,8 +2,9 @@
 
 Reads the `evaluate` params section (threshold: `val` or fixed, bootstrap), `deploy.presence.sensitivity` (the
 image-level operating point's target on val), models/ (PyTorch checkpoints, ONNX fp32 and int8 files, and the
-deployable models/deploy/ultraseg.int8.onnx, scored through the runtime with its own threshold and post-processing as
-`deployed`), data/preprocessed (network inputs), data/raw (original-resolution masks) and data/split.csv. Writes
+deployable files, scored through the runtime with their own threshold and post-processing: the edge profile's
+models/deploy/ultraseg.int8.onnx as `deployed`, the accurate profile's models/deploy/ultraseg.accurate.onnx as
+`accurate`), data/preprocessed (network inputs), data/raw (original-resolution masks) and data/split.csv. Writes
 metrics/evaluate.json (per variant: threshold, lesion-mean Dice with bootstrap 95% CI, IoU, precision, recall, HD95,
 pooled Dice, per-class Dice, normal images predicted clean, and under image_level the image-level answer: ROC AUC with
 bootstrap CI, sensitivity and specificity at the val-chosen point with Wilson CIs, calibration error),
@@ -18,7 +19,7 @@ from pathlib import Path
 from ultraseg import io
 from ultraseg.pipeline import evaluate
 from ultraseg.pipeline.stage import fail_cleanly, parse, parser
-from ultraseg.runtime.model_files import DEPLOY_FILE, DEPLOYED, INT8_VARIANT
+from ultraseg.runtime.model_files import DEPLOYED, INT8_VARIANT, profile_file
 
 
 @fail_cleanly
@@ -33,7 +34,8 @@ def main(argv=None) -> None:
     ap.add_argument("--plots", type=Path, default=Path("plots/evaluate"))
     args, params = parse(ap, argv)
     summary, rows, curves, samples = evaluate.run(params, args.models, args.data, args.raw, args.split,
-                                                  deployable=args.models / DEPLOY_FILE)
+                                                  deployable=profile_file("edge", args.models),
+                                                  accurate=profile_file("accurate", args.models))
     io.write_csv(args.cases, rows, evaluate.CASE_COLUMNS)
     io.write_csv(args.plots / "threshold_curve.csv", evaluate.curve_rows(curves), ["threshold", *curves])
     roc = evaluate.roc_rows(rows)

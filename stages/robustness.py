@@ -1,8 +1,9 @@
-"""robustness: the teacher and the deployable file on the test split under simulated scanner shifts.
+"""robustness: the teacher and the deployable files on the test split under simulated scanner shifts.
 
 Reads models/onnx/teacher.onnx (at the threshold metrics/evaluate.json says the evaluate stage chose for it on val),
-models/deploy/ultraseg.int8.onnx (with its own rule), data/raw and data/split.csv (test), and `evaluate.seed` for the
-shifts' random draws, and `deploy.presence.sensitivity` (the teacher's image-level operating point, chosen on
+the two profiles' deployable files, models/deploy/ultraseg.int8.onnx (`deployed`, the edge profile) and
+models/deploy/ultraseg.accurate.onnx (`accurate`), each with its own rule, data/raw and data/split.csv (test), and
+`evaluate.seed` for the shifts' random draws, and `deploy.presence.sensitivity` (the teacher's image-level operating point, chosen on
 unshifted val). Writes metrics/robustness.json (per model, shift and severity: lesion Dice, its drop from the
 unshifted test split, the share of lesion images with no prediction, normal images left clean, image-level ROC AUC and
 sensitivity and specificity at the operating point; the mean and worst drop per severity, the lowest AUC, sensitivity
@@ -19,7 +20,7 @@ from pathlib import Path
 from ultraseg import io
 from ultraseg.pipeline import robustness
 from ultraseg.pipeline.stage import fail_cleanly, parse, parser
-from ultraseg.runtime.model_files import DEPLOY_FILE, onnx_file
+from ultraseg.runtime.model_files import onnx_file, profile_file
 
 
 @fail_cleanly
@@ -37,7 +38,8 @@ def main(argv=None) -> None:
     if not args.evaluate.exists():
         raise FileNotFoundError(f"{args.evaluate}: missing; run the evaluate stage first (dvc repro evaluate)")
     threshold = io.read_json(args.evaluate)["variants"]["teacher_onnx"]["threshold"]
-    models = robustness.load_models(args.models / onnx_file("teacher"), threshold, args.models / DEPLOY_FILE)
+    models = robustness.load_models(args.models / onnx_file("teacher"), threshold, profile_file("edge", args.models),
+                                    profile_file("accurate", args.models))
     points = robustness.operating_points(models, args.raw, args.split, params.deploy.presence.sensitivity)
     summary = robustness.run(models, args.raw, args.split, params.evaluate.seed, args.on, points)
     if args.on == "test":  # the deployed file on shifted val too: what training levers are chosen by

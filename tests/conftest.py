@@ -19,6 +19,8 @@ TINY = [4, 8, 16]
 """Channel widths small enough that every model variant builds and runs in milliseconds."""
 STAGES = tuple(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
 """The pipeline's stages, in dvc.yaml's order (which is the order they run in)."""
+SCRIPTS = tuple(stage for stage in STAGES if (REPO_ROOT / "stages" / f"{stage}.py").is_file())
+"""The stages that run a script of their own name (``deploy_accurate`` runs ``deploy``'s with ``--profile``)."""
 
 
 def load_script(path: str | Path) -> ModuleType:
@@ -285,8 +287,8 @@ def tiny_workspace(root: Path, counts: dict[str, int], size: int = 32) -> tuple[
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> Zoo:
     """Raw images at network size (so resizing back is exact), 3 val and 6 test cases, and untrained tiny models
-    saved as every variant: teacher/student/pruned checkpoints, their ONNX files, an int8 file and the deployable
-    file (the int8 one with a post-processing rule)."""
+    saved as every variant: teacher/student/pruned checkpoints, their ONNX files, an int8 file and the two profiles'
+    deployable files (the int8 one and the teacher's with a post-processing rule)."""
     import torch
 
     from ultraseg import checkpoint, onnx_io, quantization
@@ -322,8 +324,9 @@ def zoo(tmp_path_factory) -> Zoo:
     calibration = preprocess.normalize(np.stack(list(images.values())), "zscore")
     quantization.quantize(models / "onnx" / "pruned.onnx", models / "pruned.int8.onnx", calibration,
                           shipped("quantize", calibration_images=8))
-    onnx_io.write_with_metadata(models / "pruned.int8.onnx", models / "deploy" / "ultraseg.int8.onnx",
-                                {"postprocess": {"threshold": 0.5, "gate": 0.0, "min_area": 0.0, "keep_largest": False}})
+    rule = {"postprocess": {"threshold": 0.5, "gate": 0.0, "min_area": 0.0, "keep_largest": False}}
+    onnx_io.write_with_metadata(models / "pruned.int8.onnx", models / "deploy" / "ultraseg.int8.onnx", rule)
+    onnx_io.write_with_metadata(models / "onnx" / "teacher.onnx", models / "deploy" / "ultraseg.accurate.onnx", rule)
     return Zoo(root, root / "raw", root / "data", root / "split.csv", models, masks, size)
 
 

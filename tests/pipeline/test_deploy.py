@@ -201,3 +201,31 @@ def test_run_calibrates_the_presence_answer_and_stores_it(zoo, presence_int8, tm
     assert summary["presence"]["rule_meets_target"]
     assert all(p["sensitivity"] >= params.deploy.presence.sensitivity for p in summary["val_operating_points"])
     json.dumps(summary)
+
+
+def test_the_accurate_profile_deploys_the_teacher_where_the_commands_look(zoo, repo_root, tmp_path, params_file):
+    """``--profile accurate`` makes the teacher's deployable file from the fp32 teacher, with its own metrics, and
+    leaves the edge profile's file alone."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ultraseg.runtime.model_files import profile_file
+
+    shutil.copytree(zoo.models, tmp_path / "models")
+    shutil.copytree(zoo.raw, tmp_path / "data" / "raw")
+    train_val_split(zoo, tmp_path / "data" / "split.csv")
+    profile_file("accurate", tmp_path / "models").unlink()
+    edge = profile_file("edge", tmp_path / "models").read_bytes()
+    params_file(tmp_path / "params.yaml", {"preprocess": {"size": zoo.size},
+                                           "deploy": {"threshold_step": 0.25, "gates": [0.0], "min_areas": [0.0]}})
+    out = subprocess.run([sys.executable, str(repo_root / "stages" / "deploy.py"), "--profile", "accurate"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "deploy (accurate):" in out.stdout
+    summary = json.loads((tmp_path / "metrics" / "deploy_accurate.json").read_text())
+    assert not (tmp_path / "metrics" / "deploy.json").exists()
+    made = Segmenter(profile_file("accurate", tmp_path / "models"))
+    assert made.meta["kind"] == "teacher" and made.ood is not None
+    assert made.postprocess == PostProcess.from_dict(summary["postprocess"])
+    assert profile_file("edge", tmp_path / "models").read_bytes() == edge

@@ -134,12 +134,13 @@ def test_stage_writes_metrics_cases_and_plots(zoo, repo_root, tmp_path, params_f
          "--plots", str(tmp_path / "plots")], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "evaluate.json").read_text())
-    assert set(metrics["variants"]) == {v.name for v in VARIANTS} | {"deployed"}
-    assert len((tmp_path / "cases.csv").read_text().splitlines()) == 1 + 6 * (len(VARIANTS) + 1)
+    assert set(metrics["variants"]) == {v.name for v in VARIANTS} | {"deployed", "accurate"}  # both profiles
+    assert len((tmp_path / "cases.csv").read_text().splitlines()) == 1 + 6 * (len(VARIANTS) + 2)
     header = (tmp_path / "plots" / "threshold_curve.csv").read_text().splitlines()[0]
-    assert header == "threshold," + ",".join(v.name for v in VARIANTS) + ",deployed"
+    assert header == "threshold," + ",".join(v.name for v in VARIANTS) + ",deployed,accurate"
     assert metrics["variants"]["deployed"]["postprocess"]["threshold"] == 0.5
-    assert set(metrics["paired"]) >= {"deployed - pruned_int8", "deployed - teacher", "pruned_int8 - pruned_onnx"}
+    assert set(metrics["paired"]) >= {"deployed - pruned_int8", "deployed - teacher", "pruned_int8 - pruned_onnx",
+                                      "accurate - teacher"}
     for name in ("dice_distribution.png", "threshold_curve.png", "samples.png", "roc.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     for name, m in metrics["variants"].items():  # the image-level answer of every variant, on the zoo's test split

@@ -10,7 +10,7 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 
-from tests.conftest import STAGES, load_script
+from tests.conftest import SCRIPTS, load_script
 
 
 def run_stage(repo_root, stage: str, *args: str, cwd) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def summary(repo_root, stage: str) -> str:
     return source.split('"""')[1].strip().splitlines()[0]
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", SCRIPTS)
 def test_help_shows_docstring_summary(repo_root, tmp_path, stage):
     result = run_stage(repo_root, stage, "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -51,7 +51,7 @@ def test_help_shows_docstring_summary(repo_root, tmp_path, stage):
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", SCRIPTS)
 def test_unknown_param_key_fails_with_one_line(repo_root, tmp_path, stage, params_file):
     params_file(tmp_path / "params.yaml", {"preprocess": {"clahe": {"clipp": 2.0}}})
     result = run_stage(repo_root, stage, cwd=tmp_path)

@@ -34,19 +34,19 @@ import numpy as np
 from tqdm import tqdm
 
 from ultraseg import figures, metrics, presence
+from ultraseg.commands import model_choice
 from ultraseg.data import labelled
 from ultraseg.errors import DataError
 from ultraseg.io import write_csv, write_json
 from ultraseg.runtime.segmenter import Segmenter
 from ultraseg.runtime.sources import MAX_PIXELS, check_pixels, to_grey
 
-DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
 CASE_COLUMNS = ("id", "file", "class", "group", "dice", "iou", "precision", "recall", "hd95", "hd95_mm",
                 "pixel_spacing_mm", "tp", "fp", "fn", "pred_pixels", "ref_pixels", "score", "lesion_present")
 NO_IMAGE_LEVEL = "image-level figures need normal images (empty masks) as well as lesion images"
 EXAMPLES = """examples:
   ultraseg evaluate-folder siteA/ --out results/siteA
-  ultraseg evaluate-folder siteA/labels.csv --model models/deploy/ultraseg.int8.onnx --out results/siteA
+  ultraseg evaluate-folder siteA/labels.csv --profile accurate --out results/siteA-accurate
   ultraseg evaluate-folder siteB/ --layout folders --skip-bad --out results/siteB"""
 
 
@@ -158,8 +158,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ap = subparsers.add_parser("evaluate-folder", help=summary.split(": ", 1)[1], description=__doc__,
                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, metavar="DATA", help="a labelled folder, or a CSV of image and mask paths")
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                    help="the deployable ONNX file (default: %(default)s)")
+    model_choice.add_arguments(ap)
     ap.add_argument("--out", type=Path, required=True, help="folder for cases.csv, summary.json and cases.png")
     ap.add_argument("--layout", choices=labelled.LAYOUTS, default="auto",
                     help="how DATA is organised (default: detected)")
@@ -176,8 +175,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """0 when every file was scored, 1 when some were bad (skipped or not), 2 when nothing could be scored."""
     try:
-        summary = evaluate(args.model, args.data, args.out, args.layout, args.skip_bad, args.bootstrap, args.seed,
-                           args.max_pixels)
+        summary = evaluate(model_choice.model_path(args), args.data, args.out, args.layout, args.skip_bad,
+                           args.bootstrap, args.seed, args.max_pixels)
     except DataError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1 if isinstance(err, BadFiles) else 2

@@ -26,12 +26,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ultraseg.commands import model_choice
 from ultraseg.errors import DataError
 from ultraseg.io import atomic_path, write_csv
 from ultraseg.runtime.segmenter import Segmentation, Segmenter
 from ultraseg.runtime.sources import MAX_PIXELS, Frame, expand, read_frames, to_grey, to_grey_channels
 
-DEFAULT_MODEL = Path("models/deploy/ultraseg.int8.onnx")
 COLUMNS = ("file", "frame", "in_distribution", "ood_reason", "lesion_present", "score", "area_px", "area_mm2",
            "bbox_x", "bbox_y", "bbox_w", "bbox_h", "preprocess_ms", "model_ms", "postprocess_ms", "total_ms")
 FILL_RGB = (255, 60, 0)
@@ -55,8 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="+", metavar="INPUT", help="image, DICOM or video file, or a folder of them")
     ap.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for masks, overlays and results")
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, metavar="FILE",
-                    help=f"deployable ONNX model written by the pipeline (default: {DEFAULT_MODEL})")
+    model_choice.add_arguments(ap)
     ap.add_argument("--threshold", type=_probability, default=None, metavar="P",
                     help="pixel probability threshold in (0, 1), instead of the one stored in the model")
     ap.add_argument("--threads", type=positive_int, default=1, metavar="N",
@@ -92,7 +91,7 @@ def positive_int(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Segment every input; 0 when all went well, 1 when some file failed, 2 when nothing could start."""
     try:
-        segmenter = Segmenter(args.model, threads=args.threads)
+        segmenter = Segmenter(model_choice.model_path(args), threads=args.threads)
     except DataError as err:
         return _fail(str(err), 2)
     if args.out.exists() and not args.out.is_dir():

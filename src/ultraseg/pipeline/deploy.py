@@ -1,5 +1,6 @@
-"""The deploy stage's work: choose the int8 model's threshold and post-processing on val, through the runtime a
-user runs, and write the one deployable file that carries them.
+"""The deploy stage's work: choose a model's threshold and post-processing on val, through the runtime a user runs,
+and write the deployable file that carries them: the int8 model for the ``edge`` profile, the fp32 teacher for the
+``accurate`` one (:data:`ultraseg.runtime.model_files.PROFILES`).
 
 The rule (:class:`ultraseg.runtime.PostProcess`) is searched over the ``deploy`` params grid on the val images
 at their original resolution, with the model run once per image and, where ``deploy.flips`` allows, averaged over
@@ -7,7 +8,7 @@ a left-right flip: among the rules whose lesion-mean Dice is within ``dice_toler
 that leaves the most normal images clean wins (ties: higher Dice, then without the flip, which costs a second model
 call, then the simpler rule, earlier in the grid). Test is never looked at.
 
-For a network with a presence output the image-level answer comes first: the int8 model's presence logits on val
+For a network with a presence output the image-level answer comes first: the model's presence logits on val
 are calibrated by a temperature (:func:`ultraseg.presence.fit_temperature`) and the operating point is the highest
 that answers "lesion" on ``deploy.presence.sensitivity`` of the val lesion scans
 (:func:`ultraseg.presence.operating_point`). Every rule is then scored with that answer applied (a mask only where
@@ -95,10 +96,10 @@ def operating_points(rules: list[PostProcess], scores: list[dict[str, float]], s
     return front
 
 
-def val_outputs(int8_path: Path, raw: list, flip: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """The int8 model's probabilities of each val image at its own resolution, and its presence logits (None
+def val_outputs(model_path: Path, raw: list, flip: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The model's probabilities of each val image at its own resolution, and its presence logits (None
     without the output), through the runtime."""
-    segmenter = unchecked(int8_path, flip=flip)
+    segmenter = unchecked(model_path, flip=flip)
     desc = f"deploy: val{' + flip' if flip else ''}"
     outputs = [segmenter.outputs(image) for image, _ in tqdm(raw, desc=desc, unit="img")]
     logits = [logit for _, logit in outputs]
@@ -117,8 +118,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, params: PresenceParams) ->
             "val_specificity": float((~present[~labels]).mean())}
 
 
-def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Path) -> dict:
-    """Choose the rule on val, write ``out`` (the int8 file with the rule in its metadata); return the summary."""
+def run(params: Params, model_path: Path, raw_dir: Path, split_csv: Path, out: Path) -> dict:
+    """Choose the rule on val, write ``out`` (the model with the rule in its metadata); return the summary."""
     ids = split_ids(split_csv, "val")
     raw = [load_raw(raw_dir, i) for i in ids]
     refs = [mask for _, mask in raw]
@@ -127,7 +128,7 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
     settings = params.deploy.presence
     scores, answers = {}, {}
     for flip in sorted(set(params.deploy.flips)):
-        probs, logits = val_outputs(int8_path, raw, flip)
+        probs, logits = val_outputs(model_path, raw, flip)
         answers[flip] = None if logits is None else calibrate(logits, labels, settings)
         present = None if logits is None else answers[flip]["present"]
         scores[flip] = [score(rule, probs, refs, present, settings.fill_empty) | {"cost": int(flip)}
@@ -138,7 +139,7 @@ def run(params: Params, int8_path: Path, raw_dir: Path, split_csv: Path, out: Pa
     rule, answer = rules[chosen], answers[flip]
     stored = None if answer is None else {"temperature": answer["temperature"], "threshold": answer["threshold"],
                                            "fill_empty": settings.fill_empty, "sensitivity": settings.sensitivity}
-    ood.write_with_features(int8_path, out)
+    ood.write_with_features(model_path, out)
     onnx_io.write_with_metadata(out, out, {"postprocess": rule.to_dict(), "threshold": rule.threshold,
                                            "flip": flip, "stream": params_mod.to_dict(params.deploy.stream),
                                            "deploy_params_hash": params_mod.digest(params.deploy)}

@@ -25,7 +25,7 @@ from ultraseg.data.busi import load_raw, read_manifest
 from ultraseg.data.dataset import load_split
 from ultraseg.io import read_csv
 from ultraseg.params import EvaluateParams, Params
-from ultraseg.runtime.model_files import DEPLOYED, INT8_VARIANT
+from ultraseg.runtime.model_files import ACCURATE, DEPLOYED, INT8_VARIANT
 from ultraseg.runtime.preprocess import resize_probabilities
 from ultraseg.runtime.segmenter import Segmenter
 from ultraseg.variants import VARIANTS, Variant, predictor, probabilities
@@ -35,7 +35,8 @@ STEPS = (("student", "teacher", "distillation to the small student"),
          ("pruned_onnx", "pruned", "ONNX export"),
          (INT8_VARIANT, "pruned_onnx", "int8 quantization"),
          (DEPLOYED, INT8_VARIANT, "threshold and post-processing chosen on val"),
-         (DEPLOYED, "teacher", "the whole chain"))
+         (DEPLOYED, "teacher", "the whole chain"),
+         (ACCURATE, "teacher", "the teacher deployed with its own rule (the accurate profile)"))
 """Each optimisation step as (after, before, what): their paired per-image Dice difference says what it cost."""
 SAMPLE_VARIANTS = ("teacher", INT8_VARIANT)
 """Shown side by side, after the deployable file, in the sample figure."""
@@ -116,10 +117,10 @@ def image_scores(probs: Sequence[np.ndarray], logits: np.ndarray | None, tempera
     return presence.calibrate(logits, temperature)
 
 
-def score_deployed(path: Path, val: Split, test: Split,
-                   params: EvaluateParams) -> tuple[dict, list[dict], list[dict], list[np.ndarray]]:
-    """As :func:`score_variant`, for the deployable file through the runtime a user runs: its own threshold and
-    post-processing (chosen on val by the deploy stage), the raw images in, the masks out."""
+def score_deployed(path: Path, val: Split, test: Split, params: EvaluateParams,
+                   name: str = DEPLOYED) -> tuple[dict, list[dict], list[dict], list[np.ndarray]]:
+    """As :func:`score_variant`, for a deployable file (scored as ``name``) through the runtime a user runs: its own
+    threshold and post-processing (chosen on val by the deploy stage), the raw images in, the masks out."""
     segmenter = Segmenter(path)
     rule = segmenter.postprocess
     curve = metrics.threshold_curve([segmenter.probability(image)[0] for image in val.images], val.refs,
@@ -137,7 +138,7 @@ def score_deployed(path: Path, val: Split, test: Split,
     summary = {"threshold": rule.threshold, "threshold_from": "deploy", "postprocess": rule.to_dict(),
                **metrics.aggregate(rows, params.bootstrap, params.seed), **by_source(rows, test, params),
                "image_level": image}
-    rows = [{"variant": DEPLOYED, "threshold": rule.threshold, **row, "score": r.score,
+    rows = [{"variant": name, "threshold": rule.threshold, **row, "score": r.score,
              "lesion_present": r.lesion_present} for row, r in zip(rows, results)]
     return summary, rows, curve, preds
 
@@ -154,9 +155,11 @@ def by_source(rows: Sequence[dict], split: Split, params: EvaluateParams) -> dic
 
 def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_csv: Path,
         variants: Sequence[Variant] = VARIANTS,
-        deployable: Path | None = None) -> tuple[dict, list[dict], dict[str, list[dict]], dict]:
-    """Score ``variants`` and, when given, the ``deployable`` file through the runtime; returns (metrics, per-case
-    rows, val threshold curves, the deployed variant's test predictions with the split, for the sample figure)."""
+        deployable: Path | None = None,
+        accurate: Path | None = None) -> tuple[dict, list[dict], dict[str, list[dict]], dict]:
+    """Score ``variants`` and, when given, the ``deployable`` file (the edge profile's) and the ``accurate``
+    profile's through the runtime; returns (metrics, per-case rows, val threshold curves, the deployed variant's test
+    predictions with the split, for the sample figure)."""
     mode = params.preprocess.normalize
     val = Split(data_dir, raw_dir, split_csv, "val", mode)
     test = Split(data_dir, raw_dir, split_csv, "test", mode)
@@ -172,13 +175,13 @@ def run(params: Params, models_dir: Path, data_dir: Path, raw_dir: Path, split_c
         tqdm.write(f"evaluate: {variant.name:13s} test Dice {summary['dice']:.4f} "
                    f"[{summary['dice_ci95'][0]:.4f}, {summary['dice_ci95'][1]:.4f}]  "
                    f"threshold {summary['threshold']:.2f}  {_image_line(summary['image_level'])}")
-    if deployable is not None:
-        summary, deployed_rows, curves[DEPLOYED], preds = score_deployed(deployable, val, test, params.evaluate)
-        # first, so that the figure picks its cases by the deployable file's scores
-        samples["preds"] = {DEPLOYED: preds, **samples["preds"]}
-        samples["rows"] = {DEPLOYED: deployed_rows, **samples["rows"]}
-        metrics[DEPLOYED], rows = _rounded(summary), rows + deployed_rows
-        tqdm.write(f"evaluate: {DEPLOYED:13s} test Dice {summary['dice']:.4f}, normal clean "
+    for name, path in ((n, p) for n, p in ((DEPLOYED, deployable), (ACCURATE, accurate)) if p is not None):
+        summary, deployed_rows, curves[name], preds = score_deployed(path, val, test, params.evaluate, name)
+        if name == DEPLOYED:  # first, so that the figure picks its cases by the deployable file's scores
+            samples["preds"] = {DEPLOYED: preds, **samples["preds"]}
+            samples["rows"] = {DEPLOYED: deployed_rows, **samples["rows"]}
+        metrics[name], rows = _rounded(summary), rows + deployed_rows
+        tqdm.write(f"evaluate: {name:13s} test Dice {summary['dice']:.4f}, normal clean "
                    f"{summary['normal_clean']:.4f} with {summary['postprocess']}  "
                    f"{_image_line(summary['image_level'])}")
     head = {"split": "test", "n_images": len(test.ids), "scored_at": "original resolution",

@@ -1,15 +1,14 @@
-"""The robustness stage's work: the teacher and the deployable file on the test split under every scanner shift
+"""The robustness stage's work: the teacher and the deployable files on the test split under every scanner shift
 (:mod:`ultraseg.shifts`) at each severity, scored as the evaluate stage scores (lesion-mean Dice at the image's own
 resolution), with the share of lesion images where the model predicts nothing at all, and the image-level answer
 "is there a lesion at all" (:func:`ultraseg.presence.image_level`: ROC AUC of the runtime's ``score``, sensitivity
 and specificity at the operating point), so the suite shows whether that answer holds on another scanner.
 
-Both models run through the runtime (the teacher's ONNX file at the threshold the evaluate stage chose for it on
-val; the deployable file with its own rule), so the comparison is between what each would do on another scanner.
-The deployable file answers "is there a lesion" itself (``lesion_present``, at the operating point the deploy stage
-stored in it); a file that stores none (the teacher's) is answered ``score >= point`` at a point chosen here on the
-unshifted val split (:func:`operating_points`), never on test.
-"""
+Every model runs through the runtime (the teacher's ONNX file at the threshold the evaluate stage chose for it on
+val; each profile's deployable file with its own rule), so the comparison is between what each would do on another
+scanner. A deployable file answers "is there a lesion" itself (``lesion_present``, at the operating point the deploy
+stage stored in it); a file that stores none (the teacher's) is answered ``score >= point`` at a point chosen here on
+the unshifted val split (:func:`operating_points`), never on test."""
 
 from __future__ import annotations
 
@@ -24,6 +23,7 @@ from ultraseg import clips, metrics, ood_frames, presence, shifts
 from ultraseg import params as params_mod
 from ultraseg.data.busi import load_raw
 from ultraseg.io import read_csv, split_ids
+from ultraseg.runtime.model_files import ACCURATE, DEPLOYED
 from ultraseg.runtime.postprocess import PostProcess, Presence
 from ultraseg.runtime.segmenter import Segmenter
 
@@ -196,14 +196,17 @@ def _rounded(scores: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
-def load_models(teacher_onnx: Path, teacher_threshold: float, deployable: Path) -> dict[str, Segmenter]:
-    """The teacher at its val threshold, smoothed in a stream as the deployable file is, and the deployable file."""
+def load_models(teacher_onnx: Path, teacher_threshold: float, deployable: Path,
+                accurate: Path | None = None) -> dict[str, Segmenter]:
+    """The teacher at its val threshold, smoothed in a stream as the deployable file is, the deployable file (the
+    edge profile's) and, when given, the ``accurate`` profile's."""
     deployed = Segmenter(deployable)
-    # every core for the teacher, whose calls are most of the stage's time; the small student gains little from
-    # threads
+    # every core for the teacher's network, whose calls are most of the stage's time; the small student gains
+    # little from threads
     teacher = Segmenter(teacher_onnx, threads=0, postprocess=PostProcess(threshold=teacher_threshold),
                         stream=deployed.stream_rule)
-    return {"teacher": teacher, "deployed": deployed}
+    return {"teacher": teacher, DEPLOYED: deployed} | ({} if accurate is None else
+                                                        {ACCURATE: Segmenter(accurate, threads=0)})
 
 
 def figure(summary: dict[str, Any], path: Path) -> None:

@@ -3,7 +3,8 @@
 The networks (``teacher``, ``student``, ``pruned``) are trained in that order; ``pruned`` is quantized to int8 and,
 with the threshold and post-processing rule chosen on val, becomes the deployable file users run
 (:data:`DEPLOY_FILE`). :data:`DEPLOYED` is that file's name in every metric and figure, :data:`INT8_VARIANT` the int8
-model's on its own. Paths are relative to the models directory. The PyTorch side of the variants (checkpoints, eager
+model's on its own. That file is the ``edge`` profile; the ``accurate`` profile (:data:`ACCURATE_FILE`) is the
+teacher deployed the same way, for a machine that can spend the teacher's time per frame (:data:`PROFILES`). Paths are relative to the models directory. The PyTorch side of the variants (checkpoints, eager
 predictors) is :mod:`ultraseg.variants`.
 """
 
@@ -62,6 +63,28 @@ INT8_VARIANT = f"{DEPLOYABLE_NETWORK}_int8"
 DEPLOYED = "deployed"
 """The deployable file's name in metrics, tables and figures: the int8 model scored with its threshold and
 post-processing rule, as the runtime applies them."""
+
+ACCURATE_FILE = "deploy/ultraseg.accurate.onnx"
+"""The deployable file of the ``accurate`` profile: the teacher in fp32, with its own rule, for a machine that can
+spend the teacher's time per frame."""
+PROFILES: dict[str, str] = {"edge": DEPLOY_FILE, "accurate": ACCURATE_FILE}
+"""Deployment profiles: a name users choose (``--profile``) and its deployable file, relative to the models
+directory. ``edge`` is the small int8 network, ``accurate`` the teacher."""
+DEFAULT_PROFILE = "edge"
+PROFILE_SOURCES: dict[str, str] = {"edge": INT8_FILE, "accurate": onnx_file("teacher")}
+"""The model file each profile's deployable file is made from."""
+ACCURATE = "accurate"
+"""The ``accurate`` profile's deployable file's name in metrics, tables and figures."""
+PROFILE_NAMES: dict[str, str] = {"edge": DEPLOYED, "accurate": ACCURATE}
+"""Each profile's deployable file's name in metrics, tables and figures."""
+
+
+def profile_file(profile: str, models_dir: str | Path = "models") -> Path:
+    """The deployable file of ``profile`` in ``models_dir``; an unknown profile raises ValueError naming it."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    return Path(models_dir) / PROFILES[profile]
+
 
 INPUT = "input"
 """The name of every exported graph's input: images (N, 1, H, W) float32, normalised as the metadata says."""

@@ -47,6 +47,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ultraseg.commands import model_choice
 from ultraseg.commands.predict import positive_int
 from ultraseg.errors import DataError
 from ultraseg.runtime import sources
@@ -549,14 +550,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """``ultraseg serve``'s options, on the ``ultraseg`` command's subparsers."""
     ap = subparsers.add_parser(
         "serve", help="a local live viewer in the browser",
-        description="Serve a live viewer for MODEL at http://HOST:PORT/: segment a dropped image or DICOM file,\n"
-                    "the browser's camera, or a server-side --source, with the overlay, score, area, latency\n"
-                    "and frame rate on screen. Everything stays on this machine; uploads are never written to disk.",
-        epilog="examples:\n  ultraseg serve models/deploy/ultraseg.int8.onnx\n"
-               "  ultraseg serve models/deploy/ultraseg.int8.onnx --source /dev/video0\n"
+        description="Serve a live viewer for a deployable file (a --profile's, or MODEL) at http://HOST:PORT/:\n"
+                    "segment a dropped image or DICOM file, the browser's camera, or a server-side --source, with\n"
+                    "the overlay, score, area, latency and frame rate on screen. Everything stays on this machine; uploads are never written to disk.",
+        epilog="examples:\n  ultraseg serve\n"
+               "  ultraseg serve --profile accurate --source /dev/video0\n"
                "  ultraseg serve models/deploy/ultraseg.int8.onnx --source cine.dcm --port 8080",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path, metavar="MODEL", help="the deployable ONNX file (models/deploy/ultraseg.int8.onnx)")
+    model_choice.add_arguments(ap, positional=True)
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     ap.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
     ap.add_argument("--source", metavar="SRC", help="a server-side stream the page can play: a camera "
@@ -575,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     try:
-        segmenter = Segmenter(args.model, threads=args.threads)
+        segmenter = Segmenter(model_choice.model_path(args), threads=args.threads)
         if args.source:
             open_source(args.source).close()  # fail now, not when the page first asks
     except DataError as err:

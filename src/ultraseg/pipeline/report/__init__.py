@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ultraseg import params as params_mod
 from ultraseg.params import Params
-from ultraseg.pipeline.report import experiments, figures, headline, image_level, sections
+from ultraseg.pipeline.report import experiments, figures, headline, image_level, profiles, sections
 from ultraseg.pipeline.report.inputs import ReportError, load, load_optional
 
 __all__ = ["ReportError", "build", "render"]
@@ -42,6 +42,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
                                      for name in ("distill", "prune", "export", "quantize"))
     scores, bench = load(metrics_dir / "evaluate.json"), load(metrics_dir / "benchmark.json")
     deploy, rob = load(metrics_dir / "deploy.json"), load(metrics_dir / "robustness.json")
+    deploy_accurate = load_optional(metrics_dir / "deploy_accurate.json")
     folder = None if experiments_file is None else experiments_file.parent
     comparison = load_optional(experiments_file)
     seeds = load_optional(None if folder is None else folder / "seeds.json")
@@ -69,6 +70,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
         sections.paired_section(scores),
         sections.benchmark_section(bench, scores),
         sections.deployable_section(deploy, scores, bench),
+        profiles.profiles_section(scores, rob, bench, deploy_accurate),
         sections.robustness_section(rob),
         experiments.seeds_section(seeds),
         experiments.levers_section(levers, params),
