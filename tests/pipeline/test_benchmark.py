@@ -92,6 +92,23 @@ def test_end_to_end_memory_is_that_of_a_process_holding_only_the_runtime(zoo):
     assert scan["frame_hw"] == [48, 64] and 0 < scan["p50_ms"] <= scan["p95_ms"]
 
 
+def test_both_profiles_are_timed_end_to_end_on_the_scan_and_a_scanner_frame(zoo, monkeypatch):
+    from ultraseg.runtime.model_files import profile_file
+
+    timed = []
+
+    def measured(path, frames, cfg):
+        timed.append((path, {name: f.shape for name, f in frames.items()}))
+        return {"frames": {name: {"p50_ms": 1.0} for name in frames}, "peak_rss_mb": 1.0}
+
+    monkeypatch.setattr(benchmark, "measure_end_to_end", measured)
+    monkeypatch.setattr(benchmark, "in_fresh_process", lambda fn, *args: {"p50_ms": 10.0})  # the seed U-Net
+    out = benchmark.end_to_end(zoo.models, np.full((48, 64), 100, np.uint8), 32, QUICK, {})
+    shapes = {"scan": (48, 64), "scanner_640x480": (480, 640)}
+    assert timed == [(profile_file("edge", zoo.models), shapes), (profile_file("accurate", zoo.models), shapes)]
+    assert out["end_to_end"]["frames"].keys() == out["end_to_end_accurate"]["frames"].keys() == shapes.keys()
+
+
 def test_a_failing_end_to_end_measurement_names_the_file(tmp_path):
     with pytest.raises(RuntimeError, match=r"nope\.onnx: the end-to-end measurement failed"):
         benchmark.measure_end_to_end(tmp_path / "nope.onnx", {"scan": np.zeros((8, 8), np.uint8)}, QUICK)
