@@ -14,8 +14,8 @@ mean of the members' logits and presence logits), and the ensembles of the first
                     not gated by the presence answer)
 
 Nothing reads the test split. Results (with member mean and sd, and the wall time of each teacher) go to
-results/ensemble_probe.json, rewritten after every trained teacher and every scored model, so an interrupted run
-leaves what it finished. dvclive's curves are not written: the probe needs none, and dvclive's repository
+experiments/ensemble.json (REPORT reads it), rewritten after every trained teacher and every scored model, so an
+interrupted run leaves what it finished. dvclive's curves are not written: the probe needs none, and dvclive's repository
 detection needs the whole of DVC installed.
 
     python scripts/ensemble_probe.py --members 5                          # GPU: the committed 28 epochs
@@ -217,7 +217,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train-images", type=int, default=None, help="first N train images only (smoke tests)")
     ap.add_argument("--val-images", type=int, default=None, help="first N val images only (smoke tests)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/ensemble_probe"), help="checkpoints (default: %(default)s)")
-    ap.add_argument("--out", type=Path, default=REPO / "results/ensemble_probe.json", help="default: %(default)s")
+    ap.add_argument("--out", type=Path, default=REPO / "experiments/ensemble.json", help="default: %(default)s")
     args = ap.parse_args(argv)
     if args.members < 0 or args.members == 0 and not args.reference:
         ap.error("--members must be at least 1, or 0 with --reference (score references only)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ultraseg import params as params_mod
 from ultraseg.params import Params
-from ultraseg.pipeline.report import experiments, figures, headline, image_level, profiles, sections
+from ultraseg.pipeline.report import experiments, figures, headline, image_level, probes, profiles, sections
 from ultraseg.pipeline.report.inputs import ReportError, load, load_optional
 
 __all__ = ["ReportError", "build", "render"]
@@ -47,6 +47,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
     comparison = load_optional(experiments_file)
     seeds = load_optional(None if folder is None else folder / "seeds.json")
     levers = load_optional(None if folder is None else folder / "levers.json")
+    ensemble = load_optional(None if folder is None else folder / "ensemble.json")
     return "\n".join([
         "# ultraseg report",
         "",
@@ -74,6 +75,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
         sections.robustness_section(rob),
         experiments.seeds_section(seeds),
         experiments.levers_section(levers, params),
+        probes.ensemble_section(ensemble, train),
         sections.published_section(scores),
         sections.challenges_section(split, distill, prune, quant, scores, params),
     ])

@@ -1,0 +1,51 @@
+"""REPORT's GPU probes, from the scripts that write them into experiments/: the teachers of several seeds against
+their ensemble (scripts/ensemble_probe.py -> experiments/ensemble.json), all scored on val and the shifted val split,
+never on test. A probe not run leaves its section out."""
+
+from __future__ import annotations
+
+from ultraseg.pipeline.report.markdown import num, table
+
+
+def _ensemble_row(name: str, s: dict) -> list[str]:
+    shift = s["shift"]
+    return [name, num(s["threshold"], ".2f"), num(s["val_dice"]), num(s["val_presence_auc"], ".3f"),
+            num(shift["mean_drop"]), num(shift["worst_drop"]), shift["worst_shift"]]
+
+
+def _mean_sd(summary: dict, key: str, fmt: str = ".4f") -> str:
+    return f"{summary[key]['mean']:{fmt}} ± {summary[key]['sd']:{fmt}}"
+
+
+def ensemble_section(probe: dict | None, train: dict) -> str:
+    """Each member and the mean-logit ensembles of the first k members, with the members' mean ± sd; ``train`` (the
+    train stage's metrics) says what one teacher costs this pipeline's machine."""
+    if probe is None:
+        return ""
+    scores, summary = probe["scores"], probe["member_summary"]
+    rows = [_ensemble_row(name.replace("member_seed", "seed "), s) for name, s in scores.items()
+            if name.startswith("member_")]
+    rows.append(["members, mean ± sd", "", _mean_sd(summary, "val_dice"), _mean_sd(summary, "val_presence_auc", ".3f"),
+                 _mean_sd(summary, "shift.mean_drop"), _mean_sd(summary, "shift.worst_drop"), ""])
+    rows += [_ensemble_row(f"ensemble of the first {name.removeprefix('ensemble_first')}", s)
+             for name, s in scores.items() if name.startswith("ensemble_first")]
+    rows.append(_ensemble_row(f"**ensemble of {probe['members']}**", scores["ensemble"]))
+    severity = scores["ensemble"]["shift"]["severity"]
+    return f"""## A stronger teacher: an ensemble of seeds (GPU probe)
+
+Source: `experiments/ensemble.json`, written by `{probe['command']}` on {probe['device']} (torch {probe['torch']},
+{probe['epochs']} epochs, training precision as `train.precision: auto` chose there). {probe['members']} teachers
+trained as the train stage trains, at seeds {', '.join(str(s) for s in probe['seeds'])}; each alone and the ensemble
+(`ultraseg.ensemble.Ensemble`, the mean of the members' logits and presence logits) scored on val: lesion Dice at
+each model's own best val threshold, the presence logit's ROC AUC, and the shift suite on val at {severity}
+severity (Dice drop against unshifted val). Test is not read.
+
+{table(['model', 'threshold', 'val Dice', 'val presence AUC', f'{severity} mean drop', f'{severity} worst drop',
+        'worst shift'], rows)}
+
+Against the members' mean, the ensemble's val Dice differs by {summary['val_dice']['ensemble_minus_mean']:+.4f} and
+its mean shift drop by {summary['shift.mean_drop']['ensemble_minus_mean']:+.4f}; against the best member, its val Dice
+by {summary['val_dice']['ensemble_minus_best']:+.4f}. This pipeline's own teacher took {train['train_minutes']} minutes
+(`metrics/train.json`), so each member multiplies that, and the default pipeline keeps one teacher within its
+40-minute `dvc repro` budget.
+"""

@@ -1,0 +1,34 @@
+"""REPORT's GPU probe sections quote the probe's JSON, and are left out when the probe was not run."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from ultraseg.pipeline.report import probes
+
+
+def _probe(repo_root) -> dict:
+    return json.loads((repo_root / "experiments" / "ensemble.json").read_text())
+
+
+def test_the_ensemble_section_quotes_every_member_and_the_ensemble(repo_root):
+    probe = _probe(repo_root)
+    text = probes.ensemble_section(probe, {"train_minutes": 12.3})
+    for seed in probe["seeds"]:
+        s = probe["scores"][f"member_seed{seed}"]
+        assert f"| seed {seed} | {s['threshold']:.2f} | {s['val_dice']:.4f} | {s['val_presence_auc']:.3f} |" in text
+    ensemble = probe["scores"]["ensemble"]
+    assert f"| **ensemble of {probe['members']}** | {ensemble['threshold']:.2f} | {ensemble['val_dice']:.4f} |" in text
+    assert f"{probe['member_summary']['val_dice']['mean']:.4f} ± {probe['member_summary']['val_dice']['sd']:.4f}" in text
+    assert "took 12.3 minutes" in text and probe["command"] in text
+
+
+def test_the_verdict_follows_the_numbers(repo_root):
+    probe = copy.deepcopy(_probe(repo_root))
+    probe["member_summary"]["val_dice"]["ensemble_minus_mean"] = -0.0123
+    assert "val Dice differs by -0.0123" in probes.ensemble_section(probe, {"train_minutes": 1.0})
+
+
+def test_a_probe_not_run_leaves_no_section():
+    assert probes.ensemble_section(None, {"train_minutes": 1.0}) == ""
