@@ -32,3 +32,12 @@ def test_the_verdict_follows_the_numbers(repo_root):
 
 def test_a_probe_not_run_leaves_no_section():
     assert probes.ensemble_section(None, {"train_minutes": 1.0}) == ""
+
+
+def test_the_front_section_quotes_every_configuration_and_the_front(repo_root):
+    front = json.loads((repo_root / "experiments" / "front.json").read_text())
+    text = probes.front_section(front)
+    for name, c in front["table"].items():
+        assert f"| {name} | " in text and f"| {c['val_dice']:.4f} |" in text
+    assert ", ".join(f"`{n}`" for n in front["front"]["over_seeds"]) in text
+    assert probes.front_section(None) == ""

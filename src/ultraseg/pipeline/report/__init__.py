@@ -48,6 +48,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
     seeds = load_optional(None if folder is None else folder / "seeds.json")
     levers = load_optional(None if folder is None else folder / "levers.json")
     ensemble = load_optional(None if folder is None else folder / "ensemble.json")
+    front = load_optional(None if folder is None else folder / "front.json")
     return "\n".join([
         "# ultraseg report",
         "",
@@ -76,6 +77,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
         experiments.seeds_section(seeds),
         experiments.levers_section(levers, params),
         probes.ensemble_section(ensemble, train),
+        probes.front_section(front),
         sections.published_section(scores),
         sections.challenges_section(split, distill, prune, quant, scores, params),
     ])

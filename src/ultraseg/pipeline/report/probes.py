@@ -1,6 +1,7 @@
 """REPORT's GPU probes, from the scripts that write them into experiments/: the teachers of several seeds against
-their ensemble (scripts/ensemble_probe.py -> experiments/ensemble.json), all scored on val and the shifted val split,
-never on test. A probe not run leaves its section out."""
+their ensemble (scripts/ensemble_probe.py -> experiments/ensemble.json) and the student's accuracy/latency front
+(scripts/student_front.py -> experiments/front.json), all scored on val and the shifted val split, never on test. A
+probe not run leaves its section out."""
 
 from __future__ import annotations
 
@@ -48,4 +49,40 @@ its mean shift drop by {summary['shift.mean_drop']['ensemble_minus_mean']:+.4f};
 by {summary['val_dice']['ensemble_minus_best']:+.4f}. This pipeline's own teacher took {train['train_minutes']} minutes
 (`metrics/train.json`), so each member multiplies that, and the default pipeline keeps one teacher within its
 40-minute `dvc repro` budget.
+"""
+
+
+def _front_row(name: str, c: dict) -> list[str]:
+    seeds = c.get("over_seeds") or {}
+    spread = (f"{seeds['val_dice']['mean']:.4f} ± {seeds['val_dice']['sd']:.4f} ({seeds['seeds']})"
+              if seeds.get("seeds", 0) > 1 else "one seed")
+    change = ", ".join(f"{k} {v}" for k, v in c["student"].items()) or "as committed"
+    return [name, change + (" (ensemble teacher)" if c["teacher"] == "ensemble" else ""), num(c["val_dice"]), spread,
+            num(c["val_presence_auc"], ".3f"), num(c["shift_mean_drop"]), num(c["gmacs"], ".3f"),
+            f"{num(c.get('int8_scan_p50_ms'), '.2f')} / {num(c.get('int8_scanner_640x480_p50_ms'), '.2f')}",
+            num(c.get("int8_scan_ratio_to_base"), ".2f"), num(c.get("int8_speedup_scan"), ".2f")]
+
+
+def front_section(front: dict | None) -> str:
+    """Every student configuration on val against its end-to-end time on one thread, and the front."""
+    if front is None:
+        return ""
+    rows = [_front_row(name, c) for name, c in front["table"].items()]
+    notes = "\n".join(f"- {note}" for note in front.get("notes", []))
+    return f"""## The student's accuracy/latency front (GPU probe)
+
+Source: `experiments/front.json`, written by `scripts/student_front.py`: students trained on {front['device']}
+(`{front['command']}`, then with `--student-seeds` for the seed spread), timed here with `--latency`. Each row is one
+change to `distill.student`, distilled as the distill stage distils ({front['epochs']['student']} epochs) from the
+teacher of seed {front['ensemble_seeds'][0]} or, where marked, from the mean-logit ensemble of the teachers of seeds
+{', '.join(str(s) for s in front['ensemble_seeds'])} ({front['epochs']['teacher']} epochs each); not pruned. Val only. Time: the int8 file made deployable as the deploy stage makes it, end to end through the
+runtime on one thread, p50 ms on a val scan / on it enlarged to 640 × 480; ratio: against `base` in the same
+interleaved round; int8 speed-up: against the same network in fp32.
+
+{table(['config', 'change', 'val Dice', 'over seeds', 'val AUC', 'moderate shift drop', 'GMACs', 'int8 ms',
+        'ratio to base', 'int8 speed-up'], rows)}
+
+The front ({front['front']['axes']}): {', '.join(f'`{n}`' for n in front['front']['over_seeds'])}.
+
+{notes}
 """
