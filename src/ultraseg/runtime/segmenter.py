@@ -41,6 +41,7 @@ from ultraseg import params as params_mod
 from ultraseg.errors import DataError
 from ultraseg.params import PreprocessParams
 from ultraseg.params import StreamParams
+from ultraseg.runtime.memory import retain_freed_memory
 from ultraseg.runtime.model_files import OUTPUT, PRESENCE
 from ultraseg.runtime.ood import FEATURES, NOT_CHECKED, OodCheck, frame_problem
 from ultraseg.runtime.postprocess import PostProcess, Presence
@@ -113,6 +114,7 @@ class Segmenter:
         self.path = Path(model)
         if not self.path.is_file():
             raise DataError(f"{self.path}: model file not found")
+        retain_freed_memory()  # frame buffers reused from frame to frame (ultraseg.runtime.memory)
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
