@@ -243,18 +243,22 @@ def test_prune_export_and_quantize_outputs(repro):
 def test_evaluate_deploy_robustness_and_benchmark_outputs(repro):
     split_rows = read_rows(repro.repo / "data/split.csv")
     scores = repro.json("metrics/evaluate.json")
-    assert list(scores["variants"]) == VARIANTS + ["deployed"] and scores["split"] == "test"
+    assert list(scores["variants"]) == VARIANTS + ["deployed", "accurate"] and scores["split"] == "test"
     n_test = sum(r["split"] == "test" for r in split_rows)
     assert scores["n_images"] == n_test
-    assert len(read_rows(repro.repo / "results/evaluate/cases.csv")) == n_test * (len(VARIANTS) + 1)
+    assert len(read_rows(repro.repo / "results/evaluate/cases.csv")) == n_test * (len(VARIANTS) + 2)
     deployed = repro.json("metrics/deploy.json")
     assert scores["variants"]["deployed"]["postprocess"] == deployed["postprocess"]
+    accurate = repro.json("metrics/deploy_accurate.json")  # the accurate profile: the teacher, deployed alike
+    assert scores["variants"]["accurate"]["postprocess"] == accurate["postprocess"]
+    assert accurate["file"].endswith("ultraseg.accurate.onnx")
+    assert accurate["ood"]["val_pass"] >= accurate["ood"]["val_pass_target"]
     per_source = scores["variants"]["deployed"]["by_source"]
     assert set(per_source) == {"busi", "siteB"}
     assert per_source["busi"]["n_lesion"] + per_source["siteB"]["n_lesion"] == \
         scores["variants"]["deployed"]["n_lesion"]
     robust = repro.json("metrics/robustness.json")
-    assert set(robust["models"]) == {"teacher", "deployed"} and robust["n_images"] == n_test
+    assert set(robust["models"]) == {"teacher", "deployed", "accurate"} and robust["n_images"] == n_test
     assert robust["stream"]["deployed"]["stream"] == deployed["stream"]
     assert robust["stream"]["deployed"]["smoothed"]["flips_per_100"] <= \
         robust["stream"]["deployed"]["per_frame"]["flips_per_100"]
@@ -273,7 +277,7 @@ def test_evaluate_deploy_robustness_and_benchmark_outputs(repro):
     assert set(steps) == {"cpu_features", "bf16_supported", "teacher", "student"}
     assert all(steps[n]["fp32_ms"] > 0 and (steps[n]["bf16_ms"] is None) == (not steps["bf16_supported"])
                for n in ("teacher", "student"))
-    assert set(end["frames"]) == {"scan", "scanner_640x480"}
+    assert set(end["frames"]) == set(bench["end_to_end_accurate"]["frames"]) == {"scan", "scanner_640x480"}
     assert end["frames"]["scanner_640x480"]["frame_hw"] == [480, 640]
     seed = bench["seed_unet"]
     assert seed["model"]["widths"] == [64, 128, 256, 512] and seed["p50_ms"] > 0
