@@ -1,4 +1,4 @@
-"""REPORT's GPU probe sections quote the probe's JSON, and are left out when the probe was not run."""
+"""REPORT's probe sections quote the probe's JSON, and are left out when the probe was not run."""
 
 from __future__ import annotations
 
@@ -41,3 +41,23 @@ def test_the_front_section_quotes_every_configuration_and_the_front(repo_root):
         assert f"| {name} | " in text and f"| {c['val_dice']:.4f} |" in text
     assert ", ".join(f"`{n}`" for n in front["front"]["over_seeds"]) in text
     assert probes.front_section(None) == ""
+
+
+def test_the_epoch_profile_section_quotes_every_part_and_the_ratio(repo_root):
+    profile = json.loads((repo_root / "experiments" / "epoch_profile.json").read_text())
+    text = " ".join(probes.epoch_profile_section(profile).split())
+    for name, m in profile["models"].items():
+        for precision in ("fp32", "bf16"):
+            if precision in m:
+                e = m[precision]
+                assert (f"| {name} | {precision} | {e['full_epoch_s']:.2f} | {e['data_s']:.2f} | {e['step_s']:.2f} | "
+                        f"{e['validation_s']:.2f} |") in text
+        if m["fp32_over_bf16"]:
+            assert f"{name} ×{m['fp32_over_bf16']['full_epoch']:.2f} per epoch" in text
+    fp32_only = copy.deepcopy(profile)
+    for m in fp32_only["models"].values():
+        m.pop("bf16", None)
+        m["fp32_over_bf16"] = None
+    text = probes.epoch_profile_section(fp32_only)
+    assert "no native bf16, so only fp32 was timed" in text and "| bf16 |" not in text
+    assert probes.epoch_profile_section(None) == ""

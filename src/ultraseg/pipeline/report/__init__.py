@@ -49,6 +49,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
     levers = load_optional(None if folder is None else folder / "levers.json")
     ensemble = load_optional(None if folder is None else folder / "ensemble.json")
     front = load_optional(None if folder is None else folder / "front.json")
+    epochs = load_optional(None if folder is None else folder / "epoch_profile.json")
     return "\n".join([
         "# ultraseg report",
         "",
@@ -71,6 +72,7 @@ def render(metrics_dir: Path, params: Params, params_path: Path, experiments_fil
         image_level.image_level_section(scores, rob),
         sections.paired_section(scores),
         sections.benchmark_section(bench, scores),
+        probes.epoch_profile_section(epochs),
         sections.deployable_section(deploy, scores, bench),
         profiles.profiles_section(scores, rob, bench, deploy_accurate),
         sections.robustness_section(rob),

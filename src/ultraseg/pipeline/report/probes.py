@@ -1,7 +1,8 @@
-"""REPORT's GPU probes, from the scripts that write them into experiments/: the teachers of several seeds against
+"""REPORT's probes, from the scripts that write them into experiments/: the teachers of several seeds against
 their ensemble (scripts/ensemble_probe.py -> experiments/ensemble.json) and the student's accuracy/latency front
-(scripts/student_front.py -> experiments/front.json), all scored on val and the shifted val split, never on test. A
-probe not run leaves its section out."""
+(scripts/student_front.py -> experiments/front.json), both GPU probes scored on val and the shifted val split, never
+on test; and where a training epoch's time goes in fp32 and bf16 (scripts/epoch_profile.py ->
+experiments/epoch_profile.json). A probe not run leaves its section out."""
 
 from __future__ import annotations
 
@@ -85,4 +86,33 @@ interleaved round; int8 speed-up: against the same network in fp32.
 The front ({front['front']['axes']}): {', '.join(f'`{n}`' for n in front['front']['over_seeds'])}.
 
 {notes}
+"""
+
+
+def epoch_profile_section(profile: dict | None) -> str:
+    """Where one training epoch of each network goes (data, step, validation), in fp32 and in bf16, from one run."""
+    if profile is None:
+        return ""
+    rows, ratios = [], []
+    for name, m in profile["models"].items():
+        for precision in ("fp32", "bf16"):
+            if precision in m:
+                e = m[precision]
+                rows.append([name, precision, num(e["full_epoch_s"], ".2f"), num(e["data_s"], ".2f"),
+                             num(e["step_s"], ".2f"), num(e["validation_s"], ".2f"), f"{e['shares']['step']:.0%}"])
+        if m.get("fp32_over_bf16"):
+            ratios.append(f"{name} ×{m['fp32_over_bf16']['full_epoch']:.2f} per epoch "
+                          f"(×{m['fp32_over_bf16']['step']:.2f} in the steps alone)")
+    features = ", ".join(profile["cpu_features"]) or "none"
+    verdict = ("bf16 against fp32, as fp32 time over bf16 time: " + "; ".join(ratios) + "."
+               if ratios else "This CPU has no native bf16, so only fp32 was timed.")
+    return f"""## Where a training epoch goes: fp32 against bf16
+
+Source: `experiments/epoch_profile.json`, written by `python scripts/epoch_profile.py`: one epoch of each network
+({profile['train_images']} train images at {profile['size']} px, then validation on {profile['val_images']}) on the
+CPU with {profile['threads']} threads (CPU features seen: {features}), the precisions alternating in one run.
+*data* is the wait for the next augmented batch, *step* the forward, backward and optimiser step, *validation* the
+val forward in fp32. {verdict}
+
+{table(['network', 'precision', 'epoch s', 'data s', 'step s', 'validation s', 'step share'], rows)}
 """
