@@ -4,7 +4,9 @@ Reads the `train` params section (and `preprocess` for the checkpoint's metadata
 data/split.csv. Writes models/teacher.pt (weights + everything needed to rebuild and use them),
 metrics/train.json and dvclive learning curves in dvclive/train. An interrupted run resumes from
 models/.resume/train.pt when started again with the same params and data. With train.distributed asking for
-several processes it starts itself again under torchrun (DDP); rank 0 writes the outputs.
+several processes it starts itself again under torchrun (DDP); rank 0 writes the outputs. With train.members above 1
+it trains that many teachers at consecutive seeds and saves their ensemble (the mean of their logits) as the teacher;
+metrics/train.json then scores the ensemble and lists each member's own val figures.
 """
 
 from pathlib import Path
@@ -29,8 +31,13 @@ def main(argv=None) -> None:
     if summary is None:  # a launcher, or a rank other than 0
         return
     io.write_json(args.metrics, summary)
-    print(f"train: best val Dice {summary['val_dice']} at epoch {summary['best_epoch']} "
-          f"in {summary['train_minutes']} min -> {args.out}")
+    if "members" in summary:
+        each = ", ".join(str(m["val_dice"]) for m in summary["members"])
+        print(f"train: ensemble of {len(summary['members'])} teachers, val Dice {summary['val_dice']} "
+              f"(members {each}) in {summary['train_minutes']} min -> {args.out}")
+    else:
+        print(f"train: best val Dice {summary['val_dice']} at epoch {summary['best_epoch']} "
+              f"in {summary['train_minutes']} min -> {args.out}")
 
 
 if __name__ == "__main__":

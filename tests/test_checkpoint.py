@@ -8,6 +8,7 @@ import torch
 
 from tests.conftest import TINY, shipped
 from ultraseg import checkpoint
+from ultraseg.ensemble import Ensemble
 from ultraseg.models import build_model
 from ultraseg.pruning import prune, pruned_widths
 
@@ -127,3 +128,23 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         checkpoint.save(path, trained_looking(seed=1), META | {"kind": "other"})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["teacher.pt"]
+
+
+def test_an_ensemble_comes_back_as_the_ensemble_of_its_members(tmp_path):
+    members = [trained_looking(seed=seed).eval() for seed in (0, 1, 2)]
+    checkpoint.save(tmp_path / "teacher.pt", Ensemble(members), META | {"members": 3})
+    loaded, meta = checkpoint.load(tmp_path / "teacher.pt")
+    assert isinstance(loaded, Ensemble) and len(loaded.members) == 3 and meta["members"] == 3
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        for member, original in zip(loaded.members, members):
+            assert torch.equal(member(x), original(x))
+        assert torch.allclose(loaded(x), torch.stack([m(x) for m in members]).mean(0), atol=1e-6)
+
+
+def test_save_refuses_a_member_count_that_is_not_the_models(tmp_path):
+    with pytest.raises(ValueError, match="meta says 2 members, the model has 3"):
+        checkpoint.save(tmp_path / "m.pt", Ensemble([trained_looking(seed=s) for s in range(3)]), META | {"members": 2})
+    with pytest.raises(ValueError, match="meta says 2 members, the model has 1"):
+        checkpoint.save(tmp_path / "m.pt", trained_looking(), META | {"members": 2})
+    assert list(tmp_path.iterdir()) == []

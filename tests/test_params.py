@@ -159,6 +159,7 @@ def test_every_literal_value_is_accepted():
         ({"split": {"duplicates": {"min_overlap": -0.1}}}, r"^split\.duplicates\.min_overlap: "),
         ({"distill": {"baseline": False, "keep": "best"}}, r"^distill\.keep: 'best' compares with the baseline"),
         ({"train": {"ema": 1.0}}, r"^train\.ema: expected a value in \[0\.0, 0\.9999\], got 1\.0$"),
+        ({"train": {"members": 0}}, r"^train\.members: expected a positive number, got 0$"),
         ({"distill": {"ema": -0.5}}, r"^distill\.ema: expected a value in \[0\.0, 0\.9999\]"),
         ({"distill": {"teacher_logits": "stale"}}, r"^distill\.teacher_logits: expected one of 'cached', 'live'"),
         ({"train": {"loss": {"empty_fraction": 0.0}}}, r"^train\.loss\.empty_fraction: expected a value in \(0, 1\]"),

@@ -460,6 +460,10 @@ class DistributedParams(Section):
 @dataclass(frozen=True)
 class TrainParams(Section):
     seed: int
+    members: int
+    """Teachers trained, at seeds ``seed``, ``seed + 1``, ...; above 1 the teacher is their ensemble (the mean of
+    their logits and presence logits, :class:`ultraseg.ensemble.Ensemble`), which distillation, pruning, export and
+    the accurate profile use as they use one network. The student's own training ignores it."""
     device: Literal["auto", "cpu", "cuda"]
     """``auto``: CUDA when present, else the CPU."""
     threads: int
@@ -492,7 +496,7 @@ class TrainParams(Section):
     Distill and prune-finetune train the same way."""
 
     def check(self, prefix: str) -> None:
-        _positive(self, prefix, "epochs", "batch_size", "lr")
+        _positive(self, prefix, "epochs", "batch_size", "lr", "members")
         world = self.distributed.world
         _require(self, prefix, "batch_size", lambda v: v % world == 0,
                  f"a multiple of the {world} training processes ({prefix}.distributed: nproc x nnodes), "

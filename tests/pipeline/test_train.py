@@ -1,5 +1,6 @@
 """The train stage's work on a tiny workspace: one epoch of a tiny teacher, saved with its metadata, a summary, the
-learning curves, and no resume file left behind."""
+learning curves, and no resume file left behind; with ``train.members`` an ensemble of such teachers, resumable
+member by member."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from tests.conftest import TINY, shipped_params, tiny_workspace
 from ultraseg import checkpoint, params as params_mod, precision as precision_mod
+from ultraseg.ensemble import Ensemble
 from ultraseg.metadata import data_files, run_id
 from ultraseg.models.registry import build_model, count_parameters
 from ultraseg.pipeline import train
@@ -110,3 +112,75 @@ def test_bf16_on_a_cpu_without_it_is_refused_before_training(workspace, tmp_path
                                                      r"amx_bf16; this one has avx2 \(use auto or fp32\)$"):
         run(params, workspace, tmp_path)
     assert not (tmp_path / "live").exists() and not (tmp_path / "teacher.pt").exists()
+
+
+ENSEMBLE = PARAMS | {"train": PARAMS["train"] | {"members": 2}}
+
+
+def test_members_train_one_network_per_seed_and_save_their_ensemble(workspace, tmp_path):
+    params = shipped_params(ENSEMBLE)
+    summary = run(params, workspace, tmp_path)
+
+    assert set(summary) == SUMMARY_KEYS | {"members"}
+    assert [m["seed"] for m in summary["members"]] == [params.train.seed, params.train.seed + 1]
+    assert summary["best_epoch"] == [1, 1] and summary["epochs_run"] == [1, 1]
+    one = count_parameters(build_model(params.train.model.config()))
+    assert summary["params"] == 2 * one
+    model, meta = checkpoint.load(tmp_path / "teacher.pt")
+    assert isinstance(model, Ensemble) and len(model.members) == 2 and meta["members"] == 2
+    assert round(meta["val"]["dice"], 4) == summary["val_dice"]  # the ensemble's own val score, not a member's
+    # each member is the network a one-member run at its seed trains, bit for bit
+    single = shipped_params(PARAMS | {"train": PARAMS["train"] | {"seed": params.train.seed + 1}})
+    run(single, workspace, tmp_path / "single")
+    alone, _ = checkpoint.load(tmp_path / "single" / "teacher.pt")
+    for key, value in alone.state_dict().items():
+        assert torch.equal(model.members[1].state_dict()[key], value), key
+    assert (tmp_path / "live" / "member1" / "plots" / "metrics" / "val" / "dice.tsv").is_file()
+    assert sorted(p.name for p in (tmp_path / "resume").iterdir()) == []  # finished: no member left behind
+    json.dumps(summary, allow_nan=False)
+
+
+def interrupt_after_member_0(monkeypatch, params, workspace, out: Path) -> None:
+    """``run`` killed while training member 1, as kill -9 would leave it: member 0 finished and kept."""
+    real = train.fit_member
+
+    def crash_on_the_second(*args):
+        if args[1].seed != params.train.seed:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train, "fit_member", crash_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(params, workspace, out)
+    monkeypatch.setattr(train, "fit_member", real)
+    assert not (out / "teacher.pt").exists() and (out / "resume" / "train.member0.pt").is_file()
+
+
+def count_fits(monkeypatch) -> list[int]:
+    """The seeds of the members ``run`` trains from now on."""
+    fitted, real = [], train.fit_member
+    monkeypatch.setattr(train, "fit_member", lambda *args: fitted.append(args[1].seed) or real(*args))
+    return fitted
+
+
+def test_an_interrupted_ensemble_trains_only_the_members_it_had_not_finished(workspace, tmp_path, monkeypatch):
+    params = shipped_params(ENSEMBLE)
+    interrupt_after_member_0(monkeypatch, params, workspace, tmp_path / "cut")
+    fitted = count_fits(monkeypatch)
+    run(params, workspace, tmp_path / "cut")
+    assert fitted == [params.train.seed + 1]  # member 0 was kept from the interrupted run
+
+    run(params, workspace, tmp_path / "whole")
+    a = torch.load(tmp_path / "cut" / "teacher.pt", weights_only=True)
+    b = torch.load(tmp_path / "whole" / "teacher.pt", weights_only=True)
+    assert a["meta"] == b["meta"]
+    for key, value in a["state"].items():
+        assert torch.equal(value, b["state"][key]), key
+
+
+def test_a_member_kept_by_other_params_is_not_reused(workspace, tmp_path, monkeypatch):
+    interrupt_after_member_0(monkeypatch, shipped_params(ENSEMBLE), workspace, tmp_path)
+    other = shipped_params(ENSEMBLE | {"train": ENSEMBLE["train"] | {"seed": 7}})
+    fitted = count_fits(monkeypatch)
+    run(other, workspace, tmp_path)
+    assert fitted == [7, 8]

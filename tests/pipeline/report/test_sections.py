@@ -208,6 +208,20 @@ def test_training_line_names_the_precision_the_run_used() -> None:
     assert "1.5 min on cpu in bf16." in text
 
 
+def test_an_ensemble_teacher_is_named_with_each_members_val_figures() -> None:
+    members = [{"seed": 42, "best_epoch": 26, "val_dice": 0.80, "val_iou": 0.70, "val_presence_auc": 0.95},
+               {"seed": 43, "best_epoch": 24, "val_dice": 0.78, "val_iou": 0.68, "val_presence_auc": 0.93}]
+    train = {"model": "unet", "params": 2000, "gmacs": 0.2, "epochs_run": [28, 28], "best_epoch": [26, 24],
+             "train_minutes": 3.0, "device": "cpu", "val_dice": 0.8123, "val_iou": 0.71, "val_normal_clean": 0.5,
+             "val_presence_auc": 0.961}
+    params = shipped_params()
+    assert "ensemble" not in sections.train_section(train, params)
+    text = " ".join(sections.train_section({**train, "members": members}, params).split())
+    assert "an ensemble of 2 networks (`train.members`)" in text
+    assert "Its val Dice is +0.0223 against its members' mean; val presence AUC 0.961." in text
+    assert "| 42 | 26 | 0.8000 | 0.7000 | 0.950 |" in text and "| 43 | 24 | 0.7800 | 0.6800 | 0.930 |" in text
+
+
 def test_training_steps_give_the_bf16_ratio_per_network_or_why_there_is_none() -> None:
     assert sections.training_steps_note({}) == ""
     steps = {"cpu_features": ["avx2", "avx512_bf16", "amx_bf16"], "bf16_supported": True,

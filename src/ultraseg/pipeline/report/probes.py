@@ -49,7 +49,8 @@ Against the members' mean, the ensemble's val Dice differs by {summary['val_dice
 its mean shift drop by {summary['shift.mean_drop']['ensemble_minus_mean']:+.4f}; against the best member, its val Dice
 by {summary['val_dice']['ensemble_minus_best']:+.4f}. This pipeline's own teacher took {train['train_minutes']} minutes
 (`metrics/train.json`), so each member multiplies that, and the default pipeline keeps one teacher within its
-40-minute `dvc repro` budget.
+40-minute `dvc repro` budget; `dvc exp run -S train.members={probe['members']}` makes the pipeline's teacher (and so
+the distillation target) this ensemble.
 """
 
 

@@ -56,8 +56,26 @@ Source: `metrics/train.json`, curves in `dvclive/train` (`dvc plots show`). Mode
 | val Dice (lesion images) | val IoU | normal val images predicted clean |
 |---|---|---|
 | {train['val_dice']:.4f} | {train['val_iou']:.4f} | {train['val_normal_clean']:.3f} |
-
+{_members_note(train)}
 ![learning curves: teacher, students with and without distillation (the second from this run with `distill.baseline` on, else from the no-distillation lever run against it, when there is one), pruning rounds (dotted: a new round)](plots/report/learning_curves.png)
+"""
+
+
+def _members_note(train: dict) -> str:
+    """For an ensemble teacher (``train.members`` above 1): its members' own val figures beside the ensemble's."""
+    members = train.get("members")
+    if not members:
+        return ""
+    rows = [[str(m["seed"]), str(m["best_epoch"]), num(m["val_dice"]), num(m["val_iou"]),
+             num(m["val_presence_auc"], ".3f")] for m in members]
+    mean = sum(m["val_dice"] for m in members) / len(members)
+    return f"""
+The teacher is an ensemble of {len(members)} networks (`train.members`), trained alike at consecutive seeds; the
+table above scores the ensemble (the mean of their logits and presence logits), which distillation, export and the
+accurate profile use. Its val Dice is {train['val_dice'] - mean:+.4f} against its members' mean; val presence AUC
+{num(train['val_presence_auc'], '.3f')}.
+
+{table(['member seed', 'best epoch', 'val Dice', 'val IoU', 'val presence AUC'], rows)}
 """
 
 
