@@ -38,8 +38,9 @@ def run(params: Params, data_dir: Path, split_csv: Path, out: Path, live_dir: Pa
         path = resume.with_name(f"{resume.stem}.member{k}.pt")
         member_rid = f"{rid}/member{k}"
         summary = distributed.from_main(lambda: finished_member(path, member_rid))
-        if summary is None:
-            summary = fit_member(params, member_cfg, loss_fn, data_dir, split_csv, path, live_dir / f"member{k}",
+        if summary is None:  # the first member's curves are the stage's; the others' go beside them
+            live = live_dir if k == 0 else live_dir / f"member{k}"
+            summary = fit_member(params, member_cfg, loss_fn, data_dir, split_csv, path, live,
                                  resume.with_name(f"{resume.stem}.member{k}.resume.pt"), member_rid)
             if distributed.is_main():
                 write_json(path.with_suffix(".json"), {"run_id": member_rid, "summary": summary})
