@@ -5,6 +5,9 @@ Tolerance. With ``sync_bn`` and the same global batches, two processes differ fr
 floating-point sums are taken (gradients averaged over ranks, BatchNorm statistics summed over ranks). The per-epoch
 training loss curves must agree to ``RTOL``, set well above that float-order noise and well below the gap opened when
 each process normalises with its own half of the batch (no ``sync_bn``), so that a broken ``sync_bn`` is caught.
+Those runs train in fp32, whatever the CPU. Under bf16 autocast (where the CPU has it) two processes round other
+intermediate values to bf16 than one does, so their curves are held to ``BF16_RTOL``: the check there is that DDP
+with ``sync_bn`` trains in bf16 at all, and follows one process to bf16's precision.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY, load_script, tiny_workspace, write_params, shipped, shipped_params
-from ultraseg import distributed
+from ultraseg import distributed, precision as precision_mod
 from ultraseg.params import ParamsError
 
 RTOL = 1e-5
-TRAIN = {"device": "cpu", "threads": 1, "epochs": 3, "batch_size": 4, "lr": 0.01, "warmup_epochs": 0,
+BF16_RTOL = 5e-3
+TRAIN = {"device": "cpu", "precision": "fp32", "threads": 1, "epochs": 3, "batch_size": 4, "lr": 0.01, "warmup_epochs": 0,
          "model": {"widths": TINY, "norm": "batch"}}
 """BatchNorm in the teacher and the student on purpose, whatever params.yaml ships: ``sync_bn`` shares BatchNorm
 statistics out, and that sharing is what these tests check. (Under instance norm a tiny network's deepest level is
@@ -33,11 +37,11 @@ def stage(name: str):
     return load_script(f"stages/{name}.py")
 
 
-def params_for(folder: Path, nproc: int) -> Path:
+def params_for(folder: Path, nproc: int, precision: str = "fp32") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return write_params(folder / "params.yaml", {
         "preprocess": {"size": 32},
-        "train": TRAIN | {"distributed": {"nproc": nproc, "sync_bn": True}},
+        "train": TRAIN | {"precision": precision, "distributed": {"nproc": nproc, "sync_bn": True}},
         "distill": DISTILL,
     })
 
@@ -75,6 +79,21 @@ def test_two_processes_follow_the_one_process_loss_curve(runs, curve, epochs):
     assert len(one) == len(two) == epochs
     assert two == pytest.approx(one, rel=RTOL)
     print(f"{curve}: largest relative difference {np.max(np.abs(two - one) / np.abs(one)):.2e}")
+
+
+@pytest.mark.skipif(not precision_mod.cpu_has_bf16(precision_mod.cpu_features()),
+                    reason="this CPU has no native bf16")
+def test_two_processes_train_in_bf16_as_one_does(tmp_path):
+    data, split = tiny_workspace(tmp_path / "workspace", {"benign": 10, "malignant": 8, "normal": 4})
+    curves = []
+    for nproc in (1, 2):
+        folder = tmp_path / f"nproc{nproc}"
+        stage("train").main(["--params", str(params_for(folder, nproc, "bf16")), "--data", str(data),
+                             "--split", str(split), "--out", str(folder / "teacher.pt"), "--live",
+                             str(folder / "train"), "--resume", str(folder / "resume.pt"),
+                             "--metrics", str(folder / "train.json")])
+        curves.append(loss_curve(folder / "train"))
+    assert curves[1] == pytest.approx(curves[0], rel=BF16_RTOL)
 
 
 def test_rank_zero_alone_writes_the_outputs(runs, capfd):

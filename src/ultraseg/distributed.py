@@ -227,6 +227,7 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or world_size() == 1:
             return super().forward(x)
+        x = x.float()  # under bf16 autocast the statistics are taken, and kept, in fp32 as BatchNorm's own are
         count = x.numel() // x.shape[1] * world_size()
         batch_mean = _SumOverRanks.apply(x.sum((0, 2, 3))) / count
         centred = x - batch_mean[None, :, None, None]
