@@ -90,6 +90,9 @@ LEVERS: dict[str, dict[str, str]] = {
     # the same with per-image normalisation in the student too: the two levers together, since both act on what the
     # gate reads of a normal scan
     "normal-background-student-in": {"distill.normal_target": "background", "distill.student.norm": "instance"},
+    # a teacher of three seeds, the mean of their logits and presence logits, as the distillation target: seeds make
+    # partly independent mistakes, so their average is a better teacher of both the masks and the presence answer
+    "ensemble-teacher": {"train.members": "3"},
 }
 LEVER_CURVES = {NO_DISTILLATION: "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the

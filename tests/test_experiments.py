@@ -11,7 +11,7 @@ def test_val_metrics_group_every_val_column_by_the_file_it_is_read_from() -> Non
     assert experiments.VAL_METRICS == {
         "metrics/distill.json": ("student.val_dice",), "metrics/prune.json": ("val_dice_after",),
         "metrics/quantize.json": ("val_dice_int8",),
-        "metrics/deploy.json": ("val_chosen.dice", "val_chosen.normal_clean"),
+        "metrics/deploy.json": ("val_chosen.dice", "val_chosen.normal_clean", "presence.val_auc"),
         "metrics/robustness.json": ("val.deployed.by_severity.moderate.mean_drop",
                                     "val.deployed.by_severity.moderate.most_missed")}
     assert list(experiments.LEVER_COLUMNS)[0] == "teacher val"

@@ -39,6 +39,7 @@ VAL_COLUMNS: dict[str, tuple[str, str]] = {
     "int8 val": ("metrics/quantize.json", "val_dice_int8"),
     "deployed val": ("metrics/deploy.json", "val_chosen.dice"),
     "normal clean (val)": ("metrics/deploy.json", "val_chosen.normal_clean"),
+    "presence AUC (val)": ("metrics/deploy.json", "presence.val_auc"),
     "shift drop (val)": ("metrics/robustness.json", "val.deployed.by_severity.moderate.mean_drop"),
     "most missed (val)": ("metrics/robustness.json", "val.deployed.by_severity.moderate.most_missed"),
 }

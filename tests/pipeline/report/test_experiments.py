@@ -42,9 +42,9 @@ def test_levers_section_renders_val_columns_and_test_for_the_record() -> None:
     text = experiments.levers_section({"command": "python scripts/experiments.py --grid levers --run --collect",
                                   "comparisons": [newer, older]})
     assert "| committed | (committed params) | 0.8000 | 0.5000 | 0.5000 | 0.5000 | 0.8100 | 0.5000 | 0.5000 | " \
-           "0.5000 | 0.7100 |" in text
+           "0.5000 | 0.5000 | 0.7100 |" in text
     assert "| student-geometry | `distill.augment.scale=0.35` | – | 0.5000 | 0.5000 | 0.5000 | – |" in text
-    assert "| committed | (committed params) | – | – | – | – | – | – | – | – | 0.6900 |" in text
+    assert "| committed | (committed params) | – | – | – | – | – | – | – | – | – | 0.6900 |" in text
     assert text.index("commit abc1234") < text.index("no-distillation") < text.index("commit 0ld1234")
     assert "No finished run against this commit, at the committed seed: no-distillation." in text
 
