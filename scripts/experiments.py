@@ -106,6 +106,8 @@ COMMITS = 20
 """How many commits back to look for experiments: a grid takes long enough that commits land meanwhile."""
 COUNTS = ("params", "best_epoch", "epochs_run")
 POLL_SECONDS = 10
+ABSENT = (None, "None", "-", "")
+"""How exp_show fills a metric that a row's files do not hold (another commit's headline had the key)."""
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -251,7 +253,10 @@ def headline_of(exp: dict) -> dict[str, float] | None:
     running experiment's row shows the numbers of the commit it was derived from, so its state decides first."""
     if exp.get("State") not in (None, "Success"):
         return None
-    values = {key.removeprefix("headline."): value for key, value in exp.items() if key.startswith("headline.")}
+    # a key that other rows' headline files have and this one's has not is shown as absent ("None" or "-"); any
+    # other cell that is not a number ("!") is a run that did not finish
+    values = {key.removeprefix("headline."): value for key, value in exp.items()
+              if key.startswith("headline.") and value not in ABSENT}
     if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values.values()):
         return None
     return values

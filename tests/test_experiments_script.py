@@ -39,6 +39,18 @@ def test_levers_are_collected_by_val_with_test_for_the_record(experiments, monke
     assert out["derived_from_commit"] == "abc1234"
 
 
+def test_a_headline_key_only_older_commits_have_does_not_hide_a_finished_run(experiments, monkeypatch):
+    # exp_show fills a key that an older commit's headline held, and these runs' do not, with "None" or "-"
+    rows = [row("", 0.81, **{"headline.normal_clean": "None"}),
+            row("student-geometry", 0.83, State="Success", **{"headline.normal_clean": "-"}),
+            row("no-distillation", 0.8, State="Running")]
+    monkeypatch.setattr(experiments, "_rows", lambda: rows)
+    monkeypatch.setattr(experiments, "_short_sha", lambda rev: rev)
+    [out] = experiments.collect_levers()["comparisons"]
+    assert list(out["runs"]) == ["committed", "student-geometry"]
+    assert out["runs"]["student-geometry"]["test_headline"] == {"deployed": 0.7, "teacher": 0.76}
+
+
 def test_the_no_distillation_lever_keeps_its_student_curve(experiments, monkeypatch):
     rows = [row("", 0.81), row("no-distillation", 0.8, rev="e1e1e1e")]
     monkeypatch.setattr(experiments, "_rows", lambda: rows)
