@@ -93,6 +93,9 @@ LEVERS: dict[str, dict[str, str]] = {
     # a teacher of three seeds, the mean of their logits and presence logits, as the distillation target: seeds make
     # partly independent mistakes, so their average is a better teacher of both the masks and the presence answer
     "ensemble-teacher": {"train.members": "3"},
+    # the teacher's presence answer ranks the val scans better than the student's, which learns it through the
+    # distillation term: that term weighted three times as much, against the labels' presence term of the task loss
+    "student-presence-kd": {"distill.presence_weight": "3"},
 }
 LEVER_CURVES = {NO_DISTILLATION: "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
