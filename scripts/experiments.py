@@ -96,6 +96,10 @@ LEVERS: dict[str, dict[str, str]] = {
     # the teacher's presence answer ranks the val scans better than the student's, which learns it through the
     # distillation term: that term weighted three times as much, against the labels' presence term of the task loss
     "student-presence-kd": {"distill.presence_weight": "3"},
+    # a quarter of the presence head's gradient into the teacher's shared layers: all of it cost the masks, none of
+    # it leaves the head a probe of features the masks alone shaped, and such a probe ranks scans worse than the
+    # student's head, which trains its features for both answers
+    "teacher-presence-grad": {"train.model.presence_grad": "0.25"},
 }
 LEVER_CURVES = {NO_DISTILLATION: "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
