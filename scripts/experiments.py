@@ -100,6 +100,10 @@ LEVERS: dict[str, dict[str, str]] = {
     # it leaves the head a probe of features the masks alone shaped, and such a probe ranks scans worse than the
     # student's head, which trains its features for both answers
     "teacher-presence-grad": {"train.model.presence_grad": "0.25"},
+    # the deploy stage may average the deployable file over a left-right mirror image, presence logit included: a
+    # lesion's evidence does not depend on the side of the frame it sits on, so the mirror's answer is a second,
+    # partly independent look at the same scan, for a second run of the small network
+    "deploy-flip": {"deploy.flips": "[false,true]"},
 }
 LEVER_CURVES = {NO_DISTILLATION: "dvclive/distill/plots/metrics/val/dice.tsv"}
 """Lever -> the learning curve its run keeps for REPORT's figure: the student trained without distillation is the
